@@ -1,0 +1,30 @@
+"""lmjax: train language models at every scale, and explain their predictions, in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="lmjax",
+    version="0.1.0",
+    description="JAX/Flax language models: train, sample, scale and explain.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lmjax", "lmjax.*"]),
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.6",
+        "sentencepiece>=0.2",
+        "ml-collections>=0.1.1",
+        "absl-py",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        # tensorboard only reads our event files back in tests; lmjax writes them itself.
+        "test": ["pytest>=7", "pytest-xdist", "tensorboard"],
+        # The PyTorch baselines that bench/ compares against.
+        "bench": ["torch", "transformers"],
+    },
+    entry_points={"console_scripts": ["lmjax=lmjax.cli:main"]},
+)
