@@ -1,0 +1,126 @@
+"""`lmjax train | eval | sample`: the command line.
+
+    lmjax train --config configs/quickstart.py --workdir runs/qs [--config.train.steps=100 ...]
+    lmjax eval --workdir runs/qs
+    lmjax sample --workdir runs/qs --prompt "def " [--max_new_tokens 200 --temperature 0.8 --seed 0]
+
+Config overrides are `--config.SECTION.KEY=VALUE`. Problems with the config or the
+input are reported in one line each, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _split_overrides(argv):
+    """Pull out `--config.a.b=v` (or `--config.a.b v`) from the rest of the arguments."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            body = arg[len("--config."):]
+            if "=" not in body and i + 1 < len(argv):
+                body, i = f"{body}={argv[i + 1]}", i + 1
+            overrides.append(body)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="lmjax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model (resumes from the workdir's latest checkpoint)")
+    t.add_argument("--config", required=True, help="configs/NAME.py[:variant]")
+    t.add_argument("--workdir", required=True, help="where checkpoints, metrics and TensorBoard logs go")
+    t.add_argument("--stop_at", type=int, default=None, help="stop (with a checkpoint) at this step")
+    t.add_argument("--no_progress", action="store_true", help="no progress bar (for logs)")
+    e = sub.add_parser("eval", help="evaluate the workdir's latest checkpoint on its val split")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--batches", type=int, default=0, help="val batches (0 = the config's train.eval_batches)")
+    s = sub.add_parser("sample", help="generate text from the workdir's latest checkpoint")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--prompt", default="")
+    s.add_argument("--max_new_tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def cmd_train(args, overrides):
+    from lmjax.config import load_config
+    from lmjax.sample import sample_text
+    from lmjax.train.loop import train
+
+    config = load_config(args.config, overrides)
+    summary = train(config, args.workdir, stop_at_step=args.stop_at, progress=not args.no_progress)
+    if "val_loss" in summary:
+        print(f"final: val loss {summary['val_loss']:.4f} nats/token, val bits/byte {summary['val_bpb']:.4f}")
+    if summary["finished"] and config.train.sample_tokens:
+        run = summary["run"]
+        text = sample_text(run.model, summary["state"]["params"], run.tokenizer, config.train.sample_prompt,
+                           config.train.sample_tokens, temperature=config.train.sample_temperature)
+        print("sample:\n" + config.train.sample_prompt + text)
+
+
+def _restore(workdir, overrides=()):
+    from lmjax.config import config_from_dict, set_field
+    from lmjax.train.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    if ckpt.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (lmjax train --workdir {workdir})")
+    config_dict, _ = ckpt.restore_meta()
+    config = config_from_dict(config_dict)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        set_field(config, key, value)
+    ckpt.close()
+    return config
+
+
+def cmd_eval(args, overrides):
+    from lmjax.train.loop import evaluate, setup
+    from lmjax.train.steps import make_eval_step
+
+    config = _restore(args.workdir, overrides)
+    if args.batches:
+        config.train.eval_batches = args.batches
+    run = setup(config, args.workdir)
+    metrics = evaluate(run, make_eval_step(run.model), run.state["params"])
+    print(f"step {int(run.state['step'])}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
+def cmd_sample(args, overrides):
+    from lmjax.sample import sample_text
+    from lmjax.train.loop import setup
+
+    run = setup(_restore(args.workdir, overrides), args.workdir, with_data=False)
+    text = sample_text(run.model, run.state["params"], run.tokenizer, args.prompt, args.max_new_tokens,
+                       temperature=args.temperature, seed=args.seed)
+    print(args.prompt + text)
+
+
+def main(argv=None):
+    from lmjax.config import ConfigError
+
+    argv = sys.argv[1:] if argv is None else argv
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    command = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}[args.command]
+    try:
+        command(args, overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"lmjax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Experiment configs: load `configs/x.py[:arg]`, apply `--config.a.b=v` overrides, validate.
+
+A config file defines `get_config(arg=None) -> ml_collections.ConfigDict` (big_vision
+style) with the sections of `default_config()`. Everything is checked before anything
+compiles; every problem is reported at once as a `ConfigError` naming the field.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Iterable
+
+import ml_collections
+
+from lmjax.model.config import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. The CLI prints the message, without a traceback."""
+
+
+SECTIONS = ("model", "data", "train", "optimizer", "checkpoint", "mesh")
+TOKENIZERS = ("byte", "char", "sentencepiece")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key a config may set, with its default. Config files override a subset."""
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(
+        {k: v for k, v in vars(ModelConfig(vocab_size=0)).items()}
+    )  # model.vocab_size = 0: take it from the tokenizer
+    c.model.vocab_size = 0
+    # n_kv_head/d_head/d_mlp default to None; allow ints there.
+    for key in ("n_kv_head", "d_head", "d_mlp"):
+        c.model[key] = ml_collections.FieldReference(None, field_type=int)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "stdlib"  # "stdlib" (embedded corpus), a file, a directory or a glob
+    c.data.tokenizer = "byte"  # byte | char | sentencepiece
+    c.data.spm_vocab_size = 4096  # sentencepiece: vocabulary to train
+    c.data.spm_model_type = "bpe"  # sentencepiece: bpe | unigram
+    c.data.spm_model_path = ""  # sentencepiece: load this .model instead of training
+    c.data.val_fraction = 0.1
+    c.data.cache_dir = ""  # token shard cache; "" = $LMJAX_CACHE or ~/.cache/lmjax
+    c.data.seq_len = 0  # training window; 0 = model.max_len
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1000  # optimizer steps
+    c.train.batch_size = 16  # sequences per optimizer step (global, over all devices)
+    c.train.grad_accum = 1  # micro-batches per step (batch_size must divide evenly)
+    c.train.seed = 0
+    c.train.log_every = 10
+    c.train.eval_every = 200
+    c.train.eval_batches = 20
+    c.train.sample_tokens = 200  # sample printed at the end of training (0 = none)
+    c.train.sample_prompt = ""
+    c.train.sample_temperature = 0.8
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.lr = 1e-3  # peak learning rate
+    c.optimizer.end_lr = 1e-4  # reached at the last step (cosine / linear)
+    c.optimizer.schedule = "cosine"  # cosine | linear | constant (after warmup)
+    c.optimizer.warmup_steps = 100
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.95
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.1  # not applied to norms, biases (or other 1-D params)
+    c.optimizer.clip_norm = 1.0  # global gradient norm; 0 = no clipping
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 500
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1 = all devices left over
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    return c
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """`path.py[:arg]` -> validated config, with `a.b=value` overrides applied."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found (expected configs/NAME.py[:variant])")
+    module_spec = importlib.util.spec_from_file_location("lmjax_user_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config(arg=None)")
+    user = module.get_config(arg or None)
+    config = merge(default_config(), user, where=path)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        set_field(config, key, value)
+    validate(config)
+    return config
+
+
+def merge(base: ml_collections.ConfigDict, user, where: str) -> ml_collections.ConfigDict:
+    """Overlay `user` onto the defaults; unknown keys are errors."""
+    for section, values in user.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section {section!r}; allowed: {list(SECTIONS)}")
+        for key, value in values.items():
+            set_field(base, f"{section}.{key}", value)
+    return base
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+    """Set `section.key` to value (a string from the command line is parsed to the field's type)."""
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section {section!r} in {dotted!r}; allowed: {list(SECTIONS)}")
+    if key not in config[section]:
+        raise ConfigError(f"unknown config key {dotted!r}; {section} has: {sorted(config[section].keys())}")
+    current = config[section][key]
+    field_type = config[section].get_type(key) if hasattr(config[section], "get_type") else type(current)
+    if isinstance(value, str) and field_type is not str:
+        value = _parse(value)
+    if value is not None and field_type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if value is not None and field_type not in (type(None), object) and not isinstance(value, field_type):
+        raise ConfigError(
+            f"{dotted}: expected {field_type.__name__}, got {type(value).__name__} {value!r}"
+        )
+    try:
+        config[section][key] = value
+    except TypeError as e:
+        raise ConfigError(f"{dotted}: {e}") from None
+
+
+def _parse(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        return text
+
+
+def model_config(config, vocab_size: int | None = None) -> ModelConfig:
+    d = dict(config.model)
+    if vocab_size is not None and not d["vocab_size"]:
+        d["vocab_size"] = vocab_size
+    return ModelConfig.from_dict(d)
+
+
+def validate(config) -> None:
+    """Raise ConfigError listing every problem in the config."""
+    problems = []
+    model = model_config(config, vocab_size=config.model.vocab_size or 1)
+    problems += model.problems()
+
+    d, t, o, ck, m = config.data, config.train, config.optimizer, config.checkpoint, config.mesh
+
+    def check(ok, field, msg):
+        if not ok:
+            problems.append(f"{field}: {msg}")
+
+    check(d.tokenizer in TOKENIZERS, "data.tokenizer", f"{d.tokenizer!r} not in {TOKENIZERS}")
+    check(d.spm_model_type in ("bpe", "unigram"), "data.spm_model_type", f"{d.spm_model_type!r} not in ('bpe', 'unigram')")
+    check(0 < d.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
+    check(0 <= d.seq_len <= config.model.max_len, "data.seq_len",
+          f"{d.seq_len} must be in [0, model.max_len={config.model.max_len}] (0 = model.max_len)")
+    for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every"):
+        check(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
+    check(t.eval_batches >= 0 and t.sample_tokens >= 0, "train.eval_batches/sample_tokens", "must be >= 0")
+    check(t.batch_size % max(t.grad_accum, 1) == 0, "train.batch_size",
+          f"{t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
+    check(t.sample_temperature >= 0, "train.sample_temperature", "must be >= 0")
+    check(o.schedule in SCHEDULES, "optimizer.schedule", f"{o.schedule!r} not in {SCHEDULES}")
+    check(o.lr > 0, "optimizer.lr", f"must be positive, got {o.lr}")
+    check(0 <= o.end_lr <= o.lr, "optimizer.end_lr", f"must be in [0, optimizer.lr], got {o.end_lr}")
+    check(0 <= o.warmup_steps <= t.steps, "optimizer.warmup_steps", f"must be in [0, train.steps], got {o.warmup_steps}")
+    check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optimizer.b1/b2", f"must be in [0, 1), got {o.b1}, {o.b2}")
+    check(o.eps > 0 and o.weight_decay >= 0 and o.clip_norm >= 0, "optimizer.eps/weight_decay/clip_norm",
+          "eps must be > 0, weight_decay and clip_norm >= 0")
+    check(ck.every > 0 and ck.keep > 0, "checkpoint.every/keep", "must be positive")
+    for axis in ("data", "fsdp", "tensor"):
+        check(m[axis] == -1 or m[axis] > 0, f"mesh.{axis}", f"must be -1 (fill) or positive, got {m[axis]}")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def config_from_dict(d: dict) -> ml_collections.ConfigDict:
+    """Rebuild a validated config from its JSON form (as stored in a checkpoint)."""
+    config = merge(default_config(), d, where="checkpoint config")
+    validate(config)
+    return config

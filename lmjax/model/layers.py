@@ -1,0 +1,113 @@
+"""Building blocks: norms, the MLP, rotary embeddings, parameter helpers.
+
+Parameters carry logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`,
+`vocab`, `length`); `lmjax.sharding` maps them onto a device mesh. Model code never
+mentions devices.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmjax.model.config import ModelConfig
+from lmjax.model.hooks import Hooks, hook
+
+
+def param(module: nn.Module, name: str, init, shape, axes, dtype):
+    """A parameter annotated with logical axis names for sharding."""
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def normal(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+class Norm(nn.Module):
+    """LayerNorm or RMSNorm, statistics in float32, with TransformerLens's hook points.
+
+    hook_scale is the divisor sqrt(var + eps) [batch, pos, 1]; hook_normalized the output
+    after the learned scale (and bias).
+    """
+
+    cfg: ModelConfig
+    name_prefix: str  # e.g. "blocks.0.ln1" or "ln_final"
+
+    @nn.compact
+    def __call__(self, x, hooks: Hooks | None = None, layer_index=None):
+        cfg = self.cfg
+        d = x.shape[-1]
+        x32 = x.astype(jnp.float32)
+        if cfg.norm == "layernorm":
+            x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        scale = jnp.sqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + cfg.norm_eps)
+        scale = hook(self, hooks, f"{self.name_prefix}.hook_scale", scale, layer_index)
+        y = x32 / scale
+        y = y * param(self, "scale", nn.initializers.ones, (d,), ("embed",), cfg.params_dtype)
+        if cfg.norm == "layernorm" and cfg.use_bias:
+            y = y + param(self, "bias", nn.initializers.zeros, (d,), ("embed",), cfg.params_dtype)
+        y = y.astype(cfg.compute_dtype)
+        return hook(self, hooks, f"{self.name_prefix}.hook_normalized", y, layer_index)
+
+
+class Dense(nn.Module):
+    """Contract the last `n_in` axes of x with a kernel of shape [*in, *out_shape] (+ bias)."""
+
+    cfg: ModelConfig
+    out_shape: tuple[int, ...]
+    axes: tuple[str, ...]  # logical names of (*in, *out)
+    std: float
+    use_bias: bool
+    n_in: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        shape = (*x.shape[x.ndim - self.n_in :], *self.out_shape)
+        kernel = param(self, "kernel", normal(self.std), shape, self.axes, cfg.params_dtype)
+        y = jnp.tensordot(x, kernel.astype(cfg.compute_dtype), axes=self.n_in)
+        if self.use_bias:
+            bias = param(self, "bias", nn.initializers.zeros, self.out_shape, self.axes[self.n_in :], cfg.params_dtype)
+            y = y + bias.astype(cfg.compute_dtype)
+        return y
+
+
+class MLP(nn.Module):
+    """Position-wise MLP: GELU / ReLU (fc_in -> act -> fc_out) or SwiGLU (silu(gate) * up)."""
+
+    cfg: ModelConfig
+    name_prefix: str  # "blocks.{l}.mlp"
+
+    @nn.compact
+    def __call__(self, x, hooks=None, layer_index=None):
+        cfg = self.cfg
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)  # GPT-2: scale residual writes
+        up = Dense(cfg, (cfg.mlp_dim,), ("embed", "mlp"), cfg.init_std, cfg.use_bias, name="fc_in")
+        pre = hook(self, hooks, f"{self.name_prefix}.hook_pre", up(x), layer_index)
+        if cfg.mlp == "swiglu":
+            gate = Dense(cfg, (cfg.mlp_dim,), ("embed", "mlp"), cfg.init_std, cfg.use_bias, name="fc_gate")
+            gate = hook(self, hooks, f"{self.name_prefix}.hook_pre_gate", gate(x), layer_index)
+            post = nn.silu(gate) * pre
+        elif cfg.mlp == "relu":
+            post = nn.relu(pre)
+        else:
+            post = nn.gelu(pre, approximate=cfg.mlp == "gelu_tanh")
+        post = hook(self, hooks, f"{self.name_prefix}.hook_post", post, layer_index)
+        return Dense(cfg, (cfg.d_model,), ("mlp", "embed"), out_std, cfg.use_bias, name="fc_out")(post)
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding, halves convention (as Llama in Hugging Face).
+
+    x: [batch, pos, heads, d_head]; positions: [batch, pos].
+    """
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, d/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)

@@ -1,0 +1,146 @@
+"""The decoder-only language model: embeddings, pre-norm blocks, final norm, unembedding."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmjax.model.attention import Attention
+from lmjax.model.config import ModelConfig
+from lmjax.model.hooks import HOOK_COLLECTION, LAYER_WILDCARD, Hooks, collect_cache, hook
+from lmjax.model.layers import MLP, Norm, normal, param
+
+
+class Block(nn.Module):
+    """resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid))."""
+
+    cfg: ModelConfig
+    layer: int | None  # None inside a layer scan: the index is then traced
+
+    @nn.compact
+    def __call__(self, x, positions, hooks, deterministic, layer_index=None):
+        cfg = self.cfg
+        p = f"blocks.{LAYER_WILDCARD if self.layer is None else self.layer}"
+
+        def point(name, value):
+            return hook(self, hooks, f"{p}.{name}", value, layer_index)
+
+        def dropout(y):
+            return nn.Dropout(cfg.dropout)(y, deterministic=deterministic) if cfg.dropout > 0 else y
+
+        x = point("hook_resid_pre", x)
+        a = Norm(cfg, f"{p}.ln1", name="ln1")(x, hooks, layer_index)
+        a = Attention(cfg, f"{p}.attn", name="attn")(a, positions, hooks, layer_index, deterministic)
+        x = point("hook_resid_mid", x + point("hook_attn_out", dropout(a)))
+        m = Norm(cfg, f"{p}.ln2", name="ln2")(x, hooks, layer_index)
+        m = MLP(cfg, f"{p}.mlp", name="mlp")(m, hooks, layer_index)
+        return point("hook_resid_post", x + point("hook_mlp_out", dropout(m)))
+
+
+class ScannedBlock(nn.Module):
+    """Block in the (carry, xs) -> (carry, ys) form that nn.scan wants."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_index, positions, hooks, deterministic):
+        block = Block(self.cfg, None, name="block")
+        return block(x, positions, hooks, deterministic, layer_index), None
+
+
+def _remat(module_cls, cfg: ModelConfig, static_argnums):
+    if cfg.remat == "none":
+        return module_cls
+    policy = None if cfg.remat == "full" else jax.checkpoint_policies.checkpoint_dots
+    return nn.remat(module_cls, policy=policy, static_argnums=static_argnums, prevent_cse=not cfg.scan_layers)
+
+
+class Transformer(nn.Module):
+    """tokens [batch, pos] (int) -> logits [batch, pos, vocab] (float32)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, hooks: Hooks | None = None, deterministic: bool = True):
+        cfg = self.cfg
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        embedding = param(
+            self, "embed", normal(cfg.init_std), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.params_dtype
+        )
+        x = hook(self, hooks, "hook_embed", jnp.take(embedding, tokens, axis=0).astype(cfg.compute_dtype))
+        if cfg.pos_embedding == "learned":
+            table = param(
+                self, "pos_embed", normal(cfg.init_std), (cfg.max_len, cfg.d_model), ("length", "embed"), cfg.params_dtype
+            )
+            pos = hook(self, hooks, "hook_pos_embed", jnp.take(table, positions, axis=0).astype(cfg.compute_dtype))
+            x = x + pos
+        if cfg.dropout > 0:
+            x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+
+        if cfg.scan_layers:
+            scan = nn.scan(
+                _remat(ScannedBlock, cfg, static_argnums=(5,)),  # (self, x, idx, pos, hooks, deterministic)
+                variable_axes={"params": 0, "hooks": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=cfg.n_layer,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scan(cfg, name="blocks")(x, jnp.arange(cfg.n_layer), positions, hooks, deterministic)
+        else:
+            block_cls = _remat(Block, cfg, static_argnums=(4,))  # (self, x, pos, hooks, deterministic)
+            for layer in range(cfg.n_layer):
+                x = block_cls(cfg, layer, name=f"blocks_{layer}")(x, positions, hooks, deterministic)
+
+        x = Norm(cfg, "ln_final", name="ln_final")(x, hooks)
+        if cfg.tie_embeddings:
+            logits = x @ embedding.astype(cfg.compute_dtype).T
+        else:
+            w_u = param(
+                self, "unembed", normal(cfg.init_std), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.params_dtype
+            )
+            logits = x @ w_u.astype(cfg.compute_dtype)
+        return logits.astype(jnp.float32)
+
+    # -- The hook API. Pure functions of (params, tokens, ...): safe under jit, vmap and grad.
+
+    def run_with_cache(self, params, tokens, names, positions=None, interventions=None):
+        """-> (logits, {name: activation}) keeping only the requested hook points."""
+        names = tuple(names)
+        self.check_hook_names(names, interventions)
+        hooks = Hooks(names, interventions)
+        logits, state = self.apply({"params": params}, tokens, positions, hooks, mutable=[HOOK_COLLECTION])
+        return logits, collect_cache(state.get(HOOK_COLLECTION, {}), names)
+
+    def run_with_hooks(self, params, tokens, interventions, positions=None):
+        """-> logits with each `name: (fn, payload)` intervention applied at its hook point."""
+        self.check_hook_names((), interventions)
+        return self.apply({"params": params}, tokens, positions, Hooks((), interventions))
+
+    def check_hook_names(self, names, interventions=None):
+        known = set(hook_names(self.cfg))
+        unknown = sorted(set(names) - known) + sorted(set(interventions or {}) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown hook point(s) {unknown}; this model names {len(known)} points, "
+                f"e.g. {hook_names(self.cfg)[:4]} ... (see lmjax.model.hook_names)"
+            )
+
+
+def hook_names(cfg: ModelConfig) -> list[str]:
+    """Every hook point the model names, in forward order."""
+    names = ["hook_embed"] + (["hook_pos_embed"] if cfg.pos_embedding == "learned" else [])
+    attn = ["hook_q", "hook_k", "hook_v"]
+    if cfg.pos_embedding == "rope":
+        attn += ["hook_rot_q", "hook_rot_k"]
+    attn += ["hook_attn_scores", "hook_pattern", "hook_z"]
+    mlp = ["hook_pre"] + (["hook_pre_gate"] if cfg.mlp == "swiglu" else []) + ["hook_post"]
+    for layer in range(cfg.n_layer):
+        p = f"blocks.{layer}"
+        names += [f"{p}.hook_resid_pre", f"{p}.ln1.hook_scale", f"{p}.ln1.hook_normalized"]
+        names += [f"{p}.attn.{n}" for n in attn]
+        names += [f"{p}.hook_attn_out", f"{p}.hook_resid_mid", f"{p}.ln2.hook_scale", f"{p}.ln2.hook_normalized"]
+        names += [f"{p}.mlp.{n}" for n in mlp]
+        names += [f"{p}.hook_mlp_out", f"{p}.hook_resid_post"]
+    return names + ["ln_final.hook_scale", "ln_final.hook_normalized"]

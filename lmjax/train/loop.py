@@ -1,0 +1,301 @@
+"""The training loop: data, state, steps, evals, logs, checkpoints, preemption.
+
+`train(config, workdir)` resumes automatically from the newest checkpoint in the workdir.
+Everything a step needs is a pure function of (config, step), so a resumed run sees
+exactly the batches and dropout masks an uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from lmjax import sharding
+from lmjax.config import ConfigError, model_config
+from lmjax.data import TokenData, eval_batches, prepare_tokens, text_source, train_batch
+from lmjax.data.tokenizers import build_tokenizer, tokenizer_from_json
+from lmjax.model import Transformer
+from lmjax.scaling.accounting import count_params, flops_per_token
+from lmjax.train import mfu as mfu_lib
+from lmjax.train.checkpoint import Checkpointer
+from lmjax.train.optimizer import learning_rate_schedule, make_optimizer
+from lmjax.train.steps import init_state, make_eval_step, make_train_step, state_shardings
+from lmjax.train.writers import JsonlWriter, MultiWriter, TensorBoardWriter
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything set up for a run, before the first step."""
+
+    config: object
+    workdir: str
+    tokenizer: object
+    data: TokenData
+    model: Transformer
+    mesh: object
+    state: dict
+    checkpointer: Checkpointer
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("LMJAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lmjax")
+
+
+def config_json(config) -> dict:
+    return json.loads(config.to_json())
+
+
+def _tokenizer_for(config, checkpointer: Checkpointer, source):
+    """The checkpoint's tokenizer when resuming, else a new one built from the config."""
+    if checkpointer.latest_step() is not None:
+        _, tok = checkpointer.restore_meta()
+        return tokenizer_from_json(tok)
+    d = config.data
+    return build_tokenizer(
+        d.tokenizer,
+        texts=source.documents,
+        vocab_size=d.spm_vocab_size,
+        model_type=d.spm_model_type,
+        model_path=d.spm_model_path or None,
+    )
+
+
+def _check_same_model(config, checkpointer: Checkpointer, vocab_size: int):
+    """Resuming a workdir trained with another model is an error, before anything is loaded."""
+    if checkpointer.latest_step() is None:
+        return
+    saved, _ = checkpointer.restore_meta()
+    mine = dataclasses.asdict(model_config(config, vocab_size))
+    theirs = dict(saved["model"], vocab_size=saved["model"]["vocab_size"] or vocab_size)
+    # scan_layers/remat/dtype change the program, not the model's shape; everything else must match
+    ignore = {"scan_layers", "remat", "dtype", "dropout"}
+    diff = {k: (theirs.get(k), v) for k, v in mine.items() if k not in ignore and theirs.get(k) != v}
+    if diff:
+        lines = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
+        raise ConfigError(
+            f"workdir {checkpointer.directory} holds a checkpoint of a different model ({lines}); "
+            "use another --workdir or the checkpoint's config"
+        )
+
+
+def setup(config, workdir: str, *, with_data: bool = True) -> Run:
+    """Tokenizer, token shards, model, mesh and (restored or fresh) sharded state.
+
+    with_data=False skips the token shards (sampling from a checkpoint needs none).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        keep=config.checkpoint.keep,
+        save_every=config.checkpoint.every,
+        async_save=config.checkpoint.async_save,
+    )
+    source = text_source(config.data.source) if with_data or checkpointer.latest_step() is None else None
+    tokenizer = _tokenizer_for(config, checkpointer, source)
+    _check_same_model(config, checkpointer, tokenizer.vocab_size)
+    cfg = model_config(config, tokenizer.vocab_size)
+    if cfg.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
+    mesh = sharding.make_mesh(config.mesh)
+    if config.train.batch_size % sharding.batch_divisor(mesh):
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} is not divisible by the data-parallel mesh width "
+            f"{sharding.batch_divisor(mesh)} (mesh {dict(mesh.shape)})"
+        )
+    data = None
+    if with_data:
+        data = prepare_tokens(
+            source, tokenizer, config.data.cache_dir or default_cache_dir(), val_fraction=config.data.val_fraction
+        )
+        seq_len = config.data.seq_len or cfg.max_len
+        for split, tokens in (("train", data.train), ("val", data.val)):
+            if len(tokens) < seq_len + 2:
+                raise ConfigError(f"data: the {split} split has {len(tokens)} tokens, fewer than one window of {seq_len + 1}")
+    model = Transformer(cfg)
+    optimizer = make_optimizer(config.optimizer, config.train.steps)
+    if checkpointer.latest_step() is None:
+        state = init_state(model, optimizer, mesh, config.train.seed)
+    else:
+        abstract = jax.eval_shape(lambda: init_state(model, optimizer, mesh, config.train.seed))
+        shardings = state_shardings(model, optimizer, mesh)
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        state = checkpointer.restore(abstract)
+    return Run(config, workdir, tokenizer, data, model, mesh, state, checkpointer)
+
+
+def evaluate(run: Run, eval_step, params) -> dict[str, float]:
+    """Val loss (nats/token), perplexity, and bits per byte over the configured val batches.
+
+    Bits per byte uses the val split's tokens-per-byte ratio, so it compares across
+    tokenizers and with published bits-per-character figures.
+    """
+    c = run.config
+    seq_len = c.data.seq_len or run.model.cfg.max_len
+    total, count = 0.0, 0.0
+    batch_sharding = sharding.batch_sharding(run.mesh)
+    for batch in eval_batches(run.data.val, batch_size=c.train.batch_size, seq_len=seq_len, max_batches=c.train.eval_batches or None):
+        out = eval_step(params, jax.device_put(batch, batch_sharding))
+        total += float(out["loss_sum"])
+        count += float(out["tokens"])
+    loss = total / count
+    return {
+        "val_loss": loss,
+        "val_ppl": math.exp(min(loss, 50.0)),
+        "val_bpb": loss / math.log(2) * run.data.val_tokens_per_byte,
+    }
+
+
+class _Preemption:
+    """SIGTERM (preemption, `kill`, scancel) asks the loop to save and stop at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            self.requested = True
+
+        try:
+            self._previous = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: no handler, no preemption saves
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config, workdir: str, *, stop_at_step: int | None = None, progress: bool = True, quiet: bool = False) -> dict:
+    """Train (or resume) until config.train.steps; returns a summary of the run.
+
+    stop_at_step: stop (with a checkpoint) once this step is reached, as if preempted there.
+    """
+    say = (lambda *a: None) if quiet else print
+    run = setup(config, workdir)
+    c, model, state = run.config, run.model, run.state
+    start = int(state["step"])
+    total = c.train.steps
+    end = min(total, stop_at_step) if stop_at_step is not None else total
+    seq_len = c.data.seq_len or model.cfg.max_len
+    fpt = flops_per_token(model.cfg, seq_len)
+    peak, peak_source = mfu_lib.peak_flops_per_device()
+    n_params = count_params(state["params"])
+    meta = {"config": config_json(c), "tokenizer": run.tokenizer.to_json()}
+    say(
+        f"lmjax: {n_params / 1e6:.2f}M params, {fpt / 1e6:.1f} MFLOPs/token, "
+        f"{len(run.data.train):,} train / {len(run.data.val):,} val tokens, mesh {dict(run.mesh.shape)}, "
+        f"peak {peak / 1e9:.0f} GFLOP/s/device ({peak_source})"
+    )
+    if start:
+        say(f"resuming from step {start} in {workdir}")
+
+    train_step = make_train_step(model, make_optimizer(c.optimizer, total), grad_accum=c.train.grad_accum, seed=c.train.seed)
+    eval_step = make_eval_step(model)
+    writer = MultiWriter([JsonlWriter(os.path.join(workdir, "metrics.jsonl")), TensorBoardWriter(os.path.join(workdir, "tb"))])
+    batch_sharding = sharding.batch_sharding(run.mesh)
+    process, n_process = jax.process_index(), jax.process_count()
+    rows_per_process = c.train.batch_size // n_process
+
+    def batch_at(step):
+        local = train_batch(run.data.train, seed=c.train.seed, step=step, batch_size=c.train.batch_size,
+                            seq_len=seq_len, process_index=process, process_count=n_process)
+        if n_process == 1:
+            return jax.device_put(local, batch_sharding)
+        shape = (rows_per_process * n_process, seq_len)
+        return {k: jax.make_array_from_process_local_data(batch_sharding, v, shape) for k, v in local.items()}
+
+    summary = {"start_step": start, "params": n_params, "flops_per_token": fpt, "peak_flops": peak}
+    last_good = run.checkpointer.latest_step()
+    pending = None  # (step, metrics) not yet fetched: fetching one step late keeps the device busy
+    window = {"t": time.perf_counter(), "step": start, "loss": []}
+
+    def settle(step, metrics):
+        """Fetch a step's metrics; stop on NaN/inf before anything is saved from it."""
+        loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            run.checkpointer.wait()
+            raise NonFiniteLossError(
+                f"non-finite loss {loss} / grad norm {gnorm} at step {step}; last good checkpoint: "
+                f"step {last_good} in {run.checkpointer.directory}. Lower optimizer.lr or check the data."
+            )
+        window["loss"].append(loss)
+        summary["last_loss"] = loss
+
+    def log(step, bar):
+        dt = time.perf_counter() - window["t"]
+        steps = step - window["step"]
+        if not steps:
+            return
+        tokens_per_s = steps * c.train.batch_size * seq_len / dt
+        scalars = {
+            "loss": float(np.mean(window["loss"])),
+            "tokens_per_s": tokens_per_s,
+            "step_time_s": dt / steps,
+            "mfu": tokens_per_s * fpt / (peak * jax.device_count()),
+            "lr": float(run_lr(step)),
+        }
+        writer.write_scalars(step, scalars)
+        bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{scalars['mfu']:.1%}")
+        summary.update(tokens_per_s=tokens_per_s, mfu=scalars["mfu"])
+        window.update(t=time.perf_counter(), step=step, loss=[])
+
+    run_lr = learning_rate_schedule(c.optimizer, total)
+
+    def save(step, force=False):
+        nonlocal last_good
+        if run.checkpointer.save(step, state, config=meta["config"], tokenizer=meta["tokenizer"], force=force):
+            last_good = step
+
+    with _Preemption() as preempt, tqdm(total=end, initial=start, disable=not progress, desc="train",
+                                         dynamic_ncols=True, mininterval=1.0) as bar:
+        step = start
+        while step < end:
+            state, metrics = train_step(state, batch_at(step))
+            if step == start:  # the first call compiled: keep that out of tokens/s
+                window.update(t=time.perf_counter(), step=start + 1)
+            if pending:
+                settle(*pending)
+            pending = (step + 1, metrics)
+            step += 1
+            bar.update(1)
+            boundary = step % c.train.log_every == 0 or step == end
+            if boundary or run.checkpointer.should_save(step) or step % c.train.eval_every == 0 or preempt.requested:
+                settle(*pending)
+                pending = None
+            if boundary:
+                log(step, bar)
+            if step % c.train.eval_every == 0 or step == total:
+                ev = evaluate(run, eval_step, state["params"])
+                writer.write_scalars(step, ev)
+                summary.update(ev)
+                bar.write(f"step {step}: val loss {ev['val_loss']:.4f}, val bpb {ev['val_bpb']:.4f}")
+                window["t"] = time.perf_counter()  # keep eval time out of tokens/s
+            if run.checkpointer.should_save(step):
+                save(step)
+            if preempt.requested:
+                break
+    if pending:
+        settle(*pending)
+    save(step, force=True)
+    run.checkpointer.wait()
+    writer.close()
+    summary.update(end_step=step, preempted=preempt.requested, finished=step >= total)
+    if preempt.requested:
+        say(f"stopped by SIGTERM at step {step}; checkpoint saved. Run the same command to resume.")
+    summary["run"] = run
+    summary["state"] = state
+    return summary
+

@@ -1,0 +1,58 @@
+"""Model FLOPs utilisation: achieved model FLOP/s over the hardware's peak.
+
+MFU = tokens/s * FLOPs per token / peak FLOP/s (no credit for recomputation). The peak
+comes from a table of known accelerators (dense bf16 matmul), or, on a CPU, from a short
+float32 matmul probe on this machine.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
+PEAK_FLOPS = {
+    "TPU v3": 123e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "A100": 312e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "B200": 2250e12,
+}
+
+
+def matmul_peak_probe(n: int = 1024, reps: int = 10) -> float:
+    """Measured float32 matmul FLOP/s of the default backend (best of `reps`)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+@functools.lru_cache(maxsize=1)
+def peak_flops_per_device() -> tuple[float, str]:
+    """(peak FLOP/s of one device, where the figure came from)."""
+    kind = jax.devices()[0].device_kind
+    for name, peak in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return peak, f"table: {name}"
+    if jax.default_backend() == "cpu":
+        return matmul_peak_probe(), "measured: f32 matmul probe"
+    return float("nan"), f"unknown device {kind!r}"
+
+
+def mfu(tokens_per_second: float, flops_per_token: float, n_devices: int | None = None) -> float:
+    peak, _ = peak_flops_per_device()
+    n = jax.device_count() if n_devices is None else n_devices
+    return tokens_per_second * flops_per_token / (peak * n)

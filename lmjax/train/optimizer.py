@@ -1,0 +1,43 @@
+"""AdamW with warmup + decay, global-norm clipping, and weight decay only on matrices."""
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to `lr`, then cosine / linear decay to `end_lr` (or constant)."""
+    warmup = int(opt.warmup_steps)
+    decay_steps = max(total_steps - warmup, 1)
+    if opt.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(opt.lr, decay_steps, alpha=opt.end_lr / opt.lr)
+    elif opt.schedule == "linear":
+        decay = optax.linear_schedule(opt.lr, opt.end_lr, decay_steps)
+    else:
+        decay = optax.constant_schedule(opt.lr)
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, opt.lr, warmup), decay], [warmup])
+
+
+def decay_mask(params):
+    """Weight decay for matrices and embeddings; not for norms' scales, biases, or any 1-D vector.
+
+    Parameters of scanned layers carry a leading layer axis, so a bias there is 2-D: the
+    leaf's name, not only its rank, decides.
+    """
+
+    def wants_decay(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        return leaf.ndim >= 2 and name not in ("bias", "scale")
+
+    return jax.tree_util.tree_map_with_path(wants_decay, params)
+
+
+def make_optimizer(opt, total_steps: int) -> optax.GradientTransformation:
+    schedule = learning_rate_schedule(opt, total_steps)
+    parts = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm > 0 else []
+    parts.append(
+        optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
+    )
+    return optax.chain(*parts)

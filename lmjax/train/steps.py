@@ -1,0 +1,124 @@
+"""The pure pieces of training: state init, train_step, eval_step (all jit-compiled).
+
+The train state is a plain dict {"step", "params", "opt_state"}: a pytree that orbax saves
+and restores as is. Randomness (dropout) comes from fold_in(seed, step), so a step is a
+pure function of (state, batch) and a resumed run repeats an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from lmjax import sharding
+from lmjax.model import Transformer
+
+
+def cross_entropy(logits, targets):
+    """Mean next-token loss in nats, computed in float32."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+
+
+def _dummy_tokens(model: Transformer):
+    return jnp.zeros((1, model.cfg.max_len), jnp.int32)
+
+
+def param_shardings(model: Transformer, mesh: Mesh):
+    """NamedShardings of the parameters, from the logical axis names the model declares."""
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), _dummy_tokens(model)))
+    return sharding.logical_shardings(nn.get_partition_spec(boxed)["params"], mesh)
+
+
+def state_shardings(model: Transformer, optimizer: optax.GradientTransformation, mesh: Mesh):
+    """Shardings of {"step", "params", "opt_state"}; optimizer moments follow their parameter."""
+    params = param_shardings(model, mesh)
+    abstract_params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    opt = _follow_params(abstract_opt, params, sharding.replicated(mesh))
+    return {"step": sharding.replicated(mesh), "params": params, "opt_state": opt}
+
+
+def _follow_params(tree, param_shardings, default):
+    """Give each leaf of an optimizer state the sharding of the parameter it mirrors.
+
+    Optimizer moments (mu, nu, ...) repeat the parameter tree under some prefix, so a
+    leaf whose key path ends with a parameter's key path takes that parameter's sharding;
+    counters and other leaves are replicated.
+    """
+    by_path = {tuple(path): s for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+
+    def pick(path, leaf):
+        for i in range(len(path)):
+            if tuple(path[i:]) in by_path:
+                return by_path[tuple(path[i:])]
+        return default
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def init_params(model: Transformer, key):
+    return nn.unbox(model.init(key, _dummy_tokens(model))["params"])
+
+
+def init_state(model: Transformer, optimizer, mesh: Mesh, seed: int):
+    """Create the train state directly sharded: no host ever holds the whole model."""
+
+    def init():
+        params = init_params(model, jax.random.key(seed))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+
+    return jax.jit(init, out_shardings=state_shardings(model, optimizer, mesh))()
+
+
+def make_train_step(model: Transformer, optimizer, *, grad_accum: int = 1, seed: int = 0):
+    """-> jitted train_step(state, batch) -> (state, metrics); the state's buffers are donated.
+
+    With grad_accum > 1 the batch is split into micro-batches whose gradients are averaged
+    in a lax.scan: one optimizer step sees the whole batch, at a micro-batch's memory.
+    """
+    stochastic = model.cfg.dropout > 0
+
+    def loss_fn(params, inputs, targets, key):
+        logits = model.apply(
+            {"params": params}, inputs, deterministic=not stochastic, rngs={"dropout": key} if stochastic else None
+        )
+        return cross_entropy(logits, targets)
+
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def train_step(state, batch):
+        key = jax.random.fold_in(jax.random.key(seed), state["step"])
+        inputs, targets = batch["inputs"], batch["targets"]
+        if grad_accum == 1:
+            loss, grads = grad_fn(state["params"], inputs, targets, key)
+        else:
+            micro = lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:])
+
+            def accumulate(carry, xs):
+                i, (inp, tgt) = xs
+                loss, grads = grad_fn(state["params"], inp, tgt, jax.random.fold_in(key, i))
+                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state["params"]))
+            xs = (jnp.arange(grad_accum), (micro(inputs), micro(targets)))
+            (loss, grads), _ = jax.lax.scan(accumulate, zeros, xs)
+            loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(model: Transformer):
+    """-> jitted eval_step(params, batch) -> summed loss (nats) and token count."""
+
+    def eval_step(params, batch):
+        logits = model.apply({"params": params}, batch["inputs"])
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        return {"loss_sum": losses.sum(), "tokens": jnp.asarray(losses.size, jnp.float32)}
+
+    return jax.jit(eval_step)
