@@ -91,7 +91,10 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config(arg=None)")
-    user = module.get_config(arg or None)
+    try:
+        user = module.get_config(arg or None)
+    except (ValueError, KeyError, TypeError) as e:  # e.g. an unknown variant
+        raise ConfigError(f"{spec}: {e}") from None
     config = merge(default_config(), user, where=path)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -178,7 +181,7 @@ def validate(config) -> None:
     check(o.schedule in SCHEDULES, "optimizer.schedule", f"{o.schedule!r} not in {SCHEDULES}")
     check(o.lr > 0, "optimizer.lr", f"must be positive, got {o.lr}")
     check(0 <= o.end_lr <= o.lr, "optimizer.end_lr", f"must be in [0, optimizer.lr], got {o.end_lr}")
-    check(0 <= o.warmup_steps <= t.steps, "optimizer.warmup_steps", f"must be in [0, train.steps], got {o.warmup_steps}")
+    check(o.warmup_steps >= 0, "optimizer.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
     check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optimizer.b1/b2", f"must be in [0, 1), got {o.b1}, {o.b2}")
     check(o.eps > 0 and o.weight_decay >= 0 and o.clip_norm >= 0, "optimizer.eps/weight_decay/clip_norm",
           "eps must be > 0, weight_decay and clip_norm >= 0")

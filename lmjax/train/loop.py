@@ -119,9 +119,12 @@ def setup(config, workdir: str, *, with_data: bool = True) -> Run:
             source, tokenizer, config.data.cache_dir or default_cache_dir(), val_fraction=config.data.val_fraction
         )
         seq_len = config.data.seq_len or cfg.max_len
-        for split, tokens in (("train", data.train), ("val", data.val)):
-            if len(tokens) < seq_len + 2:
-                raise ConfigError(f"data: the {split} split has {len(tokens)} tokens, fewer than one window of {seq_len + 1}")
+        for split, tokens, rows in (("train", data.train, 1), ("val", data.val, config.train.batch_size)):
+            if len(tokens) < rows * seq_len + 1:
+                raise ConfigError(
+                    f"data: the {split} split has {len(tokens)} tokens, fewer than {rows} window(s) of "
+                    f"{seq_len} + 1; use more text, a smaller data.seq_len or train.batch_size"
+                )
     model = Transformer(cfg)
     optimizer = make_optimizer(config.optimizer, config.train.steps)
     if checkpointer.latest_step() is None:
@@ -137,22 +140,26 @@ def setup(config, workdir: str, *, with_data: bool = True) -> Run:
 def evaluate(run: Run, eval_step, params) -> dict[str, float]:
     """Val loss (nats/token), perplexity, and bits per byte over the configured val batches.
 
-    Bits per byte uses the val split's tokens-per-byte ratio, so it compares across
-    tokenizers and with published bits-per-character figures.
+    Bits per byte divides the summed loss by the UTF-8 bytes of the predicted tokens, so it
+    compares across tokenizers and with published bits-per-character figures.
     """
     c = run.config
     seq_len = c.data.seq_len or run.model.cfg.max_len
-    total, count = 0.0, 0.0
+    token_bytes = run.tokenizer.token_bytes()
+    total, count, n_bytes = 0.0, 0.0, 0
     batch_sharding = sharding.batch_sharding(run.mesh)
-    for batch in eval_batches(run.data.val, batch_size=c.train.batch_size, seq_len=seq_len, max_batches=c.train.eval_batches or None):
+    batches = eval_batches(run.data.val, batch_size=c.train.batch_size, seq_len=seq_len,
+                           max_batches=c.train.eval_batches or None)
+    for batch in batches:
         out = eval_step(params, jax.device_put(batch, batch_sharding))
+        n_bytes += int(token_bytes[batch["targets"]].sum())
         total += float(out["loss_sum"])
         count += float(out["tokens"])
     loss = total / count
     return {
         "val_loss": loss,
         "val_ppl": math.exp(min(loss, 50.0)),
-        "val_bpb": loss / math.log(2) * run.data.val_tokens_per_byte,
+        "val_bpb": total / math.log(2) / max(n_bytes, 1),
     }
 
 

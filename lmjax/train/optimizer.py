@@ -7,7 +7,7 @@ import optax
 
 def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to `lr`, then cosine / linear decay to `end_lr` (or constant)."""
-    warmup = int(opt.warmup_steps)
+    warmup = min(int(opt.warmup_steps), total_steps)
     decay_steps = max(total_steps - warmup, 1)
     if opt.schedule == "cosine":
         decay = optax.cosine_decay_schedule(opt.lr, decay_steps, alpha=opt.end_lr / opt.lr)

@@ -107,7 +107,7 @@ def make_train_step(model: Transformer, optimizer, *, grad_accum: int = 1, seed:
             loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
     return jax.jit(train_step, donate_argnums=(0,))
