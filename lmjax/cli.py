@@ -2,7 +2,8 @@
 
     lmjax train --config configs/quickstart.py --workdir runs/qs [--config.train.steps=100 ...]
     lmjax eval --workdir runs/qs
-    lmjax sample --workdir runs/qs --prompt "def " [--max_new_tokens 200 --temperature 0.8 --seed 0]
+    lmjax sample --workdir runs/qs --prompt "def " [--num_samples 4 --max_new_tokens 100 --temperature 0.8
+                 --top_k 40 --top_p 0.95 --seed 0 --prompt_file prompts.txt]
 
 Config overrides are `--config.SECTION.KEY=VALUE`. Problems with the config or the
 input are reported in one line each, without a traceback.
@@ -46,16 +47,20 @@ def _parser():
     e.add_argument("--batches", type=int, default=0, help="val batches (0 = the config's train.eval_batches)")
     s = sub.add_parser("sample", help="generate text from the workdir's latest checkpoint")
     s.add_argument("--workdir", required=True)
-    s.add_argument("--prompt", default="")
-    s.add_argument("--max_new_tokens", type=int, default=200)
-    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--prompt", action="append", help="a prompt (repeat for a batch); default: start from BOS")
+    s.add_argument("--prompt_file", help="one prompt per line (write \\n for a newline inside a prompt)")
+    s.add_argument("--num_samples", type=int, default=1, help="samples per prompt")
+    s.add_argument("--max_new_tokens", type=int, default=100)
+    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    s.add_argument("--top_k", type=int, default=0, help="0 = off")
+    s.add_argument("--top_p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1 = off")
     s.add_argument("--seed", type=int, default=0)
     return p
 
 
 def cmd_train(args, overrides):
     from lmjax.config import load_config
-    from lmjax.sample import sample_text
+    from lmjax.sample import sample
     from lmjax.train.loop import train
 
     config = load_config(args.config, overrides)
@@ -63,10 +68,12 @@ def cmd_train(args, overrides):
     if "val_loss" in summary:
         print(f"final: val loss {summary['val_loss']:.4f} nats/token, val bits/byte {summary['val_bpb']:.4f}")
     if summary["finished"] and config.train.sample_tokens:
-        run = summary["run"]
-        text = sample_text(run.model, summary["state"]["params"], run.tokenizer, config.train.sample_prompt,
-                           config.train.sample_tokens, temperature=config.train.sample_temperature)
-        print("sample:\n" + config.train.sample_prompt + text)
+        run, prompt = summary["run"], config.train.sample_prompt
+        room = run.model.cfg.max_len - max(len(run.tokenizer.encode(prompt)), 1)
+        [text] = sample(summary["state"]["params"], run.model, run.tokenizer, prompt,
+                        max_new_tokens=min(config.train.sample_tokens, room),
+                        temperature=config.train.sample_temperature, seed=config.train.seed)
+        print("sample:\n" + prompt + text)
 
 
 def _restore(workdir, overrides=()):
@@ -98,13 +105,21 @@ def cmd_eval(args, overrides):
 
 
 def cmd_sample(args, overrides):
-    from lmjax.sample import sample_text
+    from lmjax.sample import sample
     from lmjax.train.loop import setup
 
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            prompts += [line.rstrip("\n").replace("\\n", "\n") for line in f if line.strip()]
+    prompts = [p for p in (prompts or [""]) for _ in range(args.num_samples)]
     run = setup(_restore(args.workdir, overrides), args.workdir, with_data=False)
-    text = sample_text(run.model, run.state["params"], run.tokenizer, args.prompt, args.max_new_tokens,
-                       temperature=args.temperature, seed=args.seed)
-    print(args.prompt + text)
+    texts = sample(run.state["params"], run.model, run.tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    for i, (prompt, text) in enumerate(zip(prompts, texts)):
+        if len(texts) > 1:
+            print(f"--- sample {i} ---")
+        print(prompt + text)
 
 
 def main(argv=None):
@@ -116,7 +131,7 @@ def main(argv=None):
     command = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}[args.command]
     try:
         command(args, overrides)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback
         print(f"lmjax {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,58 +1,155 @@
-"""Text generation from a trained model.
+"""The XLA-compiled sampler: prefill and the whole decode loop in one jit.
 
-This is the simple sampler: one compiled forward pass over a fixed window per new token
-(the context slides once it is full). It compiles once per (model, window) and needs no
-cache, so it is the reference that a KV-cached sampler must reproduce.
+    texts = sample(params, model, tokenizer, ["def ", "import"], max_new_tokens=100,
+                   temperature=0.8, top_k=40, top_p=0.95, seed=0)
+
+Prompts of different lengths are right-padded into one batch; each row keeps its own
+position, and the cache slot of a token is its position, so a row's padding is never
+attended to and is overwritten as the row grows. The program is compiled once per
+(batch size, prompt bucket) -- prompts are padded up to a power of two -- and the
+temperature, top-k, top-p, seed, stop tokens and max_new_tokens are traced values: new
+settings do not recompile.
 """
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lmjax.model import Transformer
+from lmjax.model.cache import init_cache
+
+MIN_BUCKET = 8
+
+
+def _bucket(n: int, limit: int) -> int:
+    """Round a prompt length up to a power of two (at least MIN_BUCKET, at most `limit`)."""
+    return min(max(MIN_BUCKET, 1 << (n - 1).bit_length()), limit)
+
+
+def filter_logits(logits, temperature, top_k, top_p):
+    """Scale by temperature and mask (to -inf) what top-k and top-p exclude.
+
+    top_k <= 0 and top_p >= 1 disable those filters. Works on [..., vocab].
+    """
+    logits = logits.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+    vocab = logits.shape[-1]
+    ordered = jnp.sort(logits, axis=-1)[..., ::-1]  # descending
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth = jnp.take_along_axis(ordered, jnp.broadcast_to(k - 1, logits.shape[:-1])[..., None], axis=-1)
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+    # nucleus: keep the smallest prefix of the ordered tokens whose mass reaches top_p
+    probs = jax.nn.softmax(jnp.where(ordered < kth, -jnp.inf, ordered), axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    kept = mass_before < top_p  # the most likely token is always kept
+    floor = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits < floor, -jnp.inf, logits)
+
+
+def choose(logits, key, temperature, top_k, top_p):
+    """Next token per row: greedy when temperature == 0, else a filtered sample."""
+    sampled = jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p), axis=-1)
+    return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _next_token(model: Transformer, params, window, length, key, temperature):
-    logits = model.apply({"params": params}, window)[0, length - 1]
-    greedy = jnp.argmax(logits)
-    sampled = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6))
-    return jnp.where(temperature > 0, sampled, greedy)
+def _generate(model: Transformer, params, prompt, lengths, max_new, key, temperature, top_k, top_p, stop_ids):
+    """prompt [b, P] right-padded, lengths [b] -> (tokens [b, max_len], ends [b])."""
+    b, bucket = prompt.shape
+    max_len = model.cfg.max_len
+    positions = jnp.broadcast_to(jnp.arange(bucket), (b, bucket))
+    logits, cache = model.apply({"params": params}, prompt, positions, cache=init_cache(model.cfg, b))
+    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    tokens = jnp.zeros((b, max_len), jnp.int32).at[:, :bucket].set(prompt)
+
+    def cond(carry):
+        step, _, _, _, _, done = carry
+        return (step < max_new) & ~jnp.all(done)
+
+    def body(carry):
+        step, tokens, cache, last, ends, done = carry
+        nxt = choose(last, jax.random.fold_in(key, step), temperature, top_k, top_p)
+        rows = jnp.arange(b)
+        tokens = tokens.at[rows, ends].set(jnp.where(done, tokens[rows, ends], nxt))
+        logits, cache = model.apply({"params": params}, nxt[:, None], ends[:, None], cache=cache)
+        stopped = jnp.any(nxt[:, None] == stop_ids[None, :], axis=-1)
+        ends = jnp.where(done, ends, ends + 1)
+        return step + 1, tokens, cache, logits[:, 0], ends, done | stopped
+
+    done = jnp.zeros((b,), bool)
+    carry = (jnp.int32(0), tokens, cache, last, lengths, done)
+    _, tokens, _, _, ends, _ = jax.lax.while_loop(cond, body, carry)
+    return tokens, ends
 
 
-def sample_tokens(model: Transformer, params, prompt: list[int], max_new_tokens: int, *,
-                  temperature: float = 1.0, seed: int = 0) -> list[int]:
-    """Continue `prompt` (token ids) by `max_new_tokens`; temperature 0 is greedy."""
-    if not prompt:
-        raise ValueError("prompt is empty: give at least one token (e.g. the tokenizer's BOS)")
+def check_request(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                  temperature: float, top_k: int, top_p: float) -> None:
+    """Every problem with a request, raised before anything compiles."""
+    cfg = model.cfg
+    if not prompts:
+        raise ValueError("no prompts given")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    vocab, window_len = model.cfg.vocab_size, model.cfg.max_len
-    bad = [t for t in prompt if not 0 <= t < vocab]
-    if bad:
-        raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
-    tokens = list(prompt)
-    key = jax.random.key(seed)
-    for i in range(max_new_tokens):
-        context = tokens[-window_len:]
-        window = np.zeros((1, window_len), np.int32)
-        window[0, : len(context)] = context
-        token = _next_token(model, params, jnp.asarray(window), len(context), jax.random.fold_in(key, i),
-                            jnp.float32(temperature))
-        tokens.append(int(token))
-    return tokens[len(prompt):]
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty: give at least one token (or configure a BOS token)")
+        bad = [t for t in p if not 0 <= int(t) < cfg.vocab_size]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids {bad[:5]} outside the vocabulary [0, {cfg.vocab_size})")
+        if len(p) + max_new_tokens > cfg.max_len:
+            raise ValueError(
+                f"prompt {i} ({len(p)} tokens) + max_new_tokens ({max_new_tokens}) = {len(p) + max_new_tokens} "
+                f"exceeds the model's context of {cfg.max_len} tokens"
+            )
 
 
-def sample_text(model: Transformer, params, tokenizer, prompt: str, max_new_tokens: int, *,
-                temperature: float = 1.0, seed: int = 0) -> str:
-    """Continue a text prompt; an empty prompt starts from the tokenizer's BOS."""
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        if tokenizer.bos_id is None:
-            raise ValueError("empty prompt and the tokenizer has no BOS token to start from")
-        ids = [tokenizer.bos_id]
-    out = sample_tokens(model, params, ids, max_new_tokens, temperature=temperature, seed=seed)
-    return tokenizer.decode(out)
+def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+             stop_tokens: Sequence[int] = ()) -> list[list[int]]:
+    """Token-level sampling: prompts (lists of ids) -> the new ids of each row.
+
+    A row stops after emitting one of `stop_tokens` (which is kept in its output).
+    """
+    check_request(model, prompts, max_new_tokens, temperature, top_k, top_p)
+    longest = max(len(p) for p in prompts)
+    bucket = _bucket(longest, model.cfg.max_len)
+    batch = np.zeros((len(prompts), bucket), np.int32)
+    for i, p in enumerate(prompts):
+        batch[i, : len(p)] = p
+    lengths = np.array([len(p) for p in prompts], np.int32)
+    stop_ids = np.array(list(stop_tokens) or [-1], np.int32)
+    tokens, ends = _generate(
+        model, params, jnp.asarray(batch), jnp.asarray(lengths), jnp.int32(max_new_tokens),
+        jax.random.key(seed), jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), jnp.asarray(stop_ids),
+    )
+    tokens, ends = np.asarray(tokens), np.asarray(ends)
+    return [tokens[i, lengths[i]: ends[i]].tolist() for i in range(len(prompts))]
+
+
+def sample(params, model: Transformer, tokenizer, prompts: str | Sequence[str], *, max_new_tokens: int = 100,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+           stop_at_eos: bool = True) -> list[str]:
+    """Text in, text out: continue each prompt; an empty prompt starts from BOS."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    ids = []
+    for text in prompts:
+        encoded = tokenizer.encode(text)
+        if not encoded:
+            if tokenizer.bos_id is None:
+                raise ValueError("empty prompt and the tokenizer has no BOS token to start from")
+            encoded = [tokenizer.bos_id]
+        ids.append(encoded)
+    stops = [tokenizer.eos_id] if stop_at_eos and tokenizer.eos_id is not None else []
+    out = generate(model, params, ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                   top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stops)
+    return [tokenizer.decode(o) for o in out]

@@ -23,7 +23,10 @@ class Attention(nn.Module):
     name_prefix: str  # "blocks.{l}.attn"
 
     @nn.compact
-    def __call__(self, x, positions, hooks: Hooks | None = None, layer_index=None, deterministic=True):
+    def __call__(self, x, positions, hooks: Hooks | None = None, layer_index=None, deterministic=True, cache=None):
+        """With a `cache` ({"k", "v"} [b, max_len, kv_head, d_head]) the new keys and values are
+        written at their positions' slots and the queries attend over the whole cache;
+        returns (out, cache). Without one, returns out."""
         cfg = self.cfg
         h, kvh, dh = cfg.n_head, cfg.kv_heads, cfg.head_dim
         p = self.name_prefix
@@ -41,18 +44,27 @@ class Attention(nn.Module):
             k = point("hook_rot_k", rotary(k, positions, cfg.rope_theta))
 
         b, t = x.shape[:2]
+        key_positions = positions
+        if cache is not None:
+            rows = jnp.arange(b)[:, None]
+            cache = {"k": cache["k"].at[rows, positions].set(k.astype(cache["k"].dtype)),
+                     "v": cache["v"].at[rows, positions].set(v.astype(cache["v"].dtype))}
+            k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
+            key_positions = jnp.broadcast_to(jnp.arange(k.shape[1]), (b, k.shape[1]))
+        s = k.shape[1]
         group = h // kvh  # query heads sharing one key/value head
         qg = q.reshape(b, t, kvh, group, dh)
         scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k) / jnp.asarray(math.sqrt(dh), q.dtype)
-        scores = scores.reshape(b, h, t, t).astype(jnp.float32)
-        causal = positions[:, None, :, None] >= positions[:, None, None, :]
+        scores = scores.reshape(b, h, t, s).astype(jnp.float32)
+        causal = positions[:, None, :, None] >= key_positions[:, None, None, :]
         scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
         scores = point("hook_attn_scores", scores)
         pattern = point("hook_pattern", nn.softmax(scores, axis=-1).astype(cfg.compute_dtype))
         if cfg.dropout > 0:
             pattern = nn.Dropout(cfg.dropout)(pattern, deterministic=deterministic)
-        z = jnp.einsum("bkgqs,bskd->bqkgd", pattern.reshape(b, kvh, group, t, t), v)
+        z = jnp.einsum("bkgqs,bskd->bqkgd", pattern.reshape(b, kvh, group, t, s), v)
         z = point("hook_z", z.reshape(b, t, h, dh))
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
         w_o = Dense(cfg, (cfg.d_model,), ("heads", "head_dim", "embed"), out_std, cfg.use_bias, n_in=2, name="o")
-        return w_o(z)
+        out = w_o(z)
+        return out if cache is None else (out, cache)

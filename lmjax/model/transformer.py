@@ -18,7 +18,8 @@ class Block(nn.Module):
     layer: int | None  # None inside a layer scan: the index is then traced
 
     @nn.compact
-    def __call__(self, x, positions, hooks, deterministic, layer_index=None):
+    def __call__(self, x, positions, hooks, deterministic, layer_index=None, cache=None):
+        """-> resid_post, or (resid_post, cache) when decoding with a cache."""
         cfg = self.cfg
         p = f"blocks.{LAYER_WILDCARD if self.layer is None else self.layer}"
 
@@ -30,11 +31,14 @@ class Block(nn.Module):
 
         x = point("hook_resid_pre", x)
         a = Norm(cfg, f"{p}.ln1", name="ln1")(x, hooks, layer_index)
-        a = Attention(cfg, f"{p}.attn", name="attn")(a, positions, hooks, layer_index, deterministic)
+        a = Attention(cfg, f"{p}.attn", name="attn")(a, positions, hooks, layer_index, deterministic, cache)
+        if cache is not None:
+            a, cache = a
         x = point("hook_resid_mid", x + point("hook_attn_out", dropout(a)))
         m = Norm(cfg, f"{p}.ln2", name="ln2")(x, hooks, layer_index)
         m = MLP(cfg, f"{p}.mlp", name="mlp")(m, hooks, layer_index)
-        return point("hook_resid_post", x + point("hook_mlp_out", dropout(m)))
+        x = point("hook_resid_post", x + point("hook_mlp_out", dropout(m)))
+        return x if cache is None else (x, cache)
 
 
 class ScannedBlock(nn.Module):
@@ -43,9 +47,11 @@ class ScannedBlock(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_index, positions, hooks, deterministic):
+    def __call__(self, x, xs, positions, hooks, deterministic):
+        layer_index, cache = xs  # cache: this layer's slice of the stacked cache, or None
         block = Block(self.cfg, None, name="block")
-        return block(x, positions, hooks, deterministic, layer_index), None
+        out = block(x, positions, hooks, deterministic, layer_index, cache)
+        return out if cache is not None else (out, None)
 
 
 def _remat(module_cls, cfg: ModelConfig, static_argnums):
@@ -61,7 +67,8 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, positions=None, hooks: Hooks | None = None, deterministic: bool = True):
+    def __call__(self, tokens, positions=None, hooks: Hooks | None = None, deterministic: bool = True, cache=None):
+        """-> logits, or (logits, cache) when a decoding cache (lmjax.model.cache) is given."""
         cfg = self.cfg
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -87,11 +94,18 @@ class Transformer(nn.Module):
                 length=cfg.n_layer,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = scan(cfg, name="blocks")(x, jnp.arange(cfg.n_layer), positions, hooks, deterministic)
+            x, cache = scan(cfg, name="blocks")(x, (jnp.arange(cfg.n_layer), cache), positions, hooks, deterministic)
         else:
             block_cls = _remat(Block, cfg, static_argnums=(4,))  # (self, x, pos, hooks, deterministic)
+            new_cache = []
             for layer in range(cfg.n_layer):
-                x = block_cls(cfg, layer, name=f"blocks_{layer}")(x, positions, hooks, deterministic)
+                block = block_cls(cfg, layer, name=f"blocks_{layer}")
+                if cache is None:
+                    x = block(x, positions, hooks, deterministic)
+                else:
+                    x, layer_cache = block(x, positions, hooks, deterministic, None, cache[layer])
+                    new_cache.append(layer_cache)
+            cache = tuple(new_cache) if cache is not None else None
 
         x = Norm(cfg, "ln_final", name="ln_final")(x, hooks)
         if cfg.tie_embeddings:
@@ -101,7 +115,8 @@ class Transformer(nn.Module):
                 self, "unembed", normal(cfg.init_std), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.params_dtype
             )
             logits = x @ w_u.astype(cfg.compute_dtype)
-        return logits.astype(jnp.float32)
+        logits = logits.astype(jnp.float32)
+        return logits if cache is None else (logits, cache)
 
     # -- The hook API. Pure functions of (params, tokens, ...): safe under jit, vmap and grad.
 
