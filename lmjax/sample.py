@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax import sharding
 from lmjax.model import Transformer
 from lmjax.model.cache import init_cache
 
@@ -114,10 +115,12 @@ def check_request(model: Transformer, prompts: Sequence[Sequence[int]], max_new_
 
 def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-             stop_tokens: Sequence[int] = ()) -> list[list[int]]:
+             stop_tokens: Sequence[int] = (), mesh=None) -> list[list[int]]:
     """Token-level sampling: prompts (lists of ids) -> the new ids of each row.
 
-    A row stops after emitting one of `stop_tokens` (which is kept in its output).
+    A row stops after emitting one of `stop_tokens` (which is kept in its output). With a
+    `mesh` (the one the params are sharded on), rows are split over its data axes when
+    they divide evenly; heads follow the params' tensor sharding.
     """
     check_request(model, prompts, max_new_tokens, temperature, top_k, top_p)
     longest = max(len(p) for p in prompts)
@@ -127,11 +130,16 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
         batch[i, : len(p)] = p
     lengths = np.array([len(p) for p in prompts], np.int32)
     stop_ids = np.array(list(stop_tokens) or [-1], np.int32)
+    if mesh is not None:
+        rows = sharding.batch_sharding(mesh)
+        if len(prompts) % sharding.batch_divisor(mesh):
+            rows = sharding.replicated(mesh)
+        batch, lengths = jax.device_put(batch, rows), jax.device_put(lengths, rows)
     tokens, ends = _generate(
         model, params, jnp.asarray(batch), jnp.asarray(lengths), jnp.int32(max_new_tokens),
         jax.random.key(seed), jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), jnp.asarray(stop_ids),
     )
-    tokens, ends = np.asarray(tokens), np.asarray(ends)
+    tokens, ends = np.asarray(jax.device_get(tokens)), np.asarray(jax.device_get(ends))
     return [tokens[i, lengths[i]: ends[i]].tolist() for i in range(len(prompts))]
 
 
