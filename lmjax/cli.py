@@ -114,11 +114,17 @@ def cmd_sample(args, overrides):
             prompts += [line.rstrip("\n").replace("\\n", "\n") for line in f if line.strip()]
     prompts = [p for p in (prompts or [""]) for _ in range(args.num_samples)]
     run = setup(_restore(args.workdir, overrides), args.workdir, with_data=False)
+    streaming = len(prompts) == 1  # one prompt: print the text as it is produced
+    if streaming:
+        print(prompts[0], end="", flush=True)
     texts = sample(run.state["params"], run.model, run.tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                   stream=sys.stdout if streaming else None)
+    if streaming:
+        print()
+        return
     for i, (prompt, text) in enumerate(zip(prompts, texts)):
-        if len(texts) > 1:
-            print(f"--- sample {i} ---")
+        print(f"--- sample {i} ---")
         print(prompt + text)
 
 

@@ -18,6 +18,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import io_callback
 
 from lmjax import sharding
 from lmjax.model import Transformer
@@ -56,9 +57,13 @@ def choose(logits, key, temperature, top_k, top_p):
     return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _generate(model: Transformer, params, prompt, lengths, max_new, key, temperature, top_k, top_p, stop_ids):
-    """prompt [b, P] right-padded, lengths [b] -> (tokens [b, max_len], ends [b])."""
+@functools.partial(jax.jit, static_argnums=(0, 10))
+def _generate(model: Transformer, params, prompt, lengths, max_new, key, temperature, top_k, top_p, stop_ids,
+              on_token=None):
+    """prompt [b, P] right-padded, lengths [b] -> (tokens [b, max_len], ends [b]).
+
+    on_token(tokens [b], done [b]) is called on the host after every step (for streaming).
+    """
     b, bucket = prompt.shape
     max_len = model.cfg.max_len
     positions = jnp.broadcast_to(jnp.arange(bucket), (b, bucket))
@@ -77,6 +82,8 @@ def _generate(model: Transformer, params, prompt, lengths, max_new, key, tempera
         tokens = tokens.at[rows, ends].set(jnp.where(done, tokens[rows, ends], nxt))
         logits, cache = model.apply({"params": params}, nxt[:, None], ends[:, None], cache=cache)
         stopped = jnp.any(nxt[:, None] == stop_ids[None, :], axis=-1)
+        if on_token is not None:
+            io_callback(on_token, None, nxt, done, ordered=True)
         ends = jnp.where(done, ends, ends + 1)
         return step + 1, tokens, cache, logits[:, 0], ends, done | stopped
 
@@ -115,12 +122,13 @@ def check_request(model: Transformer, prompts: Sequence[Sequence[int]], max_new_
 
 def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-             stop_tokens: Sequence[int] = (), mesh=None) -> list[list[int]]:
+             stop_tokens: Sequence[int] = (), mesh=None, on_token=None) -> list[list[int]]:
     """Token-level sampling: prompts (lists of ids) -> the new ids of each row.
 
     A row stops after emitting one of `stop_tokens` (which is kept in its output). With a
     `mesh` (the one the params are sharded on), rows are split over its data axes when
-    they divide evenly; heads follow the params' tensor sharding.
+    they divide evenly; heads follow the params' tensor sharding. `on_token(tokens, done)`
+    (numpy [b] each) is called as every step finishes, for streaming.
     """
     check_request(model, prompts, max_new_tokens, temperature, top_k, top_p)
     longest = max(len(p) for p in prompts)
@@ -138,6 +146,7 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
     tokens, ends = _generate(
         model, params, jnp.asarray(batch), jnp.asarray(lengths), jnp.int32(max_new_tokens),
         jax.random.key(seed), jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), jnp.asarray(stop_ids),
+        on_token,
     )
     tokens, ends = np.asarray(jax.device_get(tokens)), np.asarray(jax.device_get(ends))
     return [tokens[i, lengths[i]: ends[i]].tolist() for i in range(len(prompts))]
@@ -145,8 +154,12 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
 
 def sample(params, model: Transformer, tokenizer, prompts: str | Sequence[str], *, max_new_tokens: int = 100,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-           stop_at_eos: bool = True) -> list[str]:
-    """Text in, text out: continue each prompt; an empty prompt starts from BOS."""
+           stop_at_eos: bool = True, stream=None) -> list[str]:
+    """Text in, text out: continue each prompt; an empty prompt starts from BOS.
+
+    stream: a file-like object (e.g. sys.stdout) to which the first row's text is written
+    as it is produced.
+    """
     if isinstance(prompts, str):
         prompts = [prompts]
     ids = []
@@ -158,6 +171,30 @@ def sample(params, model: Transformer, tokenizer, prompts: str | Sequence[str], 
             encoded = [tokenizer.bos_id]
         ids.append(encoded)
     stops = [tokenizer.eos_id] if stop_at_eos and tokenizer.eos_id is not None else []
+    printer = _StreamPrinter(tokenizer, stream) if stream is not None else None
     out = generate(model, params, ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                   top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stops)
-    return [tokenizer.decode(o) for o in out]
+                   top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stops, on_token=printer)
+    texts = [tokenizer.decode(o) for o in out]
+    if printer is not None:  # whatever the printer held back (a trailing partial character)
+        stream.write(texts[0][len(printer.shown):])
+        stream.flush()
+    return texts
+
+
+class _StreamPrinter:
+    """Writes row 0's new text as tokens arrive (decoding the whole row each time, so
+    multi-byte characters split over tokens come out whole)."""
+
+    def __init__(self, tokenizer, stream):
+        self.tokenizer, self.stream, self.ids, self.shown = tokenizer, stream, [], ""
+
+    def __call__(self, tokens, done):
+        if done[0]:
+            return
+        self.ids.append(int(tokens[0]))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its last byte
+            return
+        self.stream.write(text[len(self.shown):])
+        self.stream.flush()
+        self.shown = text

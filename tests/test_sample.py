@@ -172,3 +172,21 @@ def test_sharded_sampling_matches_single_device(model_params):
     prompts = [[1, 2, 3], [4, 5], [6], [7, 8, 9, 10]]
     expected = generate(model, params, prompts, max_new_tokens=10, temperature=0.0)
     assert generate(model, sharded, prompts, max_new_tokens=10, temperature=0.0, mesh=mesh) == expected
+
+
+def test_text_api_streams_exactly_the_returned_text():
+    import io
+
+    from lmjax.data.tokenizers import build_tokenizer
+    from lmjax.sample import sample
+
+    tok = build_tokenizer("byte")
+    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=1, d_model=32, n_head=4, max_len=48, init_std=0.5)
+    model = Transformer(cfg)
+    params = init_params(model, jax.random.key(3))
+    stream = io.StringIO()
+    texts = sample(params, model, tok, ["héllo ", "a"], max_new_tokens=30, temperature=1.0, seed=4, stream=stream)
+    assert len(texts) == 2 and stream.getvalue() == texts[0]
+    ids = generate(model, params, [tok.encode("héllo "), tok.encode("a")], max_new_tokens=30, temperature=1.0,
+                   seed=4, stop_tokens=[tok.eos_id])
+    assert texts == [tok.decode(i) for i in ids]
