@@ -52,9 +52,23 @@ def filter_logits(logits, temperature, top_k, top_p):
 
 
 def choose(logits, key, temperature, top_k, top_p):
-    """Next token per row: greedy when temperature == 0, else a filtered sample."""
-    sampled = jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p), axis=-1)
-    return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+    """Next token per row: greedy when temperature == 0, else a filtered sample.
+
+    The branches are lax.conds, so greedy decoding and unfiltered sampling never pay for
+    the sort over the vocabulary that top-k / top-p need.
+    """
+
+    def sampled(logits):
+        filtered = jax.lax.cond(
+            (top_k > 0) | (top_p < 1),
+            lambda l: filter_logits(l, temperature, top_k, top_p),
+            lambda l: l.astype(jnp.float32) / temperature,
+            logits,
+        )
+        return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+
+    greedy = lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.lax.cond(temperature > 0, sampled, greedy, logits)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 10))
@@ -131,6 +145,12 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
     (numpy [b] each) is called as every step finishes, for streaming.
     """
     check_request(model, prompts, max_new_tokens, temperature, top_k, top_p)
+    n_rows = len(prompts)
+    if n_rows == 1:
+        # XLA:CPU compiles a batch of one into matrix-vector products and, with the cache
+        # update fused twice, copies the whole KV cache every step: a second (discarded) row
+        # is much faster, and nearly free since decoding is bound by reading the weights.
+        prompts = [prompts[0], prompts[0]]
     longest = max(len(p) for p in prompts)
     bucket = _bucket(longest, model.cfg.max_len)
     batch = np.zeros((len(prompts), bucket), np.int32)
@@ -149,7 +169,7 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
         on_token,
     )
     tokens, ends = np.asarray(jax.device_get(tokens)), np.asarray(jax.device_get(ends))
-    return [tokens[i, lengths[i]: ends[i]].tolist() for i in range(len(prompts))]
+    return [tokens[i, lengths[i]: ends[i]].tolist() for i in range(n_rows)]
 
 
 def sample(params, model: Transformer, tokenizer, prompts: str | Sequence[str], *, max_new_tokens: int = 100,

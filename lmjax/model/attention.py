@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lmjax.model.config import ModelConfig
@@ -24,9 +25,10 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, hooks: Hooks | None = None, layer_index=None, deterministic=True, cache=None):
-        """With a `cache` ({"k", "v"} [b, max_len, kv_head, d_head]) the new keys and values are
-        written at their positions' slots and the queries attend over the whole cache;
-        returns (out, cache). Without one, returns out."""
+        """With a `cache` (lmjax.model.cache: keys [b, kv_head, length, d_head], values
+        [b, kv_head, d_head, length]) the new keys and values are
+        written at their positions' slots (each row's positions must be consecutive) and the
+        queries attend over the whole cache; returns (out, cache). Without one, returns out."""
         cfg = self.cfg
         h, kvh, dh = cfg.n_head, cfg.kv_heads, cfg.head_dim
         p = self.name_prefix
@@ -44,17 +46,22 @@ class Attention(nn.Module):
             k = point("hook_rot_k", rotary(k, positions, cfg.rope_theta))
 
         b, t = x.shape[:2]
-        key_positions = positions
-        if cache is not None:
-            rows = jnp.arange(b)[:, None]
-            cache = {"k": cache["k"].at[rows, positions].set(k.astype(cache["k"].dtype)),
-                     "v": cache["v"].at[rows, positions].set(v.astype(cache["v"].dtype))}
-            k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
-            key_positions = jnp.broadcast_to(jnp.arange(k.shape[1]), (b, k.shape[1]))
-        s = k.shape[1]
         group = h // kvh  # query heads sharing one key/value head
         qg = q.reshape(b, t, kvh, group, dh)
-        scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k) / jnp.asarray(math.sqrt(dh), q.dtype)
+        if cache is None:
+            key_positions, s = positions, t
+            scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k)
+        else:
+            # The cache keeps keys as [b, kv_head, length, d_head] and values transposed,
+            # [b, kv_head, d_head, length]: both products then contract the minor axis, which
+            # XLA's CPU dot reads in place (another layout copies the whole cache every step).
+            cache = {"k": _write(cache["k"], k.transpose(0, 2, 1, 3), positions[:, 0], axis=2),
+                     "v": _write(cache["v"], v.transpose(0, 2, 3, 1), positions[:, 0], axis=3)}
+            k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
+            s = k.shape[2]
+            key_positions = jnp.broadcast_to(jnp.arange(s), (b, s))
+            scores = jnp.einsum("bqkgd,bksd->bkgqs", qg, k)
+        scores = scores / jnp.asarray(math.sqrt(dh), q.dtype)
         scores = scores.reshape(b, h, t, s).astype(jnp.float32)
         causal = positions[:, None, :, None] >= key_positions[:, None, None, :]
         scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
@@ -62,9 +69,21 @@ class Attention(nn.Module):
         pattern = point("hook_pattern", nn.softmax(scores, axis=-1).astype(cfg.compute_dtype))
         if cfg.dropout > 0:
             pattern = nn.Dropout(cfg.dropout)(pattern, deterministic=deterministic)
-        z = jnp.einsum("bkgqs,bskd->bqkgd", pattern.reshape(b, kvh, group, t, s), v)
+        values = "bskd" if cache is None else "bkds"
+        z = jnp.einsum(f"bkgqs,{values}->bqkgd", pattern.reshape(b, kvh, group, t, s), v)
         z = point("hook_z", z.reshape(b, t, h, dh))
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
         w_o = Dense(cfg, (cfg.d_model,), ("heads", "head_dim", "embed"), out_std, cfg.use_bias, n_in=2, name="o")
         out = w_o(z)
         return out if cache is None else (out, cache)
+
+
+def _write(cache, new, starts, axis):
+    """Write new [b, ...] into cache [b, ...] along the position `axis`, from each row's start."""
+
+    def update(c, u, start):
+        index = [0] * c.ndim
+        index[axis - 1] = start  # axis counts the batch dimension, which vmap removes
+        return jax.lax.dynamic_update_slice(c, u.astype(c.dtype), index)
+
+    return jax.vmap(update)(cache, new, starts)

@@ -109,7 +109,7 @@ class Transformer(nn.Module):
 
         x = Norm(cfg, "ln_final", name="ln_final")(x, hooks)
         if cfg.tie_embeddings:
-            logits = x @ embedding.astype(cfg.compute_dtype).T
+            logits = jnp.einsum("btd,vd->btv", x, embedding.astype(cfg.compute_dtype))
         else:
             w_u = param(
                 self, "unembed", normal(cfg.init_std), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.params_dtype
