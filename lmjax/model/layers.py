@@ -44,7 +44,9 @@ class Norm(nn.Module):
             x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
         scale = jnp.sqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + cfg.norm_eps)
         scale = hook(self, hooks, f"{self.name_prefix}.hook_scale", scale, layer_index)
-        y = x32 / scale
+        # The barrier keeps the arithmetic identical whether or not hook_scale is observed
+        # (otherwise XLA turns x / sqrt(v) into x * rsqrt(v) only when sqrt has no other use).
+        y = x32 / jax.lax.optimization_barrier(scale)
         y = y * param(self, "scale", nn.initializers.ones, (d,), ("embed",), cfg.params_dtype)
         if cfg.norm == "layernorm" and cfg.use_bias:
             y = y + param(self, "bias", nn.initializers.zeros, (d,), ("embed",), cfg.params_dtype)
