@@ -22,9 +22,10 @@ from jax.experimental import io_callback
 
 from lmjax import sharding
 from lmjax.model import Transformer
-from lmjax.model.cache import init_cache
+from lmjax.model.cache import grow_cache, init_cache
 
-MIN_BUCKET = 8
+MIN_BUCKET = 8  # shortest prompt bucket
+MIN_SPAN = 128  # shortest cache the decode loop starts with
 
 
 def _bucket(n: int, limit: int) -> int:
@@ -71,23 +72,32 @@ def choose(logits, key, temperature, top_k, top_p):
     return jax.lax.cond(temperature > 0, sampled, greedy, logits)
 
 
+def _spans(bucket: int, max_len: int) -> list[int]:
+    """Cache lengths the decode loop grows through: doubling from the prompt bucket
+    (at least MIN_SPAN) up to the context."""
+    spans = [min(max(bucket, MIN_SPAN), max_len)]
+    while spans[-1] < max_len:
+        spans.append(min(2 * spans[-1], max_len))
+    return spans
+
+
 @functools.partial(jax.jit, static_argnums=(0, 10))
 def _generate(model: Transformer, params, prompt, lengths, max_new, key, temperature, top_k, top_p, stop_ids,
               on_token=None):
     """prompt [b, P] right-padded, lengths [b] -> (tokens [b, max_len], ends [b]).
 
+    Decoding runs as one while_loop per cache length in _spans: attention then reads only
+    the part of the cache that can be filled, not the whole context, on every step.
     on_token(tokens [b], done [b]) is called on the host after every step (for streaming).
     """
     b, bucket = prompt.shape
     max_len = model.cfg.max_len
     positions = jnp.broadcast_to(jnp.arange(bucket), (b, bucket))
-    logits, cache = model.apply({"params": params}, prompt, positions, cache=init_cache(model.cfg, b))
+    spans = _spans(bucket, max_len)
+    cache = init_cache(model.cfg, b, length=spans[0])
+    logits, cache = model.apply({"params": params}, prompt, positions, cache=cache)
     last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
     tokens = jnp.zeros((b, max_len), jnp.int32).at[:, :bucket].set(prompt)
-
-    def cond(carry):
-        step, _, _, _, _, done = carry
-        return (step < max_new) & ~jnp.all(done)
 
     def body(carry):
         step, tokens, cache, last, ends, done = carry
@@ -101,9 +111,14 @@ def _generate(model: Transformer, params, prompt, lengths, max_new, key, tempera
         ends = jnp.where(done, ends, ends + 1)
         return step + 1, tokens, cache, logits[:, 0], ends, done | stopped
 
-    done = jnp.zeros((b,), bool)
-    carry = (jnp.int32(0), tokens, cache, last, lengths, done)
-    _, tokens, _, _, ends, _ = jax.lax.while_loop(cond, body, carry)
+    step, ends, done = jnp.int32(0), lengths, jnp.zeros((b,), bool)
+    for span in spans:
+        def cond(carry, span=span):
+            step, _, _, _, ends, done = carry
+            return (step < max_new) & ~jnp.all(done) & (jnp.max(ends) < span)
+
+        carry = (step, tokens, grow_cache(cache, span), last, ends, done)
+        step, tokens, cache, last, ends, done = jax.lax.while_loop(cond, body, carry)
     return tokens, ends
 
 

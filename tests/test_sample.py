@@ -190,3 +190,27 @@ def test_text_api_streams_exactly_the_returned_text():
     ids = generate(model, params, [tok.encode("héllo "), tok.encode("a")], max_new_tokens=30, temperature=1.0,
                    seed=4, stop_tokens=[tok.eos_id])
     assert texts == [tok.decode(i) for i in ids]
+
+
+def test_decoding_across_cache_growth_matches_full_model(monkeypatch):
+    """The decode loop grows its cache through several lengths; outputs must not notice."""
+    import lmjax.sample as sample_module
+
+    monkeypatch.setattr(sample_module, "MIN_SPAN", 8)
+    cfg = ModelConfig(**{**CFG.__dict__, "max_len": 36, "pos_embedding": "rope"})
+    assert sample_module._spans(8, cfg.max_len) == [8, 16, 32, 36]
+    model = Transformer(cfg)
+    params = init_params(model, jax.random.key(4))
+    forward = jax.jit(lambda p, w: model.apply({"params": p}, w))
+
+    def reference(prompt, n):
+        tokens = list(prompt)
+        for _ in range(n):
+            window = np.zeros((1, cfg.max_len), np.int32)
+            window[0, : len(tokens)] = tokens
+            tokens.append(int(np.argmax(forward(params, window)[0, len(tokens) - 1])))
+        return tokens[len(prompt):]
+
+    prompts = [[1, 2, 3, 4, 5], [6, 7]]
+    out = generate(model, params, prompts, max_new_tokens=30, temperature=0.0)
+    assert out == [reference(p, 30) for p in prompts]
