@@ -22,7 +22,7 @@ setup(
     ],
     extras_require={
         # tensorboard only reads our event files back in tests; lmjax writes them itself.
-        "test": ["pytest>=7", "pytest-xdist", "tensorboard"],
+        "test": ["pytest>=7", "tensorboard"],
         # The PyTorch baselines that bench/ compares against.
         "bench": ["torch", "transformers"],
     },
