@@ -17,8 +17,8 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.model = dict(n_layer=4, d_model=128, n_head=4, max_len=128, dropout=0.0)
     c.data = dict(source="stdlib", tokenizer="byte")
-    c.train = dict(steps=600, batch_size=16, log_every=20, eval_every=200, eval_batches=10,
+    c.train = dict(steps=1000, batch_size=16, log_every=20, eval_every=250, eval_batches=10,
                    sample_tokens=240, sample_prompt="def ")
     c.optimizer = dict(lr=2e-3, end_lr=2e-4, warmup_steps=50, b2=0.99, weight_decay=0.1)
-    c.checkpoint = dict(every=200, keep=2)
+    c.checkpoint = dict(every=250, keep=2)
     return c

@@ -53,7 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.seed = 0
     c.train.log_every = 10
     c.train.eval_every = 200
-    c.train.eval_batches = 20
+    c.train.eval_batches = 20  # 0 = the whole val split
     c.train.sample_tokens = 200  # sample printed at the end of training (0 = none)
     c.train.sample_prompt = ""
     c.train.sample_temperature = 0.8

@@ -173,3 +173,18 @@ def test_cli_train_eval_sample(corpus, tmp_path, capsys):
     assert capsys.readouterr().out.startswith("The")
     assert cli.main(["eval", "--workdir", str(tmp_path / "empty")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "sentencepiece"])
+def test_trained_tokenizer_travels_with_the_checkpoint(corpus, tmp_path, tokenizer):
+    config = tiny(corpus, data=dict(tokenizer=tokenizer, spm_vocab_size=400), train=dict(steps=5, eval_every=5))
+    summary = train(config, str(tmp_path), progress=False, quiet=True)
+    original = summary["run"].tokenizer
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"))
+    from lmjax.data.tokenizers import tokenizer_from_json
+
+    restored = tokenizer_from_json(ckpt.restore_meta()[1])
+    text = "The quick brown dog jumps 7 times."
+    assert restored.kind == tokenizer and restored.encode(text) == original.encode(text)
+    assert restored.decode(restored.encode(text)) == text
+    assert summary["run"].model.cfg.vocab_size == original.vocab_size
