@@ -13,7 +13,13 @@ Prints ONE JSON object on stdout (progress goes to stderr):
     * nanogpt_torch: a minimal nanoGPT-style PyTorch model written below (fused qkv,
       F.scaled_dot_product_attention(is_causal=True), tied head), AdamW fused/foreach.
   MFU uses one FLOP formula for all three (lmjax.scaling.accounting.flops_per_token:
-  6 N + 12 L d T, the PaLM / nanoGPT convention).
+  6 N + 12 L d T, the PaLM / nanoGPT convention). `mlp_matmul_flops` times the model's
+  own [batch*seq, d] @ [d, 4d] matmul, to check that the square probe is a fair peak.
+
+Timing: the three implementations are interleaved step by step (round-robin) so that load
+from other processes on a shared machine falls on all of them alike; before each timed
+step the script waits up to --quiet_wait seconds for no other runnable task. tokens/s is
+batch*seq over the median step time. See bench/README.md.
 
 Vocabulary: 65 by default, nanoGPT's shakespeare_char character vocabulary, which is what
 the reference figures this benchmark is compared to were measured with. With GPT-2's BPE
@@ -62,34 +68,74 @@ def parse_steps(text: str, n_sizes: int):
     return [steps[min(i, len(steps) - 1)] for i in range(n_sizes)]
 
 
-def summarise(step_times, tokens_per_step):
-    """Steady-state tokens/s from per-step wall times: median step (robust to noise)."""
-    med = statistics.median(step_times)
-    return {
-        "tokens_per_s": tokens_per_step / med,
-        "tokens_per_s_mean": tokens_per_step * len(step_times) / sum(step_times),
-        "step_s_median": med,
-        "step_s_min": min(step_times),
-        "step_s_max": max(step_times),
-        "timed_steps": len(step_times),
-    }
+# --------------------------------------------------------------------------- contention
+
+
+def _runnable_tasks():
+    """Runnable tasks on the machine right now (Linux /proc/loadavg), or None elsewhere."""
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def wait_quiet(max_s: float) -> bool:
+    """Wait up to max_s seconds until no other task is runnable (we count as one).
+
+    The machine may be shared: a timed step that starts while another process is busy is
+    slowed for reasons that have nothing to do with the code under test. Returns whether
+    the machine was quiet when the wait ended.
+    """
+    t0 = time.perf_counter()
+    while True:
+        n = _runnable_tasks()
+        if n is None or n <= 1:
+            return True
+        if time.perf_counter() - t0 >= max_s:
+            return False
+        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- peaks
 
 
-def jax_matmul_peak(sizes, reps):
+def jax_matmul_peak(sizes, reps, quiet_s=0.0):
     from lmjax.train.mfu import matmul_peak_probe
 
-    return {n: matmul_peak_probe(n, reps=reps) for n in sizes}
+    out = {}
+    for n in sizes:
+        wait_quiet(quiet_s)
+        out[n] = matmul_peak_probe(n, reps=reps)
+    return out
 
 
-def torch_matmul_peak(sizes, reps):
+def jax_matmul_flops(m, k, n, reps, quiet_s=0.0):
+    """Best-of-`reps` FLOP/s of one jitted float32 [m, k] @ [k, n] (probe-style, any shape)."""
+    import jax
+    import jax.numpy as jnp
+
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (m, k), jnp.float32)
+    b = jax.random.normal(kb, (k, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    wait_quiet(quiet_s)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * m * k * n / best
+
+
+def torch_matmul_peak(sizes, reps, quiet_s=0.0):
     import torch
 
     out = {}
     with torch.no_grad():
         for n in sizes:
+            wait_quiet(quiet_s)
             g = torch.Generator().manual_seed(0)
             a = torch.randn(n, n, generator=g, dtype=torch.float32)
             b = torch.randn(n, n, generator=g, dtype=torch.float32)
@@ -118,10 +164,23 @@ def make_batches(n, batch, seq, vocab, seed=0):
     return out
 
 
-# --------------------------------------------------------------------------- lmjax
+# --------------------------------------------------------------------------- runners
+#
+# Each setup_* builds one implementation and returns a Runner: `step(i)` runs training
+# step i to completion (loss on the host) and returns the loss. The driver interleaves
+# the implementations step by step, so that contention from other processes on this
+# machine falls on all of them alike instead of on whichever happened to run then.
 
 
-def bench_lmjax(n_layer, d_model, n_head, args, steps, batches):
+class Runner:
+    def __init__(self, name, step, info):
+        self.name, self.step, self.info = name, step, info
+        self.times: list[float] = []
+        self.losses: list[float] = []
+        self.quiet_starts = 0
+
+
+def setup_lmjax(n_layer, d_model, n_head, args, total_steps, batches):
     import jax
     import ml_collections
 
@@ -149,46 +208,33 @@ def bench_lmjax(n_layer, d_model, n_head, args, steps, batches):
         dict(lr=1e-3, end_lr=1e-4, schedule="cosine", warmup_steps=10, b1=0.9, b2=0.95, eps=1e-8,
              weight_decay=0.1, clip_norm=1.0)
     )
-    total = args.warmup + steps
-    optimizer = make_optimizer(opt_cfg, total)
+    optimizer = make_optimizer(opt_cfg, total_steps)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     bsh = sharding.batch_sharding(mesh)
     dev_batches = [jax.device_put({"inputs": x, "targets": y}, bsh) for x, y in batches]
 
-    state = init_state(model, optimizer, mesh, seed=0)
-    n_params = count_params(state["params"])
+    holder = {"state": init_state(model, optimizer, mesh, seed=0)}
+    n_params = count_params(holder["state"]["params"])
     train_step = make_train_step(model, optimizer)
 
     t0 = time.perf_counter()
-    compiled = train_step.lower(state, dev_batches[0]).compile()
+    compiled = train_step.lower(holder["state"], dev_batches[0]).compile()
     compile_s = time.perf_counter() - t0
 
-    losses = []
-    for i in range(args.warmup):
-        state, metrics = compiled(state, dev_batches[i % len(dev_batches)])
-        losses.append(float(metrics["loss"].block_until_ready()))
-    times = []
-    for i in range(steps):
-        batch = dev_batches[(args.warmup + i) % len(dev_batches)]
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        metrics["loss"].block_until_ready()
-        times.append(time.perf_counter() - t0)
-        losses.append(float(metrics["loss"]))
-    res = summarise(times, args.batch * args.seq)
-    res.update(compile_s=compile_s, n_params=n_params, first_loss=losses[0], last_loss=losses[-1])
-    return res, flops_per_token(cfg, args.seq)
+    def step(i):
+        # train_step donates the state: always rebind it.
+        holder["state"], metrics = compiled(holder["state"], dev_batches[i % len(dev_batches)])
+        return float(metrics["loss"].block_until_ready())
 
-
-# --------------------------------------------------------------------------- torch
+    info = {"compile_s": compile_s, "n_params": n_params}
+    return Runner("lmjax", step, info), flops_per_token(cfg, args.seq)
 
 
 def torch_adamw(torch, params, **kw):
     """AdamW, fused on CPU when this torch has it, else foreach; -> (optimizer, which)."""
     for variant in ("fused", "foreach"):
         try:
-            opt = torch.optim.AdamW(params, **kw, **{variant: True})
-            return opt, variant
+            return torch.optim.AdamW(params, **kw, **{variant: True}), variant
         except (RuntimeError, TypeError, ValueError):
             continue
     return torch.optim.AdamW(params, **kw), "for-loop"
@@ -203,7 +249,7 @@ def _nanogpt_module(torch):
         def __init__(self, d, h):
             super().__init__()
             self.h = h
-            self.qkv = nn.Linear(d, 3 * d)
+            self.qkv = nn.Linear(d, 3 * d)  # fused q, k, v
             self.proj = nn.Linear(d, d)
 
         def forward(self, x):
@@ -237,9 +283,9 @@ def _nanogpt_module(torch):
             self.head.weight = self.wte.weight  # tied
             for name, p in self.named_parameters():
                 if p.dim() >= 2:
-                    std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("proj.weight", "fc_out.weight")) else 0.02
-                    nn.init.normal_(p, 0.0, std)
-                elif name.endswith("bias") and "ln" not in name:
+                    residual = name.endswith(("proj.weight", "fc_out.weight"))
+                    nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer) if residual else 0.02)
+                elif name.endswith("bias") and ".ln" not in name and not name.startswith("ln"):
                     nn.init.zeros_(p)
 
         def forward(self, idx, targets):
@@ -253,22 +299,11 @@ def _nanogpt_module(torch):
     return GPT
 
 
-def _torch_loop(torch, step, params, batches, args, steps):
-    losses = []
-    for i in range(args.warmup):
-        losses.append(step(*batches[i % len(batches)]))
-    times = []
-    for i in range(steps):
-        x, y = batches[(args.warmup + i) % len(batches)]
-        t0 = time.perf_counter()
-        losses.append(step(x, y))  # .item() inside: CPU work is done
-        times.append(time.perf_counter() - t0)
-    res = summarise(times, args.batch * args.seq)
-    res.update(n_params=sum(p.numel() for p in params), first_loss=losses[0], last_loss=losses[-1])
-    return res
+def _torch_batches(torch, batches):
+    return [(torch.from_numpy(x).long(), torch.from_numpy(y).long()) for x, y in batches]
 
 
-def bench_gpt2lmhead(n_layer, d_model, n_head, args, steps, batches):
+def setup_gpt2lmhead(n_layer, d_model, n_head, args, total_steps, batches):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -282,37 +317,43 @@ def bench_gpt2lmhead(n_layer, d_model, n_head, args, steps, batches):
     model.train()
     params = list(model.parameters())
     opt, variant = torch_adamw(torch, params, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    tb = [(torch.from_numpy(x).long(), torch.from_numpy(y).long()) for x, y in batches]
+    tb = _torch_batches(torch, batches)
 
-    def step(x, y):
+    def step(i):
+        x, _ = tb[i % len(tb)]
         # labels= shifts inside the model (T-1 predicted positions of the same T-token
-        # forward): the cost is the same as T targets.
-        out = model(input_ids=x, labels=x)
-        out.loss.backward()
+        # forward): the cost is that of T targets.
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return out.loss.item()
+        return loss.item()
 
-    res = _torch_loop(torch, step, params, tb, args, steps)
-    res.update(optimizer=variant, attn_implementation=getattr(model.config, "_attn_implementation", None))
-    return res
+    info = {
+        "n_params": sum(p.numel() for p in params),
+        "optimizer": f"torch.optim.AdamW ({variant})",
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+    }
+    return Runner("gpt2lmheadmodel", step, info)
 
 
-def bench_nanogpt_torch(n_layer, d_model, n_head, args, steps, batches):
+def setup_nanogpt_torch(n_layer, d_model, n_head, args, total_steps, batches):
     import torch
 
     torch.manual_seed(0)
     model = _nanogpt_module(torch)(args.vocab, args.seq, n_layer, d_model, n_head)
     model.train()
     params = list(model.parameters())
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     opt, variant = torch_adamw(torch, groups, lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
-    tb = [(torch.from_numpy(x).long(), torch.from_numpy(y).long()) for x, y in batches]
+    tb = _torch_batches(torch, batches)
 
-    def step(x, y):
+    def step(i):
+        x, y = tb[i % len(tb)]
         loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -320,9 +361,23 @@ def bench_nanogpt_torch(n_layer, d_model, n_head, args, steps, batches):
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
-    res = _torch_loop(torch, step, params, tb, args, steps)
-    res.update(optimizer=variant)
-    return res
+    info = {"n_params": sum(p.numel() for p in params), "optimizer": f"torch.optim.AdamW ({variant})"}
+    return Runner("nanogpt_torch", step, info)
+
+
+def run_interleaved(runners, warmup, steps, pause_s, quiet_s):
+    """Warm every runner up, then time `steps` steps of each, round-robin, one step at a time."""
+    for r in runners:
+        for i in range(warmup):
+            r.losses.append(r.step(i))
+    for s in range(steps):
+        order = runners[s % len(runners):] + runners[: s % len(runners)]  # rotate who goes first
+        for r in order:
+            time.sleep(pause_s)  # let the previous runtime's worker threads go idle
+            r.quiet_starts += wait_quiet(quiet_s)
+            t0 = time.perf_counter()
+            r.losses.append(r.step(warmup + s))
+            r.times.append(time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- main
@@ -335,11 +390,15 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", default="20,5", help="timed steps per size (one value, or one per size)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-    p.add_argument("--vocab", type=int, default=65, help="65 = shakespeare_char; 50257 = GPT-2 BPE")
-    p.add_argument("--peak_sizes", default="1024,2048")
+    p.add_argument("--vocab", type=int, default=65, help="65 = shakespeare_char (default); 50257 = GPT-2 BPE")
+    p.add_argument("--peak_sizes", default="1024,2048", help="square matmul sizes of the peak probe")
     p.add_argument("--peak_reps", type=int, default=10)
     p.add_argument("--torch_threads", type=int, default=0, help="torch.set_num_threads (0 = leave default)")
-    p.add_argument("--skip_torch", action="store_true")
+    p.add_argument("--pause", type=float, default=0.05, help="seconds of idle before each timed step")
+    p.add_argument("--quiet_wait", type=float, default=2.0,
+                   help="before each timed step / probe, wait up to this many seconds for other processes "
+                        "to go idle (0 = don't wait)")
+    p.add_argument("--skip_torch", action="store_true", help="time lmjax only")
     args = p.parse_args(argv)
 
     sizes = parse_sizes(args.sizes)
@@ -348,7 +407,7 @@ def main(argv=None):
 
     import jax
 
-    torch = None
+    torch = transformers = None
     if not args.skip_torch:
         import torch
         import transformers
@@ -356,8 +415,15 @@ def main(argv=None):
         if args.torch_threads > 0:
             torch.set_num_threads(args.torch_threads)
 
-    log(f"jax {jax.__version__} on {jax.devices()}; matmul peak probe at n={peak_sizes}")
-    jpeak = jax_matmul_peak(peak_sizes, args.peak_reps)
+    def probe(label):
+        log(f"matmul peak probe ({label}) at n={peak_sizes}, best of {args.peak_reps}")
+        j = jax_matmul_peak(peak_sizes, args.peak_reps, args.quiet_wait)
+        t = torch_matmul_peak(peak_sizes, args.peak_reps, args.quiet_wait) if torch is not None else {}
+        log("  jax " + ", ".join(f"{n}: {v / 1e9:.1f}" for n, v in j.items()) + " GFLOP/s"
+            + ("; torch " + ", ".join(f"{n}: {v / 1e9:.1f}" for n, v in t.items()) if t else ""))
+        return j, t
+
+    jpeak, tpeak = probe("start")
     peak = max(jpeak.values())
     out = {
         "machine": {
@@ -373,45 +439,85 @@ def main(argv=None):
         },
         "settings": {
             "batch": args.batch, "seq": args.seq, "vocab": args.vocab, "warmup_steps": args.warmup,
-            "timed_steps": dict(zip([f"{l}x{d}" for l, d, _ in sizes], steps)),
+            "timed_steps": {f"{l}x{d}": n for (l, d, _), n in zip(sizes, steps)},
             "dtype": "float32", "dropout": 0.0,
-            "tokens_per_s": "batch*seq / median wall time of one timed step (after compile + warmup)",
+            "timing": "implementations interleaved step by step; tokens_per_s = batch*seq / median step "
+                      "wall time; tokens_per_s_best uses the fastest step",
+            "quiet_wait_s": args.quiet_wait,
         },
         "matmul_peak_flops": peak,
-        "matmul_peak_flops_by_n": {str(n): v for n, v in jpeak.items()},
-        "mfu_denominator": "matmul_peak_flops: best JAX f32 jitted square matmul (lmjax.train.mfu.matmul_peak_probe)",
+        "matmul_peak_flops_by_n": {},
+        "mfu_denominator": "matmul_peak_flops: best JAX float32 jitted square matmul "
+                           "(lmjax.train.mfu.matmul_peak_probe; best of the probes at the start and "
+                           "the end of the run), used for every implementation",
         "flops_formula": "lmjax.scaling.accounting.flops_per_token: 6*N_matmul + 12*n_layer*d_model*seq",
     }
-    log(f"  jax peak {peak / 1e9:.1f} GFLOP/s {dict((n, round(v / 1e9, 1)) for n, v in jpeak.items())}")
-    if torch is not None:
-        tpeak = torch_matmul_peak(peak_sizes, args.peak_reps)
-        out["torch_matmul_peak_flops"] = max(tpeak.values())
-        out["torch_matmul_peak_flops_by_n"] = {str(n): v for n, v in tpeak.items()}
-        log(f"  torch peak {max(tpeak.values()) / 1e9:.1f} GFLOP/s")
-
     results = {}
+    tokens_per_step = args.batch * args.seq
     for (n_layer, d_model, n_head), n_steps in zip(sizes, steps):
         name = f"{n_layer}x{d_model}"
-        batches = make_batches(max(args.warmup + n_steps, 1), args.batch, args.seq, args.vocab)
-        row = {"n_layer": n_layer, "d_model": d_model, "n_head": n_head}
-        log(f"[{name}] lmjax: compiling + {args.warmup} warmup + {n_steps} timed steps")
-        lm, fpt = bench_lmjax(n_layer, d_model, n_head, args, n_steps, batches)
-        row["flops_per_token"] = fpt
-        row["lmjax"] = lm
-        log(f"[{name}] lmjax {lm['tokens_per_s']:.0f} tok/s (compile {lm['compile_s']:.1f}s)")
+        total = args.warmup + n_steps
+        batches = make_batches(total, args.batch, args.seq, args.vocab)
+        log(f"[{name}] lmjax: init + compile")
+        lm, fpt = setup_lmjax(n_layer, d_model, n_head, args, total, batches)
+        log(f"[{name}]   compiled in {lm.info['compile_s']:.1f}s")
+        runners = [lm]
         if torch is not None:
-            for key, fn in (("gpt2lmheadmodel", bench_gpt2lmhead), ("nanogpt_torch", bench_nanogpt_torch)):
-                log(f"[{name}] {key}: {args.warmup} warmup + {n_steps} timed steps")
-                row[key] = fn(n_layer, d_model, n_head, args, n_steps, batches)
-                log(f"[{name}] {key} {row[key]['tokens_per_s']:.0f} tok/s")
+            runners += [setup_gpt2lmhead(n_layer, d_model, n_head, args, total, batches),
+                        setup_nanogpt_torch(n_layer, d_model, n_head, args, total, batches)]
+        log(f"[{name}] {args.warmup} warmup + {n_steps} timed steps of each of "
+            f"{[r.name for r in runners]}, interleaved")
+        run_interleaved(runners, args.warmup, n_steps, args.pause, args.quiet_wait)
+        row = {"n_layer": n_layer, "d_model": d_model, "n_head": n_head, "seq": args.seq,
+               "batch": args.batch, "vocab": args.vocab, "flops_per_token": fpt}
+        for r in runners:
+            med = statistics.median(r.times)
+            row[r.name] = {
+                "tokens_per_s": tokens_per_step / med,
+                "mfu": None,  # filled in below, once the peak is final
+                "tokens_per_s_best": tokens_per_step / min(r.times),
+                "mfu_best": None,
+                "step_s_median": med,
+                "step_s": [round(t, 4) for t in r.times],
+                "steps_started_quiet": r.quiet_starts,
+                **r.info,
+                "loss_first": r.losses[0],
+                "loss_last": r.losses[-1],
+            }
+            log(f"[{name}]   {r.name:16s} {row[r.name]['tokens_per_s']:8.0f} tok/s  "
+                f"MFU ~{row[r.name]['tokens_per_s'] * fpt / peak:.1%}  "
+                f"(best step {row[r.name]['tokens_per_s_best']:.0f} tok/s)")
+        if torch is not None:
+            for other in ("gpt2lmheadmodel", "nanogpt_torch"):
+                row[f"lmjax_vs_{other}"] = row["lmjax"]["tokens_per_s"] / row[other]["tokens_per_s"]
+                row[f"lmjax_vs_{other}_best"] = row["lmjax"]["tokens_per_s_best"] / row[other]["tokens_per_s_best"]
+        # Is the square probe a fair peak for this model? The MLP's first matmul at this
+        # batch: [batch*seq, d_model] @ [d_model, 4*d_model].
+        m, k, n = args.batch * args.seq, d_model, 4 * d_model
+        row["mlp_matmul_flops"] = jax_matmul_flops(m, k, n, args.peak_reps, args.quiet_wait)
+        row["mlp_matmul_shape"] = f"[{m}x{k}] @ [{k}x{n}]"
+        log(f"[{name}]   MLP-shaped matmul {row['mlp_matmul_shape']}: {row['mlp_matmul_flops'] / 1e9:.1f} GFLOP/s")
+        results[name] = row
+        del runners, lm
+    out["results"] = results
+
+    # Probe again at the end and keep the best of both: contention from other processes
+    # during one probe must not deflate the peak (and inflate every MFU).
+    jpeak2, tpeak2 = probe("end")
+    for n, v in jpeak2.items():
+        jpeak[n] = max(jpeak[n], v)
+    out["matmul_peak_flops"] = peak = max(jpeak.values())
+    out["matmul_peak_flops_by_n"] = {str(n): v for n, v in jpeak.items()}
+    if torch is not None:
+        for n, v in tpeak2.items():
+            tpeak[n] = max(tpeak[n], v)
+        out["torch_matmul_peak_flops"] = max(tpeak.values())
+        out["torch_matmul_peak_flops_by_n"] = {str(n): v for n, v in tpeak.items()}
+    for row in results.values():
         for key in ("lmjax", "gpt2lmheadmodel", "nanogpt_torch"):
             if key in row:
-                row[key]["mfu"] = row[key]["tokens_per_s"] * fpt / peak
-        if torch is not None:
-            row["lmjax_vs_gpt2lmheadmodel"] = lm["tokens_per_s"] / row["gpt2lmheadmodel"]["tokens_per_s"]
-            row["lmjax_vs_nanogpt_torch"] = lm["tokens_per_s"] / row["nanogpt_torch"]["tokens_per_s"]
-        results[name] = row
-    out["results"] = results
+                row[key]["mfu"] = row[key]["tokens_per_s"] * row["flops_per_token"] / peak
+                row[key]["mfu_best"] = row[key]["tokens_per_s_best"] * row["flops_per_token"] / peak
     print(json.dumps(out, indent=2))
 
 
