@@ -388,7 +388,7 @@ def main(argv=None):
     p.add_argument("--sizes", default="6x384,12x768", help="LAYERSxD_MODEL[xHEADS],...; heads default d/64")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--steps", default="20,5", help="timed steps per size (one value, or one per size)")
+    p.add_argument("--steps", default="20,8", help="timed steps per size (one value, or one per size)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     p.add_argument("--vocab", type=int, default=65, help="65 = shakespeare_char (default); 50257 = GPT-2 BPE")
     p.add_argument("--peak_sizes", default="1024,2048", help="square matmul sizes of the peak probe")
