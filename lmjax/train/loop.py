@@ -43,6 +43,7 @@ class Run:
     tokenizer: object
     data: TokenData
     model: Transformer
+    optimizer: object
     mesh: object
     state: dict
     checkpointer: Checkpointer
@@ -134,7 +135,7 @@ def setup(config, workdir: str, *, with_data: bool = True) -> Run:
         shardings = state_shardings(model, optimizer, mesh)
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
         state = checkpointer.restore(abstract)
-    return Run(config, workdir, tokenizer, data, model, mesh, state, checkpointer)
+    return Run(config, workdir, tokenizer, data, model, optimizer, mesh, state, checkpointer)
 
 
 def evaluate(run: Run, eval_step, params) -> dict[str, float]:
@@ -209,7 +210,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, progress: bo
     if start:
         say(f"resuming from step {start} in {workdir}")
 
-    train_step = make_train_step(model, make_optimizer(c.optimizer, total), grad_accum=c.train.grad_accum, seed=c.train.seed)
+    train_step = make_train_step(model, run.optimizer, grad_accum=c.train.grad_accum, seed=c.train.seed)
     eval_step = make_eval_step(model)
     writer = MultiWriter([JsonlWriter(os.path.join(workdir, "metrics.jsonl")), TensorBoardWriter(os.path.join(workdir, "tb"))])
     batch_sharding = sharding.batch_sharding(run.mesh)
