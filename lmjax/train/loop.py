@@ -252,7 +252,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, progress: bo
             "loss": float(np.mean(window["loss"])),
             "tokens_per_s": tokens_per_s,
             "step_time_s": dt / steps,
-            "mfu": tokens_per_s * fpt / (peak * jax.device_count()),
+            "mfu": mfu_lib.mfu(tokens_per_s, fpt),
             "lr": float(run_lr(step)),
         }
         writer.write_scalars(step, scalars)

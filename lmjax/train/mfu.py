@@ -52,7 +52,17 @@ def peak_flops_per_device() -> tuple[float, str]:
     return float("nan"), f"unknown device {kind!r}"
 
 
-def mfu(tokens_per_second: float, flops_per_token: float, n_devices: int | None = None) -> float:
+def total_peak_flops() -> float:
+    """Peak FLOP/s of everything the run computes on.
+
+    On a CPU the probe measures the whole host (all cores), and simulated CPU devices
+    share those cores, so the host counts once per process, not once per device.
+    """
     peak, _ = peak_flops_per_device()
-    n = jax.device_count() if n_devices is None else n_devices
-    return tokens_per_second * flops_per_token / (peak * n)
+    if jax.default_backend() == "cpu":
+        return peak * jax.process_count()
+    return peak * jax.device_count()
+
+
+def mfu(tokens_per_second: float, flops_per_token: float) -> float:
+    return tokens_per_second * flops_per_token / total_peak_flops()
