@@ -16,9 +16,10 @@ Prints ONE JSON object on stdout (progress goes to stderr):
   6 N + 12 L d T, the PaLM / nanoGPT convention). `mlp_matmul_flops` times the model's
   own [batch*seq, d] @ [d, 4d] matmul, to check that the square probe is a fair peak.
 
-Timing: the three implementations are interleaved step by step (round-robin) so that load
-from other processes on a shared machine falls on all of them alike; before each timed
-step the script waits up to --quiet_wait seconds for no other runnable task. tokens/s is
+Timing: the three implementations are interleaved in rounds (round-robin; in each round
+one untimed step after the switch, then --block timed steps) so that load from other
+processes on a shared machine falls on all of them alike; before each timed step the
+script waits up to --quiet_wait seconds for no other runnable task. tokens/s is
 batch*seq over the median step time. See bench/README.md.
 
 Vocabulary: 65 by default, nanoGPT's shakespeare_char character vocabulary, which is what
@@ -365,19 +366,32 @@ def setup_nanogpt_torch(n_layer, d_model, n_head, args, total_steps, batches):
     return Runner("nanogpt_torch", step, info)
 
 
-def run_interleaved(runners, warmup, steps, pause_s, quiet_s):
-    """Warm every runner up, then time `steps` steps of each, round-robin, one step at a time."""
+def run_interleaved(runners, warmup, steps, block, pause_s, quiet_s):
+    """Warm every runner up, then time `steps` steps of each, in rounds of `block` steps.
+
+    Each round gives every runner (in rotating order) one untimed step and then `block`
+    timed ones: the first step after another runtime has run pays for the switch (with
+    three 12x768 models alive, lmjax's first step after a torch step measured ~40% slower
+    than the next), which is not steady-state throughput.
+    """
     for r in runners:
         for i in range(warmup):
             r.losses.append(r.step(i))
-    for s in range(steps):
-        order = runners[s % len(runners):] + runners[: s % len(runners)]  # rotate who goes first
+    step = warmup
+    rounds = -(-steps // block)
+    for k in range(rounds):
+        n = min(block, steps - k * block)
+        order = runners[k % len(runners):] + runners[: k % len(runners)]  # rotate who goes first
         for r in order:
             time.sleep(pause_s)  # let the previous runtime's worker threads go idle
-            r.quiet_starts += wait_quiet(quiet_s)
-            t0 = time.perf_counter()
-            r.losses.append(r.step(warmup + s))
-            r.times.append(time.perf_counter() - t0)
+            if len(runners) > 1:
+                r.losses.append(r.step(step))  # untimed: absorbs the switch from the other runtime
+            for j in range(n):
+                r.quiet_starts += wait_quiet(quiet_s)
+                t0 = time.perf_counter()
+                r.losses.append(r.step(step + 1 + j))
+                r.times.append(time.perf_counter() - t0)
+        step += n + 1
 
 
 # --------------------------------------------------------------------------- main
@@ -390,6 +404,8 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", default="20,8", help="timed steps per size (one value, or one per size)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    p.add_argument("--block", type=int, default=4,
+                   help="timed steps per implementation per round (each round starts with one untimed step)")
     p.add_argument("--vocab", type=int, default=65, help="65 = shakespeare_char (default); 50257 = GPT-2 BPE")
     p.add_argument("--peak_sizes", default="1024,2048", help="square matmul sizes of the peak probe")
     p.add_argument("--peak_reps", type=int, default=10)
@@ -441,8 +457,10 @@ def main(argv=None):
             "batch": args.batch, "seq": args.seq, "vocab": args.vocab, "warmup_steps": args.warmup,
             "timed_steps": {f"{l}x{d}": n for (l, d, _), n in zip(sizes, steps)},
             "dtype": "float32", "dropout": 0.0,
-            "timing": "implementations interleaved step by step; tokens_per_s = batch*seq / median step "
-                      "wall time; tokens_per_s_best uses the fastest step",
+            "timing": f"implementations interleaved in rounds (each: 1 untimed step after the switch, then "
+                      f"{args.block} timed steps); tokens_per_s = batch*seq / median step wall time; "
+                      "tokens_per_s_best uses the fastest step",
+            "block": args.block,
             "quiet_wait_s": args.quiet_wait,
         },
         "matmul_peak_flops": peak,
@@ -456,7 +474,7 @@ def main(argv=None):
     tokens_per_step = args.batch * args.seq
     for (n_layer, d_model, n_head), n_steps in zip(sizes, steps):
         name = f"{n_layer}x{d_model}"
-        total = args.warmup + n_steps
+        total = args.warmup + n_steps + -(-n_steps // args.block)
         batches = make_batches(total, args.batch, args.seq, args.vocab)
         log(f"[{name}] lmjax: init + compile")
         lm, fpt = setup_lmjax(n_layer, d_model, n_head, args, total, batches)
@@ -466,8 +484,8 @@ def main(argv=None):
             runners += [setup_gpt2lmhead(n_layer, d_model, n_head, args, total, batches),
                         setup_nanogpt_torch(n_layer, d_model, n_head, args, total, batches)]
         log(f"[{name}] {args.warmup} warmup + {n_steps} timed steps of each of "
-            f"{[r.name for r in runners]}, interleaved")
-        run_interleaved(runners, args.warmup, n_steps, args.pause, args.quiet_wait)
+            f"{[r.name for r in runners]}, interleaved in rounds of 1 untimed + {args.block} timed")
+        run_interleaved(runners, args.warmup, n_steps, args.block, args.pause, args.quiet_wait)
         row = {"n_layer": n_layer, "d_model": d_model, "n_head": n_head, "seq": args.seq,
                "batch": args.batch, "vocab": args.vocab, "flops_per_token": fpt}
         for r in runners:
