@@ -69,7 +69,11 @@ class Dense(nn.Module):
         cfg = self.cfg
         shape = (*x.shape[x.ndim - self.n_in :], *self.out_shape)
         kernel = param(self, "kernel", normal(self.std), shape, self.axes, cfg.params_dtype)
-        y = jnp.tensordot(x, kernel.astype(cfg.compute_dtype), axes=self.n_in)
+        # One 2-D matmul: contracting 3-D activations directly makes XLA write transposed
+        # copies of them in the backward pass (measured: 14-34% of a training step on CPU).
+        n_in, n_out = math.prod(shape[: self.n_in]), math.prod(self.out_shape)
+        flat = x.reshape(-1, n_in) @ kernel.astype(cfg.compute_dtype).reshape(n_in, n_out)
+        y = flat.reshape(*x.shape[: x.ndim - self.n_in], *self.out_shape)
         if self.use_bias:
             bias = param(self, "bias", nn.initializers.zeros, self.out_shape, self.axes[self.n_in :], cfg.params_dtype)
             y = y + bias.astype(cfg.compute_dtype)
