@@ -188,9 +188,12 @@ def test_cache_then_patch_back_changes_nothing_under_jit(scan, tokens):
     """Cache every point, patch the cached values back in one at a time and all at once.
 
     Scanned models run one compiled block whose arithmetic should not depend on what is
-    observed: bitwise. In an unscanned model, caching or patching a point can change how
-    XLA fuses the surrounding graph (last-bit differences, ~1e-6): equal to rounding there,
-    and bitwise op by op (test above)."""
+    observed: bitwise, except for the attention pattern. In an unscanned model, caching or
+    patching a point can change how XLA fuses the surrounding graph (last-bit differences,
+    ~1e-6): equal to rounding there, and bitwise op by op (test above). The pattern is
+    produced only when observed (the fast attention core never materialises it), and a
+    softmax computed in another program may round its row sums differently: patching it
+    back changes z by (cached - recomputed pattern) v, rounding again."""
     cfg, model, params = setup("gpt2", scan)
     plain = np.asarray(forward(cfg)(params, tokens))
     logits, cache = cache_all(cfg, params, tokens)
@@ -199,7 +202,7 @@ def test_cache_then_patch_back_changes_nothing_under_jit(scan, tokens):
     outs += [(f"patched back {where}", out) for (fn, where), out in runs.items() if fn == "replace"]
     assert len(outs) == len(named_points(cfg)) + 2
     for what, out in outs:
-        if scan:
+        if scan and "hook_pattern" not in what:
             np.testing.assert_array_equal(out, plain, err_msg=what)
         else:
             np.testing.assert_allclose(out, plain, rtol=1e-5, atol=1e-5, err_msg=what)

@@ -1,4 +1,16 @@
-"""Causal multi-head attention with grouped-query attention (n_kv_head < n_head)."""
+"""Causal multi-head attention with grouped-query attention (n_kv_head < n_head).
+
+Two cores compute the same softmax(q k^T / sqrt(d_head) + causal mask) v:
+
+- the explicit core materialises the scores and the pattern, so that their hook points
+  (hook_attn_scores, hook_pattern) can be cached or patched, attention dropout applied,
+  and queries attend over a decoding cache or arbitrary positions;
+- the fast core (`attention_core`) is used when none of that is asked for: on GPU it is
+  cuDNN's fused flash attention, elsewhere a blocked causal attention that skips the key
+  blocks above the diagonal (half of the work) and never materialises the full pattern.
+
+The two agree to float rounding (tests/test_model.py checks it).
+"""
 from __future__ import annotations
 
 import math
@@ -10,6 +22,9 @@ import jax.numpy as jnp
 from lmjax.model.config import ModelConfig
 from lmjax.model.hooks import Hooks, hook
 from lmjax.model.layers import Dense, rotary
+
+# Hook points that only the explicit core produces.
+_PATTERN_POINTS = ("hook_attn_scores", "hook_pattern")
 
 
 class Attention(nn.Module):
@@ -25,13 +40,19 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, hooks: Hooks | None = None, layer_index=None, deterministic=True, cache=None):
-        """With a `cache` (lmjax.model.cache: keys [b, kv_head, length, d_head], values
-        [b, kv_head, d_head, length]) the new keys and values are
-        written at their positions' slots (each row's positions must be consecutive) and the
-        queries attend over the whole cache; returns (out, cache). Without one, returns out."""
+        """`positions` [b, t], or None for 0..t-1 in every row (then the fast core may run).
+
+        With a `cache` (lmjax.model.cache: keys [b, kv_head, length, d_head], values
+        [b, kv_head, d_head, length]) the new keys and values are written at their
+        positions' slots (each row's positions must be consecutive) and the queries attend
+        over the whole cache; returns (out, cache). Without one, returns out."""
         cfg = self.cfg
         h, kvh, dh = cfg.n_head, cfg.kv_heads, cfg.head_dim
         p = self.name_prefix
+        b, t = x.shape[:2]
+        in_order = positions is None
+        if in_order:
+            positions = jnp.broadcast_to(jnp.arange(t), (b, t))
 
         def point(name, value):
             return hook(self, hooks, f"{p}.{name}", value, layer_index)
@@ -45,12 +66,41 @@ class Attention(nn.Module):
             q = point("hook_rot_q", rotary(q, positions, cfg.rope_theta))
             k = point("hook_rot_k", rotary(k, positions, cfg.rope_theta))
 
-        b, t = x.shape[:2]
-        group = h // kvh  # query heads sharing one key/value head
-        qg = q.reshape(b, t, kvh, group, dh)
+        pattern_hooked = hooks is not None and any(
+            f"{p}.{n}" in hooks.names or hooks.wants_cache(f"{p}.{n}") or hooks.layer_interventions(f"{p}.{n}")
+            for n in _PATTERN_POINTS
+        )
+        attention_dropout = cfg.dropout > 0 and not deterministic
+        if in_order and cache is None and not attention_dropout:
+            z = attention_core(q, k, v)
+            if pattern_hooked:
+                z = z + self._pattern_hook_change(q, k, v, positions, point)
+        else:
+            z, cache = self._explicit_core(q, k, v, positions, point, deterministic, cache)
+        z = point("hook_z", z.reshape(b, t, h, dh))
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        w_o = Dense(cfg, (cfg.d_model,), ("heads", "head_dim", "embed"), out_std, cfg.use_bias, n_in=2, name="o")
+        out = w_o(z)
+        return out if cache is None else (out, cache)
+
+    def _pattern_hook_change(self, q, k, v, positions, point):
+        """With the fast core: materialise scores and pattern at their hook points and return
+        what the interventions there change in z, (pattern' - pattern) v. An identity
+        intervention changes nothing, exactly: the logits stay bitwise equal."""
+        scores = _masked_scores(q, k, positions, positions)
+        pattern = nn.softmax(scores, axis=-1).astype(self.cfg.compute_dtype)
+        hooked_scores = point("hook_attn_scores", scores)
+        if hooked_scores is not scores:
+            hooked = nn.softmax(hooked_scores, axis=-1).astype(pattern.dtype)
+        else:
+            hooked = pattern
+        return _mix(point("hook_pattern", hooked) - pattern, v, "bskd")
+
+    def _explicit_core(self, q, k, v, positions, point, deterministic, cache):
+        """Scores and pattern materialised (and hooked); attends over `cache` if given."""
+        cfg = self.cfg
         if cache is None:
-            key_positions, s = positions, t
-            scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k)
+            key_positions, values = positions, "bskd"
         else:
             # The cache keeps keys as [b, kv_head, length, d_head] and values transposed,
             # [b, kv_head, d_head, length]: both products then contract the minor axis, which
@@ -58,24 +108,76 @@ class Attention(nn.Module):
             cache = {"k": _write(cache["k"], k.transpose(0, 2, 1, 3), positions[:, 0], axis=2),
                      "v": _write(cache["v"], v.transpose(0, 2, 3, 1), positions[:, 0], axis=3)}
             k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
-            s = k.shape[2]
-            key_positions = jnp.broadcast_to(jnp.arange(s), (b, s))
-            scores = jnp.einsum("bqkgd,bksd->bkgqs", qg, k)
-        scores = scores / jnp.asarray(math.sqrt(dh), q.dtype)
-        scores = scores.reshape(b, h, t, s).astype(jnp.float32)
-        causal = positions[:, None, :, None] >= key_positions[:, None, None, :]
-        scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
-        scores = point("hook_attn_scores", scores)
+            b, s = k.shape[0], k.shape[2]
+            key_positions, values = jnp.broadcast_to(jnp.arange(s), (b, s)), "bkds"
+        scores = point("hook_attn_scores", _masked_scores(q, k, positions, key_positions, cached=cache is not None))
         pattern = point("hook_pattern", nn.softmax(scores, axis=-1).astype(cfg.compute_dtype))
         if cfg.dropout > 0:
             pattern = nn.Dropout(cfg.dropout)(pattern, deterministic=deterministic)
-        values = "bskd" if cache is None else "bkds"
-        z = jnp.einsum(f"bkgqs,{values}->bqkgd", pattern.reshape(b, kvh, group, t, s), v)
-        z = point("hook_z", z.reshape(b, t, h, dh))
-        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
-        w_o = Dense(cfg, (cfg.d_model,), ("heads", "head_dim", "embed"), out_std, cfg.use_bias, n_in=2, name="o")
-        out = w_o(z)
-        return out if cache is None else (out, cache)
+        return _mix(pattern, v, values), cache
+
+
+def _masked_scores(q, k, positions, key_positions, cached=False):
+    """q k^T / sqrt(d_head) in float32 [b, head, q, k], the float32 minimum where a query's
+    position is before the key's. k is [b, s, kv_head, d], or [b, kv_head, s, d] if `cached`."""
+    b, t, h, d = q.shape
+    kvh = k.shape[1 if cached else 2]
+    qg = q.reshape(b, t, kvh, h // kvh, d)  # query heads grouped by the key/value head they share
+    scores = jnp.einsum("bqkgd,bksd->bkgqs" if cached else "bqkgd,bskd->bkgqs", qg, k)
+    scores = scores / jnp.asarray(math.sqrt(d), q.dtype)
+    scores = scores.reshape(b, h, t, -1).astype(jnp.float32)
+    causal = positions[:, None, :, None] >= key_positions[:, None, None, :]
+    return jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+
+
+def _mix(pattern, v, values: str):
+    """pattern [b, head, q, s] times v (`values` layout "bskd" or "bkds") -> z [b, q, head, d]."""
+    b, h, t, s = pattern.shape
+    kvh, d = (v.shape[2], v.shape[3]) if values == "bskd" else (v.shape[1], v.shape[2])
+    z = jnp.einsum(f"bkgqs,{values}->bqkgd", pattern.reshape(b, kvh, h // kvh, t, s), v)
+    return z.reshape(b, t, h, d)
+
+
+def attention_core(q, k, v, block: int | None = None):
+    """Causal attention of q [b, t, head, d] over k, v [b, t, kv_head, d] -> [b, t, head, d].
+
+    Query i attends to keys 0..i. cuDNN's fused kernel on GPU (16-bit inputs), else
+    `blocked_causal_attention`.
+    """
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+    return blocked_causal_attention(q, k, v, block)
+
+
+def blocked_causal_attention(q, k, v, block: int | None = None):
+    """Causal attention computed one block of queries at a time.
+
+    Query block i needs only keys 0..(i+1)*block, so the key blocks above the diagonal are
+    never computed (about half the work at long contexts) and only the diagonal block needs
+    a mask. Heads are moved in front of positions once, so that every block's products
+    contract minor axes with no copies. Within a block: scores in float32, an additive
+    mask, the row maximum held constant for the gradient (it cancels exactly in the
+    softmax), and normalisation after the product with v ([q, d] divisions, not [q, k]).
+    """
+    b, t, h, d = q.shape
+    kvh = k.shape[2]
+    group = h // kvh
+    if block is None:
+        block = max(64, -(-t // 8))  # at most ~8 blocks: a few big matmuls beat many small ones
+    # [b, kv_head, group, t, d] and [b, kv_head, t, d]
+    qh = (q * jnp.asarray(1 / math.sqrt(d), q.dtype)).reshape(b, t, kvh, group, d).transpose(0, 2, 3, 1, 4)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    diagonal = jnp.where(jnp.tril(jnp.ones((block, block), bool)), 0.0, -jnp.inf).astype(jnp.float32)
+    outputs = []
+    for start in range(0, t, block):
+        stop = min(start + block, t)
+        n = stop - start
+        scores = jnp.einsum("bkgqd,bksd->bkgqs", qh[:, :, :, start:stop], kh[:, :, :stop]).astype(jnp.float32)
+        scores = scores + jnp.concatenate([jnp.zeros((n, start), jnp.float32), diagonal[:n, :n]], axis=1)
+        weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+        z = jnp.einsum("bkgqs,bksd->bkgqd", weights.astype(q.dtype), vh[:, :, :stop])
+        outputs.append(z / weights.sum(axis=-1, keepdims=True).astype(z.dtype))
+    return jnp.concatenate(outputs, axis=3).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 def _write(cache, new, starts, axis):

@@ -68,10 +68,11 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions=None, hooks: Hooks | None = None, deterministic: bool = True, cache=None):
-        """-> logits, or (logits, cache) when a decoding cache (lmjax.model.cache) is given."""
+        """-> logits, or (logits, cache) when a decoding cache (lmjax.model.cache) is given.
+
+        `positions` [batch, pos] defaults to 0..pos-1 in every row (None is passed down, so
+        attention knows the mask is plain causal and may use its fast core)."""
         cfg = self.cfg
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         embedding = param(
             self, "embed", normal(cfg.init_std), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.params_dtype
         )
@@ -80,7 +81,8 @@ class Transformer(nn.Module):
             table = param(
                 self, "pos_embed", normal(cfg.init_std), (cfg.max_len, cfg.d_model), ("length", "embed"), cfg.params_dtype
             )
-            pos = hook(self, hooks, "hook_pos_embed", jnp.take(table, positions, axis=0).astype(cfg.compute_dtype))
+            rows = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape) if positions is None else positions
+            pos = hook(self, hooks, "hook_pos_embed", jnp.take(table, rows, axis=0).astype(cfg.compute_dtype))
             x = x + pos
         if cfg.dropout > 0:
             x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
