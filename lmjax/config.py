@@ -14,6 +14,7 @@ from typing import Iterable
 import ml_collections
 
 from lmjax.model.config import ModelConfig
+from lmjax.sharding import DCN_KEYS, DEFAULT_RULES, MESH_AXES, preset_problems, rule_problems
 
 
 class ConfigError(ValueError):
@@ -74,10 +75,19 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 3
     c.checkpoint.async_save = True
 
+    # The device mesh (lmjax/sharding.py): axis sizes, -1 = all devices left over.
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # -1 = all devices left over
-    c.mesh.fsdp = 1
-    c.mesh.tensor = 1
+    c.mesh.preset = ""  # "" = the sizes below | dp | fsdp | fsdp_tp (sets data/fsdp/tensor)
+    c.mesh.data = -1  # data parallel (replicas)
+    c.mesh.fsdp = 1  # fully sharded data parallel (params + optimizer state split too)
+    c.mesh.tensor = 1  # tensor parallel (heads, mlp, vocab split inside a layer)
+    # Split over slices (TPU multi-slice) or hosts over the data-centre network; an axis
+    # then spans dcn_x * x devices. 1 = one slice.
+    c.mesh.dcn_data = 1
+    c.mesh.dcn_fsdp = 1
+    c.mesh.dcn_tensor = 1
+    # logical axis -> comma-separated mesh axes ("" = replicated); model code names only these.
+    c.mesh.rules = ml_collections.ConfigDict(dict(DEFAULT_RULES))
     return c
 
 
@@ -110,9 +120,28 @@ def merge(base: ml_collections.ConfigDict, user, where: str) -> ml_collections.C
     for section, values in user.items():
         if section not in SECTIONS:
             raise ConfigError(f"{where}: unknown section {section!r}; allowed: {list(SECTIONS)}")
-        for key, value in values.items():
-            set_field(base, f"{section}.{key}", value)
+        _merge_into(base, section, values)
     return base
+
+
+def _merge_into(base, prefix: str, values) -> None:
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}"
+        if isinstance(_lookup(base, dotted, missing=None), ml_collections.ConfigDict) and hasattr(value, "items"):
+            _merge_into(base, dotted, value)  # a nested section, e.g. mesh.rules
+        else:
+            set_field(base, dotted, value)
+
+
+def _lookup(config, dotted: str, missing=KeyError):
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            if missing is KeyError:
+                raise KeyError(dotted)
+            return missing
+        node = node[part]
+    return node
 
 
 def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
@@ -120,10 +149,18 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
     section, _, key = dotted.partition(".")
     if section not in SECTIONS:
         raise ConfigError(f"unknown config section {section!r} in {dotted!r}; allowed: {list(SECTIONS)}")
-    if key not in config[section]:
-        raise ConfigError(f"unknown config key {dotted!r}; {section} has: {sorted(config[section].keys())}")
-    current = config[section][key]
-    field_type = config[section].get_type(key) if hasattr(config[section], "get_type") else type(current)
+    parent_path, _, key = dotted.rpartition(".")
+    parent = _lookup(config, parent_path, missing=None)
+    if not isinstance(parent, ml_collections.ConfigDict) or key not in parent:
+        where = parent_path if isinstance(parent, ml_collections.ConfigDict) else section
+        keys = sorted((parent if isinstance(parent, ml_collections.ConfigDict) else config[section]).keys())
+        raise ConfigError(f"unknown config key {dotted!r}; {where} has: {keys}")
+    if parent_path == "mesh.rules" and (value is None or isinstance(value, (tuple, list))):
+        value = ",".join(value or ())  # ("data", "fsdp") / None in a config file -> "data,fsdp" / ""
+    current = parent[key]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"{dotted} is a section; set its keys ({sorted(current.keys())}), e.g. {dotted}.KEY=VALUE")
+    field_type = parent.get_type(key) if hasattr(parent, "get_type") else type(current)
     if isinstance(value, str) and field_type is not str:
         value = _parse(value)
     if value is not None and field_type is float and isinstance(value, int) and not isinstance(value, bool):
@@ -133,7 +170,7 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
             f"{dotted}: expected {field_type.__name__}, got {type(value).__name__} {value!r}"
         )
     try:
-        config[section][key] = value
+        parent[key] = value
     except TypeError as e:
         raise ConfigError(f"{dotted}: {e}") from None
 
@@ -186,8 +223,9 @@ def validate(config) -> None:
     check(o.eps > 0 and o.weight_decay >= 0 and o.clip_norm >= 0, "optimizer.eps/weight_decay/clip_norm",
           "eps must be > 0, weight_decay and clip_norm >= 0")
     check(ck.every > 0 and ck.keep > 0, "checkpoint.every/keep", "must be positive")
-    for axis in ("data", "fsdp", "tensor"):
+    for axis in MESH_AXES + DCN_KEYS:
         check(m[axis] == -1 or m[axis] > 0, f"mesh.{axis}", f"must be -1 (fill) or positive, got {m[axis]}")
+    problems += preset_problems(m) + rule_problems(m.rules)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

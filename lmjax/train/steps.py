@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lmjax import sharding
 from lmjax.model import Transformer
@@ -25,15 +25,20 @@ def _dummy_tokens(model: Transformer):
     return jnp.zeros((1, model.cfg.max_len), jnp.int32)
 
 
-def param_shardings(model: Transformer, mesh: Mesh):
-    """NamedShardings of the parameters, from the logical axis names the model declares."""
+def param_shardings(model: Transformer, mesh: Mesh, rules=None, *, with_notes: bool = False):
+    """NamedShardings of the parameters, from the logical axis names the model declares.
+
+    A dimension that does not divide its mesh axes is replicated (with_notes=True also
+    returns the list of those); heads must divide (lmjax.sharding.problems checks it first).
+    """
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), _dummy_tokens(model)))
-    return sharding.logical_shardings(nn.get_partition_spec(boxed)["params"], mesh)
+    shardings, notes = sharding.param_shardings(boxed["params"], mesh, rules)
+    return (shardings, notes) if with_notes else shardings
 
 
-def state_shardings(model: Transformer, optimizer: optax.GradientTransformation, mesh: Mesh):
+def state_shardings(model: Transformer, optimizer: optax.GradientTransformation, mesh: Mesh, rules=None):
     """Shardings of {"step", "params", "opt_state"}; optimizer moments follow their parameter."""
-    params = param_shardings(model, mesh)
+    params = param_shardings(model, mesh, rules)
     abstract_params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     opt = _follow_params(abstract_opt, params, sharding.replicated(mesh))
@@ -62,21 +67,25 @@ def init_params(model: Transformer, key):
     return nn.unbox(model.init(key, _dummy_tokens(model))["params"])
 
 
-def init_state(model: Transformer, optimizer, mesh: Mesh, seed: int):
+def init_state(model: Transformer, optimizer, mesh: Mesh, seed: int, rules=None):
     """Create the train state directly sharded: no host ever holds the whole model."""
 
     def init():
         params = init_params(model, jax.random.key(seed))
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
 
-    return jax.jit(init, out_shardings=state_shardings(model, optimizer, mesh))()
+    return jax.jit(init, out_shardings=state_shardings(model, optimizer, mesh, rules))()
 
 
-def make_train_step(model: Transformer, optimizer, *, grad_accum: int = 1, seed: int = 0):
+def make_train_step(model: Transformer, optimizer, *, grad_accum: int = 1, seed: int = 0,
+                    mesh: Mesh | None = None, rules=None):
     """-> jitted train_step(state, batch) -> (state, metrics); the state's buffers are donated.
 
+    With a `mesh`, the step is compiled with explicit shardings: the state in and out as
+    `state_shardings`, the batch split by the `batch` rule, the metrics replicated.
     With grad_accum > 1 the batch is split into micro-batches whose gradients are averaged
     in a lax.scan: one optimizer step sees the whole batch, at a micro-batch's memory.
+    Micro-batch i is rows i, i + grad_accum, ... so that every device holds a share of each.
     """
     stochastic = model.cfg.dropout > 0
 
@@ -87,6 +96,15 @@ def make_train_step(model: Transformer, optimizer, *, grad_accum: int = 1, seed:
         return cross_entropy(logits, targets)
 
     grad_fn = jax.value_and_grad(loss_fn)
+    micro_sharding = None
+    if mesh is not None:
+        micro_sharding = NamedSharding(mesh, PartitionSpec(None, *sharding.batch_spec(rules)))
+
+    def micro(x):
+        x = x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1)
+        if micro_sharding is None or x.shape[1] % sharding.batch_divisor(mesh, rules):
+            return x
+        return jax.lax.with_sharding_constraint(x, micro_sharding)
 
     def train_step(state, batch):
         key = jax.random.fold_in(jax.random.key(seed), state["step"])
@@ -94,7 +112,6 @@ def make_train_step(model: Transformer, optimizer, *, grad_accum: int = 1, seed:
         if grad_accum == 1:
             loss, grads = grad_fn(state["params"], inputs, targets, key)
         else:
-            micro = lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:])
 
             def accumulate(carry, xs):
                 i, (inp, tgt) = xs
@@ -110,15 +127,26 @@ def make_train_step(model: Transformer, optimizer, *, grad_accum: int = 1, seed:
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=(0,))
+    state_sh = state_shardings(model, optimizer, mesh, rules)
+    batch_sh = sharding.batch_sharding(mesh, rules)
+    metrics_sh = {"loss": sharding.replicated(mesh), "grad_norm": sharding.replicated(mesh)}
+    return jax.jit(train_step, donate_argnums=(0,), in_shardings=(state_sh, {"inputs": batch_sh, "targets": batch_sh}),
+                   out_shardings=(state_sh, metrics_sh))
 
 
-def make_eval_step(model: Transformer):
-    """-> jitted eval_step(params, batch) -> summed loss (nats) and token count."""
+def make_eval_step(model: Transformer, mesh: Mesh | None = None, params_sharding=None, rules=None):
+    """-> jitted eval_step(params, batch) -> summed loss (nats) and token count (replicated)."""
 
     def eval_step(params, batch):
         logits = model.apply({"params": params}, batch["inputs"])
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
         return {"loss_sum": losses.sum(), "tokens": jnp.asarray(losses.size, jnp.float32)}
 
-    return jax.jit(eval_step)
+    if mesh is None:
+        return jax.jit(eval_step)
+    batch_sh = sharding.batch_sharding(mesh, rules)
+    params_sh = params_sharding if params_sharding is not None else param_shardings(model, mesh, rules)
+    out = {"loss_sum": sharding.replicated(mesh), "tokens": sharding.replicated(mesh)}
+    return jax.jit(eval_step, in_shardings=(params_sh, {"inputs": batch_sh, "targets": batch_sh}), out_shardings=out)

@@ -1,0 +1,281 @@
+"""Sharding on 8 simulated CPU devices: the mesh and rules from the config, sharded steps that
+equal one device, checkpoints restored onto another mesh shape, and errors before compiling.
+
+Tolerances (float32): one step's loss to rtol 1e-6 and gradients to atol 1e-6 of the
+single-device result (only the order of floating-point sums differs); after ten Adam steps
+losses to rtol 1e-5 and parameters to atol 1e-5.
+"""
+import dataclasses
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmjax import cli, sharding
+from lmjax.config import ConfigError, config_from_dict, load_config
+from lmjax.model import Transformer
+from lmjax.model.config import ModelConfig
+from lmjax.train.optimizer import make_optimizer
+from lmjax.train.steps import cross_entropy, init_params, init_state, make_train_step, param_shardings
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs the 8 simulated devices of tests/conftest.py")
+
+CFG = ModelConfig(vocab_size=64, n_layer=2, d_model=32, n_head=4, n_kv_head=2, max_len=16, use_bias=True)
+BATCH = 8
+
+MESHES = {  # name -> (data, fsdp, tensor)
+    "dp8": (8, 1, 1),
+    "fsdp8": (1, 8, 1),
+    "fsdp4_tp2": (1, 4, 2),
+    "dp2_fsdp2_tp2": (2, 2, 2),
+}
+
+
+def mesh_of(data, fsdp, tensor):
+    return sharding.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor})
+
+
+def single_device_mesh():
+    return sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def model_and_reference():
+    """The model, its params on one device, a batch, and the single-device loss and grads."""
+    model = Transformer(CFG)
+    params = jax.device_put(init_params(model, jax.random.key(0)), jax.devices()[0])
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, CFG.vocab_size, (BATCH, CFG.max_len + 1)).astype(np.int32)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    loss, grads = jax.jit(jax.value_and_grad(_loss(model)))(params, batch)
+    return model, params, batch, float(loss), jax.tree.map(np.asarray, grads)
+
+
+def _loss(model):
+    def loss(params, batch):
+        return cross_entropy(model.apply({"params": params}, batch["inputs"]), batch["targets"])
+
+    return loss
+
+
+@pytest.mark.parametrize("name", list(MESHES))
+def test_one_step_loss_and_grads_equal_single_device(name, model_and_reference):
+    model, params, batch, ref_loss, ref_grads = model_and_reference
+    data, fsdp, tensor = MESHES[name]
+    mesh = mesh_of(data, fsdp, tensor)
+    p_sh = param_shardings(model, mesh)
+    b_sh = sharding.batch_sharding(mesh)
+    sharded = jax.device_put(params, p_sh)
+    step = jax.jit(jax.value_and_grad(_loss(model)), in_shardings=(p_sh, {"inputs": b_sh, "targets": b_sh}),
+                   out_shardings=(sharding.replicated(mesh), p_sh))
+    loss, grads = step(sharded, jax.device_put(batch, b_sh))
+    assert float(loss) == pytest.approx(ref_loss, rel=1e-6)
+    for (path, g), r in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(np.asarray(g), r, atol=1e-6, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+    # The parameter shardings are the rules' (embed -> fsdp, heads/kv_heads/mlp/vocab -> tensor):
+    # check the specs and the shape of the piece each device holds.
+    def shard_shape(x):
+        return x.addressable_shards[0].data.shape
+
+    d, h, kvh, dh, f, v = CFG.d_model, CFG.n_head, CFG.kv_heads, CFG.head_dim, CFG.mlp_dim, CFG.vocab_size
+    blk = sharded["blocks_0"]
+    expected = {
+        "q": (blk["attn"]["q"]["kernel"], ("fsdp", "tensor", None), (d // fsdp, h // tensor, dh)),
+        "k": (blk["attn"]["k"]["kernel"], ("fsdp", "tensor", None), (d // fsdp, kvh // tensor, dh)),
+        "o": (blk["attn"]["o"]["kernel"], ("tensor", None, "fsdp"), (h // tensor, dh, d // fsdp)),
+        "fc_in": (blk["mlp"]["fc_in"]["kernel"], ("fsdp", "tensor"), (d // fsdp, f // tensor)),
+        "fc_out": (blk["mlp"]["fc_out"]["kernel"], ("tensor", "fsdp"), (f // tensor, d // fsdp)),
+        "ln1": (blk["ln1"]["scale"], ("fsdp",), (d // fsdp,)),
+        "embed": (sharded["embed"], ("tensor", "fsdp"), (v // tensor, d // fsdp)),
+        "pos_embed": (sharded["pos_embed"], (None, "fsdp"), (CFG.max_len, d // fsdp)),
+    }
+    for what, (x, spec, shape) in expected.items():
+        assert tuple(x.sharding.spec) == spec, what
+        assert x.sharding.mesh.shape == {"data": data, "fsdp": fsdp, "tensor": tensor}
+        assert shard_shape(x) == shape, what
+    assert tuple(grads["blocks_0"]["attn"]["q"]["kernel"].sharding.spec) == ("fsdp", "tensor", None)
+
+
+def test_ten_steps_fsdp_x_tp_match_single_device():
+    model = Transformer(CFG)
+    optimizer = make_optimizer(config_from_dict({}).optimizer, 10)
+    rng = np.random.default_rng(1)
+    batches = []
+    for _ in range(10):
+        t = rng.integers(0, CFG.vocab_size, (BATCH, CFG.max_len + 1)).astype(np.int32)
+        batches.append({"inputs": t[:, :-1], "targets": t[:, 1:]})
+
+    def run(mesh):
+        state = init_state(model, optimizer, mesh, seed=0)
+        step = make_train_step(model, optimizer, mesh=mesh)
+        b_sh = sharding.batch_sharding(mesh)
+        losses = []
+        for b in batches:
+            state, metrics = step(state, jax.device_put(b, b_sh))
+            losses.append(float(metrics["loss"]))
+        return losses, state
+
+    ref_losses, ref_state = run(single_device_mesh())
+    losses, state = run(mesh_of(1, 4, 2))
+    assert tuple(state["params"]["blocks_1"]["mlp"]["fc_in"]["kernel"].sharding.spec) == ("fsdp", "tensor")
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    assert ref_losses[-1] < ref_losses[0]
+    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(ref_state["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+# ---------------------------------------------------------------- mesh config, presets, rules
+
+
+@pytest.mark.parametrize("mesh_cfg,shape", [
+    ({}, (8, 1, 1)),
+    ({"preset": "dp"}, (8, 1, 1)),
+    ({"preset": "fsdp"}, (1, 8, 1)),
+    ({"preset": "fsdp_tp"}, (1, 4, 2)),
+    ({"preset": "fsdp_tp", "tensor": 4}, (1, 2, 4)),
+    ({"data": 2, "fsdp": -1, "tensor": 2}, (2, 2, 2)),
+])
+def test_presets_and_fill(mesh_cfg, shape):
+    assert tuple(sharding.make_mesh(mesh_cfg).shape.values()) == shape
+
+
+def test_rules_come_from_the_config():
+    c = load_config("configs/quickstart.py", ["mesh.preset=fsdp_tp", "mesh.rules.vocab=", "mesh.rules.mlp=",
+                                              "mesh.rules.embed=data,fsdp"])
+    rules = sharding.logical_rules(c.mesh)
+    mesh = sharding.make_mesh(c.mesh)
+    shardings = param_shardings(Transformer(CFG), mesh, rules)
+    assert tuple(shardings["embed"].spec) == (None, ("data", "fsdp"))
+    assert tuple(shardings["blocks_0"]["mlp"]["fc_in"]["kernel"].spec) == (("data", "fsdp"), None)
+    assert tuple(shardings["blocks_0"]["attn"]["q"]["kernel"].spec) == (("data", "fsdp"), "tensor", None)
+    # the rules travel with the config (and so with the checkpoint)
+    again = config_from_dict(json.loads(c.to_json()))
+    assert sharding.logical_rules(again.mesh) == rules
+
+
+def test_dimension_that_does_not_divide_is_replicated_with_a_note():
+    model = Transformer(dataclasses.replace(CFG, vocab_size=259))
+    shardings, notes = param_shardings(model, mesh_of(1, 4, 2), with_notes=True)
+    assert tuple(shardings["embed"].spec) == (None, "fsdp")
+    assert len(notes) == 1 and "vocab" in notes[0] and "259" in notes[0]
+
+
+def test_dcn_split_puts_each_process_on_its_own_slice_of_the_axis():
+    @dataclasses.dataclass(frozen=True)
+    class FakeDevice:  # two hosts of four devices
+        id: int
+        process_index: int
+        platform: str = "cpu"
+        device_kind: str = "cpu"
+
+    devices = [FakeDevice(i, i // 4) for i in range(8)]
+    grid = sharding.device_grid({"dcn_data": 2, "data": 1, "fsdp": 2, "tensor": 2}, devices)
+    assert grid.shape == (2, 2, 2)
+    assert [{d.process_index for d in row.flat} for row in grid] == [{0}, {1}]
+    grid = sharding.device_grid({"dcn_fsdp": 2, "data": 1, "fsdp": -1, "tensor": 2}, devices)
+    assert grid.shape == (1, 4, 2)
+    assert [d.process_index for d in grid[0, :, 0]] == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="dcn"):
+        sharding.device_grid({"dcn_data": 4}, devices)
+
+
+def test_each_process_loads_only_the_rows_its_devices_hold():
+    mesh = mesh_of(1, 4, 2)  # tensor replicates the batch: 4 distinct row ranges on 8 devices
+    full = np.arange(8 * 3).reshape(8, 3)
+    calls = []
+
+    def load(start, stop):
+        calls.append((start, stop))
+        return {"x": full[start:stop]}
+
+    out = sharding.assemble_batch(sharding.batch_sharding(mesh), 8, load)
+    np.testing.assert_array_equal(np.asarray(out["x"]), full)
+    assert sorted(calls) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    assert out["x"].sharding.spec == sharding.batch_spec()
+
+
+# ---------------------------------------------------------------- restore onto another mesh shape
+
+
+TEXT = "".join(f"The {a} {b} jumps over the {c} dog {n} times.\n" for n in range(200)
+               for a, b, c in [("quick", "brown", "lazy"), ("slow", "red", "happy")])
+
+
+def test_restore_onto_a_different_mesh_continues_with_the_same_loss(tmp_path):
+    from lmjax.train.loop import train
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(TEXT)
+
+    def config(preset):
+        return config_from_dict({
+            "model": dict(n_layer=1, d_model=32, n_head=4, max_len=16),
+            "data": dict(source=str(corpus), tokenizer="byte"),
+            "train": dict(steps=8, batch_size=8, log_every=1, eval_every=100, eval_batches=1, sample_tokens=0),
+            "optimizer": dict(lr=3e-3, warmup_steps=2),
+            "checkpoint": dict(every=4, keep=2),
+            "mesh": dict(preset=preset),
+        })
+
+    a, b = tmp_path / "fsdp8", tmp_path / "fsdp4_tp2"
+    first = train(config("fsdp"), str(a), stop_at_step=4, progress=False, quiet=True)
+    assert first["end_step"] == 4
+    shutil.copytree(a, b)
+    same = train(config("fsdp"), str(a), progress=False, quiet=True)  # 8-way FSDP throughout
+    other = train(config("fsdp_tp"), str(b), progress=False, quiet=True)  # saved on 8-way FSDP, 4x2 now
+    kernel = other["state"]["params"]["blocks_0"]["attn"]["q"]["kernel"]
+    assert kernel.sharding.mesh.shape == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert tuple(kernel.sharding.spec) == ("fsdp", "tensor", None)
+
+    def losses(workdir):
+        rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r and r["step"] > 4}
+
+    assert sorted(losses(b)) == [6, 7, 8]  # step 5's loss is logged with step 6 (compile excluded)
+    np.testing.assert_allclose([losses(b)[s] for s in (6, 7, 8)], [losses(a)[s] for s in (6, 7, 8)], rtol=1e-5)
+    assert other["val_loss"] == pytest.approx(same["val_loss"], rel=1e-5)
+
+
+# ---------------------------------------------------------------- errors before compiling
+
+
+def _cli_train(tmp_path, capsys, overrides):
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(TEXT)
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text("def get_config(arg=None):\n"
+                   f"    return {{'model': dict(n_layer=1, d_model=48, n_head=6, max_len=16),\n"
+                   f"            'data': dict(source={str(corpus)!r}),\n"
+                   "            'train': dict(steps=2, batch_size=8, sample_tokens=0)}\n")
+    code = cli.main(["train", "--config", str(cfg), "--workdir", str(tmp_path / "w"), "--no_progress",
+                     *[f"--config.{o}" for o in overrides]])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize("overrides,names", [
+    (["train.batch_size=12", "mesh.data=8"], ["train.batch_size=12", "data-parallel width 8"]),
+    (["mesh.data=2", "mesh.tensor=4"], ["model.n_head=6", "heads split 4", "mesh.tensor"]),
+    (["model.n_kv_head=3", "mesh.data=4", "mesh.tensor=2", "mesh.rules.heads="], ["model.n_kv_head=3", "kv_heads split 2"]),
+    (["mesh.data=3"], ["mesh.data/mesh.fsdp/mesh.tensor", "needs 3 devices", "8 are present"]),
+    (["mesh.data=3", "mesh.fsdp=-1"], ["8 devices are not divisible", "3"]),
+    (["mesh.dcn_data=2"], ["mesh.dcn_data", "needs 2 slices/processes", "1 are present"]),
+])
+def test_mesh_errors_are_one_line_naming_the_fields(tmp_path, capsys, overrides, names):
+    code, err = _cli_train(tmp_path, capsys, overrides)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    for name in names:
+        assert name in err
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")  # nothing compiled or saved
+
+
+def test_preset_and_sizes_together_is_a_config_error():
+    with pytest.raises(ConfigError, match="mesh.preset"):
+        load_config("configs/quickstart.py", ["mesh.preset=fsdp", "mesh.tensor=2"])
+    with pytest.raises(ConfigError, match="mesh.rules.vocab"):
+        load_config("configs/quickstart.py", ["mesh.rules.vocab=model"])
