@@ -14,6 +14,7 @@ setup(
         "flax>=0.10",
         "optax>=0.2.3",
         "orbax-checkpoint>=0.6",
+        "etils[epath]",  # one path API for local disks and buckets (gs://) alike
         "sentencepiece>=0.2",
         "ml-collections>=0.1.1",
         "absl-py",
@@ -25,6 +26,8 @@ setup(
         "test": ["pytest>=7", "tensorboard"],
         # The PyTorch baselines that bench/ compares against.
         "bench": ["torch", "transformers"],
+        # Workdirs, token caches and corpora on Google Cloud Storage (gs://...).
+        "gcs": ["gcsfs"],
     },
     entry_points={"console_scripts": ["lmjax=lmjax.cli:main"]},
 )

@@ -17,7 +17,7 @@ def _check_positive(**kw) -> None:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
 
-def _check_tokens(tokens: np.ndarray, seq_len: int, what: str) -> None:
+def _check_tokens(tokens, seq_len: int, what: str) -> None:
     if np.ndim(tokens) != 1:
         raise ValueError(f"{what} must be a 1-D token array, got shape {np.shape(tokens)}")
     if len(tokens) < seq_len + 1:
@@ -25,9 +25,14 @@ def _check_tokens(tokens: np.ndarray, seq_len: int, what: str) -> None:
                          f"{seq_len + 1}; use more data, a larger split, or a shorter seq_len")
 
 
-def _windows(tokens: np.ndarray, offsets: np.ndarray, seq_len: int) -> dict[str, np.ndarray]:
+def _windows(tokens, offsets: np.ndarray, seq_len: int) -> dict[str, np.ndarray]:
     # One gather of seq_len + 1 tokens per row; targets are the inputs shifted by one.
-    rows = np.asarray(tokens[offsets[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
+    if isinstance(tokens, np.ndarray):
+        rows = np.asarray(tokens[offsets[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
+    else:  # a token file read by ranges (e.g. on a bucket): one contiguous read per row
+        rows = np.zeros((len(offsets), seq_len + 1), np.int32)
+        for i, o in enumerate(offsets):
+            rows[i] = tokens[int(o):int(o) + seq_len + 1]
     return {"inputs": rows[:, :-1], "targets": rows[:, 1:]}
 
 
@@ -58,10 +63,24 @@ def train_batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, se
     if isinstance(process_index, bool) or not isinstance(process_index, (int, np.integer)) \
             or not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index!r}")
+    rows = batch_size // process_count
+    return train_rows(tokens, seed=seed, step=step, batch_size=batch_size, seq_len=seq_len,
+                      start=process_index * rows, stop=(process_index + 1) * rows)
+
+
+def train_rows(tokens, *, seed: int, step: int, batch_size: int, seq_len: int,
+               start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows ``[start, stop)`` of the global training batch for ``step``, reading only those windows.
+
+    A multi-process run asks for the rows its own devices hold (see
+    ``lmjax.sharding.assemble_batch``), whatever the mesh.
+    """
+    _check_positive(batch_size=batch_size, seq_len=seq_len)
+    if not 0 <= start <= stop <= batch_size:
+        raise ValueError(f"rows [{start}, {stop}) are not inside the batch of {batch_size}")
     _check_tokens(tokens, seq_len, "train tokens")
     offsets = train_offsets(len(tokens), seed=seed, step=step, batch_size=batch_size, seq_len=seq_len)
-    rows = batch_size // process_count
-    return _windows(tokens, offsets[process_index * rows:(process_index + 1) * rows], seq_len)
+    return _windows(tokens, offsets[start:stop], seq_len)
 
 
 def num_eval_batches(n_tokens: int, *, batch_size: int, seq_len: int, max_batches: int | None = None) -> int:

@@ -8,7 +8,16 @@ Layout of one cache entry, ``<cache_dir>/<key>/``:
 
 The key hashes the source fingerprint, the tokenizer and the split, so any change to
 one of them makes a new entry. Entries are built in a temporary directory and renamed into
-place, so a directory named ``<key>`` is always complete.
+place, so a directory named ``<key>`` is always complete. On a bucket (``gs://...``, any
+path ``etils.epath`` reads), where a directory can't be renamed atomically, the entry is
+built locally and uploaded with ``meta.json`` last: an entry without it is incomplete.
+Local entries are memory-mapped; entries on a bucket are read by byte ranges
+(:class:`TokenFile`), so no worker needs a copy of the data.
+
+Multi-process runs (a ``ProcessGroup`` with several processes) whose processes all see
+the cache directory tokenize as one job: process i tokenizes its contiguous share of the
+files (balanced by size) into a part file, process 0 concatenates the parts in order into
+the entry, the others wait. The tokens are identical to a single-process run.
 """
 from __future__ import annotations
 
@@ -16,10 +25,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import shutil
 import tempfile
 
 import numpy as np
+from etils import epath
 from tqdm.auto import tqdm
 
 from lmjax.data.sources import TextSource
@@ -32,7 +43,8 @@ _CHUNK_TOKENS = 1 << 20  # tokens buffered in memory before a write
 
 @dataclasses.dataclass(frozen=True)
 class TokenData:
-    """The train and val token streams (read-only memmaps) and their metadata.
+    """The train and val token streams (read-only memmaps, or :class:`TokenFile` on a bucket)
+    and their metadata.
 
     ``meta`` keys: ``source``, ``fingerprint``, ``n_files``, ``tokenizer_kind``,
     ``vocab_size``, ``eos_id``, ``dtype``, ``val_fraction``, ``n_documents``,
@@ -66,31 +78,95 @@ def cache_key(source: TextSource, tokenizer: Tokenizer, val_fraction: float) -> 
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
 
+def is_local(path) -> bool:
+    """True for a path on this machine's filesystem (not gs://, s3://, ...)."""
+    text = os.fspath(path)
+    return "://" not in text or text.startswith("file://")
+
+
+def _epath(path) -> epath.Path:
+    text = os.fspath(path)
+    return epath.Path(os.path.expanduser(text) if is_local(text) else text)
+
+
+class TokenFile:
+    """A read-only 1-D token array in a file read by byte ranges (no memory map): token shards
+    on a bucket. Supports ``len``, integer and contiguous-slice indexing, and ``np.asarray``."""
+
+    ndim = 1
+
+    def __init__(self, path, dtype, n: int):
+        self.path, self.dtype, self.n = _epath(path), np.dtype(dtype), int(n)
+        self._file = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.n,)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            i = int(index) + (self.n if index < 0 else 0)
+            if not 0 <= i < self.n:
+                raise IndexError(f"token index {index} out of range for {self.n} tokens")
+            return self[i:i + 1][0]
+        if not isinstance(index, slice):
+            raise TypeError("TokenFile supports integer and slice indexing only")
+        start, stop, step = index.indices(self.n)
+        if step != 1:
+            return self[start:stop][::step]
+        if stop <= start:
+            return np.zeros(0, self.dtype)
+        if self._file is None:
+            self._file = self.path.open("rb")
+        self._file.seek(start * self.dtype.itemsize)
+        data = self._file.read((stop - start) * self.dtype.itemsize)
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"TokenFile({os.fspath(self.path)!r}, {self.dtype.name}, n={self.n})"
+
+
 def prepare_tokens(source: TextSource, tokenizer: Tokenizer, cache_dir: str, *,
-                   val_fraction: float = 0.1, progress: bool = True) -> TokenData:
+                   val_fraction: float = 0.1, progress: bool = True, group=None) -> TokenData:
     """Tokenize ``source`` (each document followed by EOS, in source order), split the stream
     by token index into the first ``1 - val_fraction`` (train) and the rest (val), and cache it.
 
     A second call with the same source files, tokenizer and ``val_fraction`` loads the cache.
+    ``group`` (an ``lmjax.distributed.ProcessGroup``; every process calls this together)
+    splits the tokenizing over the run's processes when they share the cache directory.
     """
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
             or not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
-    cache_dir = os.path.expanduser(cache_dir)
+    cache = _epath(cache_dir)
     key = cache_key(source, tokenizer, val_fraction)
-    final = os.path.join(cache_dir, key)
-    if os.path.exists(final):
+    final = cache / key
+    if group is not None and group.count > 1:
+        if group.all_true(_complete(final)):
+            return _load(final, cached=True)
+        if _shared(cache, group):
+            return _prepare_split(source, tokenizer, cache, key, val_fraction, progress, group)
+        # Each process has its own cache directory: each one tokenizes everything itself.
+    if _complete(final):
         return _load(final, cached=True)
+    if not is_local(cache):
+        return _prepare_remote(source, tokenizer, cache, key, val_fraction, progress)
 
-    os.makedirs(cache_dir, exist_ok=True)
+    os.makedirs(cache, exist_ok=True)
     # The temporary name starts with "." and never equals a key: it can't be mistaken for an entry.
-    tmp = tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_dir)
+    tmp = tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache)
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0o700; a shared cache should stay readable
-        meta = _write_entry(tmp, source, tokenizer, val_fraction, progress)
-        meta["key"] = key
-        _write_json(os.path.join(tmp, "tokenizer.json"), tokenizer.to_json())
-        _write_json(os.path.join(tmp, "meta.json"), meta)
+        stream = os.path.join(tmp, "stream.bin")
+        n_tokens = _tokenize(stream, source, range(len(source.paths)), tokenizer, progress)
+        _finish_entry(tmp, [(stream, n_tokens)], source, tokenizer, val_fraction, key)
         try:
             os.rename(tmp, final)  # atomic: the entry appears complete or not at all
         except OSError:
@@ -102,23 +178,127 @@ def prepare_tokens(source: TextSource, tokenizer: Tokenizer, cache_dir: str, *,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_entry(out_dir: str, source: TextSource, tokenizer: Tokenizer, val_fraction: float,
-                 progress: bool) -> dict:
-    """Tokenize into ``out_dir/train.bin`` + ``val.bin`` and return the metadata."""
+def _complete(entry: epath.Path) -> bool:
+    return (entry / "meta.json").exists()
+
+
+def _prepare_remote(source, tokenizer, cache: epath.Path, key: str, val_fraction, progress) -> TokenData:
+    """Build the entry in a local temporary directory and upload it, meta.json last."""
+    with tempfile.TemporaryDirectory(prefix=f"lmjax-{key}-") as tmp:
+        stream = os.path.join(tmp, "stream.bin")
+        n_tokens = _tokenize(stream, source, range(len(source.paths)), tokenizer, progress)
+        entry = os.path.join(tmp, "entry")
+        os.makedirs(entry)
+        _finish_entry(entry, [(stream, n_tokens)], source, tokenizer, val_fraction, key)
+        _publish(entry, cache / key)
+    return _load(cache / key, cached=False)
+
+
+def _publish(local_entry: str, final: epath.Path) -> None:
+    """Upload a finished local entry; meta.json last, so readers never see a partial entry."""
+    if _complete(final):
+        return  # another writer finished first
+    final.mkdir(parents=True, exist_ok=True)
+    for name in ("train.bin", "val.bin", "tokenizer.json", "meta.json"):
+        epath.Path(os.path.join(local_entry, name)).copy(final / name, overwrite=True)
+
+
+def _shared(cache: epath.Path, group) -> bool:
+    """Do all processes see the same cache directory? (process 0 writes a probe, all look for it)"""
+    nonce = group.broadcast(random.SystemRandom().randrange(1 << 30) if group.index == 0 else 0)
+    probe = cache / f".probe-{nonce}"
+    if group.index == 0:
+        cache.mkdir(parents=True, exist_ok=True)
+        probe.write_text("lmjax")
+    group.barrier(f"lmjax-probe-{nonce}")
+    seen = group.all_true(probe.exists())  # a collective: every process has looked after it
+    if group.index == 0:
+        probe.unlink()
+    return seen
+
+
+def _split_files(sizes: list[int], count: int) -> list[range]:
+    """Contiguous file ranges, one per process, balanced by bytes (in file order)."""
+    total = sum(sizes)
+    starts = np.cumsum([0] + sizes[:-1]) if sizes else np.zeros(0)
+    bounds = [int(np.searchsorted(starts, total * i / count, side="left")) for i in range(count)] + [len(sizes)]
+    bounds[0] = 0
+    return [range(bounds[i], max(bounds[i], bounds[i + 1])) for i in range(count)]
+
+
+def _prepare_split(source, tokenizer, cache: epath.Path, key: str, val_fraction, progress, group) -> TokenData:
+    nonce = group.broadcast(random.SystemRandom().randrange(1 << 30) if group.index == 0 else 0)
+    parts = cache / f".{key}.parts-{nonce}"
+    mine = _split_files(source.sizes(), group.count)[group.index]
+    error = None
+    with tempfile.TemporaryDirectory(prefix=f"lmjax-{key}-") as tmp:
+        try:
+            parts.mkdir(parents=True, exist_ok=True)
+            stream = os.path.join(tmp, "part.bin")
+            n = _tokenize(stream, source, mine, tokenizer, progress and group.index == 0)
+            _put(stream, parts / f"part-{group.index:05d}.bin")
+            (parts / f"part-{group.index:05d}.json").write_text(json.dumps({"n_tokens": n}))
+        except Exception as e:  # noqa: BLE001 -- reported below, after the others know
+            error = e
+        if not group.all_true(error is None):
+            if error is not None:
+                raise error
+            raise RuntimeError(f"tokenizing {source.name!r} failed on another process (see its log)")
+        if group.index == 0:
+            try:
+                counts = [json.loads((parts / f"part-{i:05d}.json").read_text())["n_tokens"]
+                          for i in range(group.count)]
+                entry = os.path.join(tmp, "entry") if not is_local(cache) else tempfile.mkdtemp(
+                    prefix=f".{key}.tmp-", dir=os.fspath(cache))
+                os.makedirs(entry, exist_ok=True)
+                try:
+                    os.chmod(entry, 0o755)
+                    streams = [(parts / f"part-{i:05d}.bin", c) for i, c in enumerate(counts)]
+                    _finish_entry(entry, streams, source, tokenizer, val_fraction, key)
+                    if is_local(cache):
+                        try:
+                            os.rename(entry, os.fspath(cache / key))
+                        except OSError:
+                            if not _complete(cache / key):
+                                raise
+                    else:
+                        _publish(entry, cache / key)
+                finally:
+                    shutil.rmtree(entry, ignore_errors=True)
+                parts.rmtree(missing_ok=True)
+            except Exception as e:  # noqa: BLE001
+                error = e
+        if not group.all_true(error is None):
+            if error is not None:
+                raise error
+            raise RuntimeError(f"assembling the token shards of {source.name!r} failed on process 0 (see its log)")
+    return _load(cache / key, cached=False)
+
+
+def _put(local_file: str, dst: epath.Path) -> None:
+    if is_local(dst):
+        shutil.move(local_file, os.fspath(dst))
+    else:
+        epath.Path(local_file).copy(dst, overwrite=True)
+
+
+def _encoder(tokenizer):
+    return getattr(tokenizer, "encode_array", None) or (
+        lambda text: np.asarray(tokenizer.encode(text), dtype=np.int64))
+
+
+def _tokenize(out_path: str, source: TextSource, indices, tokenizer: Tokenizer, progress: bool) -> int:
+    """Write the token stream of documents ``indices`` (each followed by EOS) to a local file;
+    returns its length. Memory holds one document's ids plus a buffer of ~_CHUNK_TOKENS."""
     vocab_size = int(tokenizer.vocab_size)
     dtype = token_dtype(vocab_size)
+    encode = _encoder(tokenizer)
     eos = tokenizer.eos_id
-    encode = getattr(tokenizer, "encode_array", None) or (
-        lambda text: np.asarray(tokenizer.encode(text), dtype=np.int64))
-    sizes = [os.path.getsize(p) for p in source.paths]
-    train_path, val_path = os.path.join(out_dir, "train.bin"), os.path.join(out_dir, "val.bin")
-
-    # Pass 1: stream every token into train.bin. Memory holds one document's ids plus a
-    # buffer of at most ~_CHUNK_TOKENS, whatever the corpus size.
+    eos_arr = np.array([eos], dtype=np.int64) if eos is not None else None
+    sizes = source.sizes()
     n_tokens = 0
     buffer: list[np.ndarray] = []
     buffered = 0
-    eos_arr = np.array([eos], dtype=np.int64) if eos is not None else None
 
     def flush(f):
         nonlocal n_tokens, buffer, buffered
@@ -131,65 +311,77 @@ def _write_entry(out_dir: str, source: TextSource, tokenizer: Tokenizer, val_fra
         n_tokens += ids.size
         buffer, buffered = [], 0
 
-    total = sum(sizes)
-    with open(train_path, "wb") as f, tqdm(
+    total = sum(sizes[i] for i in indices)
+    with open(out_path, "wb") as f, tqdm(
             total=total, unit="B", unit_scale=True, desc=f"tokenizing {source.name}",
             disable=not (progress and total > PROGRESS_MIN_BYTES)) as bar:
-        for size, doc in zip(sizes, source.documents()):
-            ids = encode(doc)
+        for i in indices:
+            ids = encode(source.read(i))
             buffer.append(ids)
             if eos_arr is not None:
                 buffer.append(eos_arr)  # EOS marks document boundaries for the model
             buffered += ids.size + 1
             if buffered >= _CHUNK_TOKENS:
                 flush(f)
-            bar.update(size)
+            bar.update(sizes[i])
         flush(f)
+        _sync(f)
+    return n_tokens
 
-    # Pass 2: move the tail to val.bin, truncate train.bin, and count the UTF-8 bytes
-    # each split decodes to (the denominator of bits-per-byte).
+
+def _chunks(path, dtype: np.dtype, n: int):
+    """The tokens of a stream file (local path or epath), in chunks of at most _CHUNK_TOKENS."""
+    with _epath(path).open("rb") as f:
+        for start in range(0, n, _CHUNK_TOKENS):
+            count = min(_CHUNK_TOKENS, n - start)
+            data = f.read(count * dtype.itemsize)
+            if len(data) != count * dtype.itemsize:
+                raise ValueError(f"token stream {os.fspath(path)!r} is shorter than its {n} tokens")
+            yield np.frombuffer(data, dtype=dtype)
+
+
+def _finish_entry(out_dir: str, streams, source: TextSource, tokenizer: Tokenizer, val_fraction: float,
+                  key: str) -> None:
+    """Concatenate the streams [(path, n_tokens), ...] into ``out_dir/train.bin`` + ``val.bin``
+    (split at token int(n * (1 - val_fraction))), and write tokenizer.json and meta.json."""
+    dtype = token_dtype(int(tokenizer.vocab_size))
+    n_tokens = sum(n for _, n in streams)
     n_train = int(n_tokens * (1.0 - val_fraction))  # nanoGPT: data[:int(n*0.9)]
     token_bytes = np.asarray(tokenizer.token_bytes(), dtype=np.int64)
-    n_bytes_train = n_bytes_val = 0
-    if n_tokens:
-        stream = np.memmap(train_path, dtype=dtype, mode="r", shape=(n_tokens,))
-        n_bytes_train = _count_bytes(stream[:n_train], token_bytes)
-        n_bytes_val = _count_bytes(stream[n_train:], token_bytes)
-        with open(val_path, "wb") as f:
-            for start in range(n_train, n_tokens, _CHUNK_TOKENS):
-                f.write(np.asarray(stream[start:start + _CHUNK_TOKENS]).tobytes())
-            _sync(f)
-        del stream  # close the map before shrinking the file under it
-    else:
-        open(val_path, "wb").close()
-    if n_bytes_train + n_bytes_val == 0:
+    n_bytes = [0, 0]
+    written = 0
+    with open(os.path.join(out_dir, "train.bin"), "wb") as train, open(os.path.join(out_dir, "val.bin"), "wb") as val:
+        for path, n in streams:
+            for chunk in _chunks(path, dtype, n):
+                cut = max(0, min(len(chunk), n_train - written))
+                for split, (f, part) in enumerate(((train, chunk[:cut]), (val, chunk[cut:]))):
+                    if len(part):
+                        f.write(part.tobytes())
+                        n_bytes[split] += int(token_bytes[part].sum())
+                written += len(chunk)
+        _sync(train)
+        _sync(val)
+    if n_bytes[0] + n_bytes[1] == 0:
         raise ValueError(f"data source {source.name!r} ({len(source.paths)} files) contains no text to tokenize")
-    with open(train_path, "r+b") as f:
-        f.truncate(n_train * dtype.itemsize)
-        _sync(f)
-
-    return {
+    meta = {
         "format": FORMAT_VERSION,
         "source": source.name,
         "fingerprint": source.fingerprint(),
         "n_files": len(source.paths),
         "tokenizer_kind": tokenizer.kind,
-        "vocab_size": vocab_size,
-        "eos_id": eos,
+        "vocab_size": int(tokenizer.vocab_size),
+        "eos_id": tokenizer.eos_id,
         "dtype": dtype.name,
         "val_fraction": float(val_fraction),
-        "n_documents": len(sizes),
+        "n_documents": len(source.paths),
         "n_tokens_train": n_train,
         "n_tokens_val": n_tokens - n_train,
-        "n_bytes_train": n_bytes_train,
-        "n_bytes_val": n_bytes_val,
+        "n_bytes_train": n_bytes[0],
+        "n_bytes_val": n_bytes[1],
+        "key": key,
     }
-
-
-def _count_bytes(tokens: np.ndarray, token_bytes: np.ndarray) -> int:
-    """sum(token_bytes[tokens]) in chunks, so a big memmap isn't gathered at once."""
-    return int(sum(token_bytes[tokens[i:i + _CHUNK_TOKENS]].sum()
-                   for i in range(0, len(tokens), _CHUNK_TOKENS)))
+    _write_json(os.path.join(out_dir, "tokenizer.json"), tokenizer.to_json())
+    _write_json(os.path.join(out_dir, "meta.json"), meta)
 
 
 def _sync(f) -> None:
@@ -205,24 +397,28 @@ def _write_json(path: str, obj: dict) -> None:
         _sync(f)
 
 
-def _load(entry: str, *, cached: bool) -> TokenData:
-    meta_path = os.path.join(entry, "meta.json")
-    if not os.path.isfile(meta_path):
-        raise ValueError(f"token cache entry {entry!r} exists but has no meta.json, so it was not "
+def _load(entry, *, cached: bool, mmap: bool | None = None) -> TokenData:
+    """Open a cache entry: memory-mapped when local (or mmap=True), read by ranges otherwise."""
+    entry = _epath(entry)
+    meta_path = entry / "meta.json"
+    if not meta_path.exists():
+        raise ValueError(f"token cache entry {os.fspath(entry)!r} exists but has no meta.json, so it was not "
                          "written by lmjax; delete it and run again")
-    with open(meta_path, encoding="utf-8") as f:
-        meta = json.load(f)
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     dtype = np.dtype(meta["dtype"])
-    train = _map(os.path.join(entry, "train.bin"), dtype, meta["n_tokens_train"])
-    val = _map(os.path.join(entry, "val.bin"), dtype, meta["n_tokens_val"])
-    return TokenData(train=train, val=val, meta={**meta, "dir": entry, "cached": cached})
+    mmap = is_local(entry) if mmap is None else mmap
+    train = _open_tokens(entry / "train.bin", dtype, meta["n_tokens_train"], mmap)
+    val = _open_tokens(entry / "val.bin", dtype, meta["n_tokens_val"], mmap)
+    return TokenData(train=train, val=val, meta={**meta, "dir": os.fspath(entry), "cached": cached})
 
 
-def _map(path: str, dtype: np.dtype, n: int) -> np.ndarray:
-    size = os.path.getsize(path)
+def _open_tokens(path: epath.Path, dtype: np.dtype, n: int, mmap: bool):
+    size = path.stat().length
     if size != n * dtype.itemsize:
-        raise ValueError(f"token file {path!r} has {size} bytes, expected {n} {dtype.name} tokens; "
+        raise ValueError(f"token file {os.fspath(path)!r} has {size} bytes, expected {n} {dtype.name} tokens; "
                          "the cache entry is corrupt: delete its directory and run again")
     if n == 0:
         return np.zeros(0, dtype=dtype)  # mmap can't map an empty file
-    return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
+    if mmap:
+        return np.memmap(os.fspath(path), dtype=dtype, mode="r", shape=(n,))
+    return TokenFile(path, dtype, n)

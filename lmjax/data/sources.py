@@ -5,7 +5,8 @@ A spec is one of
   standard library (real text on every machine, no download);
 - a file, a directory (every non-hidden regular file under it), or a glob pattern
   (``*``, ``?``, ``[...]``; ``**`` recurses). ``~`` is expanded. Use ``./stdlib`` for a
-  file or directory that happens to be called ``stdlib``.
+  file or directory that happens to be called ``stdlib``. The same on a bucket
+  (``gs://bucket/corpus/*.txt``), read through ``etils.epath``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import json
 import os
 import sysconfig
 from typing import Iterator
+
+from etils import epath
 
 STDLIB = "stdlib"
 _STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
@@ -30,24 +33,65 @@ class TextSource:
     paths: tuple[str, ...]
 
     def fingerprint(self) -> str:
-        """sha256 over (path, size, mtime_ns) of every file: changes when any file changes,
+        """sha256 over (path, size, mtime) of every file: changes when any file changes,
         without reading contents (cheap enough to compute on every run)."""
         h = hashlib.sha256()
         for p in self.paths:
-            st = os.stat(p)
-            h.update(json.dumps([p, st.st_size, st.st_mtime_ns]).encode("utf-8"))
+            if _is_local(p):
+                st = os.stat(p)
+                size, mtime = st.st_size, st.st_mtime_ns
+            else:
+                st = epath.Path(p).stat()
+                size, mtime = st.length, st.mtime
+            h.update(json.dumps([p, size, mtime]).encode("utf-8"))
             h.update(b"\n")
         return h.hexdigest()
 
-    def documents(self) -> Iterator[str]:
-        """Each file's text in ``paths`` order. Bytes are decoded as UTF-8 with
-        replacement and without newline translation, so the text is what is on disk."""
-        for p in self.paths:
+    def read(self, i: int) -> str:
+        """File ``i``'s text. Bytes are decoded as UTF-8 with replacement and without newline
+        translation, so the text is what is on disk (or in the bucket)."""
+        p = self.paths[i]
+        if _is_local(p):
             with open(p, "rb") as f:
-                yield f.read().decode("utf-8", errors="replace")
+                data = f.read()
+        else:
+            data = epath.Path(p).read_bytes()
+        return data.decode("utf-8", errors="replace")
+
+    def documents(self) -> Iterator[str]:
+        """Each file's text in ``paths`` order (see :meth:`read`)."""
+        for i in range(len(self.paths)):
+            yield self.read(i)
+
+    def sizes(self) -> list[int]:
+        """Each file's size in bytes."""
+        return [os.path.getsize(p) if _is_local(p) else epath.Path(p).stat().length for p in self.paths]
 
     def total_bytes(self) -> int:
-        return sum(os.path.getsize(p) for p in self.paths)
+        return sum(self.sizes())
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _remote_files(spec: str) -> set[str]:
+    """Files of a spec on a bucket (gs://...): a file, a directory (recursively) or a glob."""
+    if any(c in spec for c in _GLOB_CHARS):
+        scheme, _, rest = spec.partition("://")
+        parts = rest.split("/")
+        fixed = next(i for i, part in enumerate(parts) if any(c in part for c in _GLOB_CHARS))
+        root = epath.Path(f"{scheme}://" + "/".join(parts[:fixed]))
+        matches = root.glob("/".join(parts[fixed:]))
+    else:
+        matches = [epath.Path(spec)]
+    files = set()
+    for m in matches:
+        if m.is_dir():
+            files.update(os.fspath(f) for f in m.rglob("*") if f.is_file() and _visible(f.name))
+        elif m.exists():
+            files.add(os.fspath(m))
+    return files
 
 
 def _visible(name: str) -> bool:
@@ -79,6 +123,12 @@ def text_source(spec: str) -> TextSource:
         raise ValueError(f"data source spec must be a non-empty string, got {spec!r}")
     if spec == STDLIB:
         return TextSource(name=STDLIB, paths=stdlib_paths())
+
+    if not _is_local(spec):
+        files = _remote_files(spec)
+        if not files:
+            raise FileNotFoundError(f"data source {spec!r} matched no files (a file, a directory or a glob on the bucket)")
+        return TextSource(name=spec, paths=tuple(sorted(files)))
 
     path = os.path.expanduser(spec)
     if any(c in path for c in _GLOB_CHARS):
