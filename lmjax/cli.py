@@ -1,6 +1,7 @@
 """`lmjax train | eval | sample`: the command line.
 
     lmjax train --config configs/quickstart.py --workdir runs/qs [--config.train.steps=100 ...]
+                [--coordinator HOST:PORT --num_processes N --process_id I]
     lmjax eval --workdir runs/qs
     lmjax sample --workdir runs/qs --prompt "def " [--num_samples 4 --max_new_tokens 100 --temperature 0.8
                  --top_k 40 --top_p 0.95 --seed 0 --prompt_file prompts.txt]
@@ -42,6 +43,12 @@ def _parser():
     t.add_argument("--workdir", required=True, help="where checkpoints, metrics and TensorBoard logs go")
     t.add_argument("--stop_at", type=int, default=None, help="stop (with a checkpoint) at this step")
     t.add_argument("--no_progress", action="store_true", help="no progress bar (for logs)")
+    m = t.add_argument_group(
+        "multi-process", "join a multi-process run (or set LMJAX_COORDINATOR, LMJAX_NUM_PROCESSES, "
+        "LMJAX_PROCESS_ID); without them a multi-host TPU or a SLURM job with >1 task is detected")
+    m.add_argument("--coordinator", help="HOST:PORT of process 0's coordinator service")
+    m.add_argument("--num_processes", type=int, help="processes in the run")
+    m.add_argument("--process_id", type=int, help="this process's index, 0 .. num_processes-1")
     e = sub.add_parser("eval", help="evaluate the workdir's latest checkpoint on its val split")
     e.add_argument("--workdir", required=True)
     e.add_argument("--batches", type=int, default=0, help="val batches (0 = the config's train.eval_batches)")
@@ -59,15 +66,25 @@ def _parser():
 
 
 def cmd_train(args, overrides):
+    from lmjax import distributed
     from lmjax.config import load_config
+
+    config = load_config(args.config, overrides)  # a bad config fails before joining other processes
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any device use
+
+    import jax
+
     from lmjax.sample import sample
     from lmjax.train.loop import train
 
-    config = load_config(args.config, overrides)
     summary = train(config, args.workdir, stop_at_step=args.stop_at, progress=not args.no_progress)
-    if "val_loss" in summary:
+    lead = jax.process_index() == 0
+    if "val_loss" in summary and lead:
         print(f"final: val loss {summary['val_loss']:.4f} nats/token, val bits/byte {summary['val_bpb']:.4f}")
-    if summary["finished"] and config.train.sample_tokens:
+    if summary["finished"] and config.train.sample_tokens and jax.process_count() > 1:
+        if lead:
+            print(f"(no sample in a {jax.process_count()}-process run: lmjax sample --workdir {args.workdir})")
+    elif summary["finished"] and config.train.sample_tokens:
         run, prompt = summary["run"], config.train.sample_prompt
         room = run.model.cfg.max_len - max(len(run.tokenizer.encode(prompt)), 1)
         [text] = sample(summary["state"]["params"], run.model, run.tokenizer, prompt,

@@ -13,20 +13,26 @@ import os
 import signal
 import time
 
+import hashlib
+import shutil
+
 import jax
 import numpy as np
+from etils import epath
 from tqdm.auto import tqdm
 
-from lmjax import sharding
+from lmjax import distributed, sharding
 from lmjax.config import ConfigError, model_config
-from lmjax.data import TokenData, eval_batches, prepare_tokens, text_source, train_batch
+from lmjax.data import TokenData, eval_batches, prepare_tokens, text_source
+from lmjax.data.batches import train_rows
+from lmjax.data.shards import is_local
 from lmjax.data.tokenizers import build_tokenizer, tokenizer_from_json
 from lmjax.model import Transformer
 from lmjax.scaling.accounting import count_params, flops_per_token
 from lmjax.train import mfu as mfu_lib
 from lmjax.train.checkpoint import Checkpointer
 from lmjax.train.optimizer import learning_rate_schedule, make_optimizer
-from lmjax.train.steps import init_state, make_eval_step, make_train_step, state_shardings
+from lmjax.train.steps import init_state, make_eval_step, make_train_step, param_shardings, state_shardings
 from lmjax.train.writers import JsonlWriter, MultiWriter, TensorBoardWriter
 
 
@@ -47,6 +53,8 @@ class Run:
     mesh: object
     state: dict
     checkpointer: Checkpointer
+    rules: tuple = sharding.LOGICAL_RULES
+    notes: tuple = ()  # parameter dimensions replicated because they do not divide the mesh
 
 
 def default_cache_dir() -> str:
@@ -95,9 +103,9 @@ def setup(config, workdir: str, *, with_data: bool = True) -> Run:
 
     with_data=False skips the token shards (sampling from a checkpoint needs none).
     """
-    os.makedirs(workdir, exist_ok=True)
+    _workdir(workdir).mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        os.fspath(_workdir(workdir) / "checkpoints"),
         keep=config.checkpoint.keep,
         save_every=config.checkpoint.every,
         async_save=config.checkpoint.async_save,
@@ -108,16 +116,19 @@ def setup(config, workdir: str, *, with_data: bool = True) -> Run:
     cfg = model_config(config, tokenizer.vocab_size)
     if cfg.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
-    mesh = sharding.make_mesh(config.mesh)
-    if config.train.batch_size % sharding.batch_divisor(mesh):
-        raise ConfigError(
-            f"train.batch_size={config.train.batch_size} is not divisible by the data-parallel mesh width "
-            f"{sharding.batch_divisor(mesh)} (mesh {dict(mesh.shape)})"
-        )
+    rules = sharding.logical_rules(config.mesh)
+    try:
+        mesh = sharding.make_mesh(config.mesh)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    problems = sharding.problems(mesh, batch_size=config.train.batch_size, n_head=cfg.n_head, n_kv_head=cfg.kv_heads, rules=rules)
+    if problems:
+        raise ConfigError("; ".join(problems))
     data = None
     if with_data:
         data = prepare_tokens(
-            source, tokenizer, config.data.cache_dir or default_cache_dir(), val_fraction=config.data.val_fraction
+            source, tokenizer, config.data.cache_dir or default_cache_dir(), val_fraction=config.data.val_fraction,
+            progress=jax.process_index() == 0, group=distributed.process_group(),
         )
         seq_len = config.data.seq_len or cfg.max_len
         for split, tokens, rows in (("train", data.train, 1), ("val", data.val, config.train.batch_size)):
@@ -128,14 +139,26 @@ def setup(config, workdir: str, *, with_data: bool = True) -> Run:
                 )
     model = Transformer(cfg)
     optimizer = make_optimizer(config.optimizer, config.train.steps)
+    _, notes = param_shardings(model, mesh, rules, with_notes=True)
     if checkpointer.latest_step() is None:
-        state = init_state(model, optimizer, mesh, config.train.seed)
+        state = init_state(model, optimizer, mesh, config.train.seed, rules)
     else:
-        abstract = jax.eval_shape(lambda: init_state(model, optimizer, mesh, config.train.seed))
-        shardings = state_shardings(model, optimizer, mesh)
+        # Restore straight into this run's shardings: the checkpoint may come from another mesh shape.
+        abstract = jax.eval_shape(lambda: init_state(model, optimizer, mesh, config.train.seed, rules))
+        shardings = state_shardings(model, optimizer, mesh, rules)
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
         state = checkpointer.restore(abstract)
-    return Run(config, workdir, tokenizer, data, model, optimizer, mesh, state, checkpointer)
+    return Run(config, workdir, tokenizer, data, model, optimizer, mesh, state, checkpointer, rules, tuple(notes))
+
+
+def _workdir(workdir) -> epath.Path:
+    text = os.fspath(workdir)
+    return epath.Path(os.path.expanduser(text) if is_local(text) else text)
+
+
+def _global_batch(run: Run, global_rows: int, load_rows) -> dict:
+    """The global batch; this process reads only the rows its devices hold."""
+    return sharding.assemble_batch(sharding.batch_sharding(run.mesh, run.rules), global_rows, load_rows)
 
 
 def evaluate(run: Run, eval_step, params) -> dict[str, float]:
@@ -148,11 +171,11 @@ def evaluate(run: Run, eval_step, params) -> dict[str, float]:
     seq_len = c.data.seq_len or run.model.cfg.max_len
     token_bytes = run.tokenizer.token_bytes()
     total, count, n_bytes = 0.0, 0.0, 0
-    batch_sharding = sharding.batch_sharding(run.mesh)
     batches = eval_batches(run.data.val, batch_size=c.train.batch_size, seq_len=seq_len,
                            max_batches=c.train.eval_batches or None)
     for batch in batches:
-        out = eval_step(params, jax.device_put(batch, batch_sharding))
+        out = eval_step(params, _global_batch(run, c.train.batch_size,
+                                              lambda a, b: {k: v[a:b] for k, v in batch.items()}))
         n_bytes += int(token_bytes[batch["targets"]].sum())
         total += float(out["loss_sum"])
         count += float(out["tokens"])
@@ -191,7 +214,9 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, progress: bo
 
     stop_at_step: stop (with a checkpoint) once this step is reached, as if preempted there.
     """
-    say = (lambda *a: None) if quiet else print
+    lead = jax.process_index() == 0  # only process 0 prints, logs metrics and shows progress
+    say = print if lead and not quiet else (lambda *a: None)
+    progress = progress and lead
     run = setup(config, workdir)
     c, model, state = run.config, run.model, run.state
     start = int(state["step"])
@@ -204,26 +229,24 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, progress: bo
     meta = {"config": config_json(c), "tokenizer": run.tokenizer.to_json()}
     say(
         f"lmjax: {n_params / 1e6:.2f}M params, {fpt / 1e6:.1f} MFLOPs/token, "
-        f"{len(run.data.train):,} train / {len(run.data.val):,} val tokens, mesh {dict(run.mesh.shape)}, "
+        f"{len(run.data.train):,} train / {len(run.data.val):,} val tokens, mesh {sharding.describe(run.mesh)}"
+        f"{f' over {jax.process_count()} processes' if jax.process_count() > 1 else ''}, "
         f"peak {peak / 1e9:.0f} GFLOP/s/device ({peak_source})"
     )
+    for note in run.notes:
+        say(f"sharding: {note}")
     if start:
         say(f"resuming from step {start} in {workdir}")
 
-    train_step = make_train_step(model, run.optimizer, grad_accum=c.train.grad_accum, seed=c.train.seed)
-    eval_step = make_eval_step(model)
-    writer = MultiWriter([JsonlWriter(os.path.join(workdir, "metrics.jsonl")), TensorBoardWriter(os.path.join(workdir, "tb"))])
-    batch_sharding = sharding.batch_sharding(run.mesh)
-    process, n_process = jax.process_index(), jax.process_count()
-    rows_per_process = c.train.batch_size // n_process
+    train_step = make_train_step(model, run.optimizer, grad_accum=c.train.grad_accum, seed=c.train.seed,
+                                 mesh=run.mesh, rules=run.rules)
+    eval_step = make_eval_step(model, run.mesh, jax.tree.map(lambda x: x.sharding, state["params"]), run.rules)
+    writer = _MetricsWriter(workdir) if lead else _NullWriter()
 
     def batch_at(step):
-        local = train_batch(run.data.train, seed=c.train.seed, step=step, batch_size=c.train.batch_size,
-                            seq_len=seq_len, process_index=process, process_count=n_process)
-        if n_process == 1:
-            return jax.device_put(local, batch_sharding)
-        shape = (rows_per_process * n_process, seq_len)
-        return {k: jax.make_array_from_process_local_data(batch_sharding, v, shape) for k, v in local.items()}
+        return _global_batch(run, c.train.batch_size, lambda a, b: train_rows(
+            run.data.train, seed=c.train.seed, step=step, batch_size=c.train.batch_size, seq_len=seq_len,
+            start=a, stop=b))
 
     summary = {"start_step": start, "params": n_params, "flops_per_token": fpt, "peak_flops": peak}
     last_good = run.checkpointer.latest_step()
@@ -289,10 +312,12 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, progress: bo
                 ev = evaluate(run, eval_step, state["params"])
                 writer.write_scalars(step, ev)
                 summary.update(ev)
-                bar.write(f"step {step}: val loss {ev['val_loss']:.4f}, val bpb {ev['val_bpb']:.4f}")
+                if lead:
+                    bar.write(f"step {step}: val loss {ev['val_loss']:.4f}, val bpb {ev['val_bpb']:.4f}")
                 window["t"] = time.perf_counter()  # keep eval time out of tokens/s
             if run.checkpointer.should_save(step):
                 save(step)
+                writer.sync()
             if preempt.requested:
                 break
     if pending:
@@ -307,3 +332,52 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, progress: bo
     summary["state"] = state
     return summary
 
+
+
+class _NullWriter:
+    def write_scalars(self, step, scalars):
+        pass
+
+    def sync(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class _MetricsWriter:
+    """metrics.jsonl and TensorBoard files in the workdir.
+
+    A workdir on a bucket (objects there can't be appended to) gets them through a local
+    mirror under the token cache directory: existing metrics are fetched first, and the
+    files are copied up at every checkpoint and at the end.
+    """
+
+    def __init__(self, workdir):
+        self.remote = None if is_local(os.fspath(workdir)) else _workdir(workdir)
+        local = os.fspath(_workdir(workdir)) if self.remote is None else os.path.join(
+            default_cache_dir(), "workdirs", hashlib.sha256(os.fspath(workdir).encode()).hexdigest()[:16])
+        self.local = local
+        if self.remote is not None:
+            shutil.rmtree(local, ignore_errors=True)
+            os.makedirs(local)
+            if (self.remote / "metrics.jsonl").exists():
+                (self.remote / "metrics.jsonl").copy(epath.Path(local) / "metrics.jsonl")
+        self._writer = MultiWriter([JsonlWriter(os.path.join(local, "metrics.jsonl")),
+                                    TensorBoardWriter(os.path.join(local, "tb"))])
+
+    def write_scalars(self, step, scalars):
+        self._writer.write_scalars(step, scalars)
+
+    def sync(self):
+        if self.remote is None:
+            return
+        self._writer.flush()
+        (self.remote / "tb").mkdir(parents=True, exist_ok=True)
+        (epath.Path(self.local) / "metrics.jsonl").copy(self.remote / "metrics.jsonl", overwrite=True)
+        for f in (epath.Path(self.local) / "tb").iterdir():
+            f.copy(self.remote / "tb" / f.name, overwrite=True)
+
+    def close(self):
+        self._writer.close()
+        self.sync()
