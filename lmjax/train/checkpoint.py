@@ -47,7 +47,9 @@ def _concrete_sharding(sharding):
     AbstractMesh (sharded inputs); neither names devices, so map them onto real ones.
     """
     if sharding is None:
-        return jax.sharding.SingleDeviceSharding(jax.devices()[0])  # jax's default placement
+        # jax's default placement (this process's first device: in a multi-process run
+        # jax.devices()[0] belongs to process 0 only)
+        return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     mesh = getattr(sharding, "mesh", None)
     if isinstance(mesh, jax.sharding.AbstractMesh):
         current = jax.sharding.get_mesh()  # the mesh set by `jax.set_mesh`, if any
@@ -161,7 +163,8 @@ class Checkpointer:
         """Restore the arrays of `step` (latest if None) into the structure of `abstract_state`.
 
         `abstract_state` is a pytree of jax.ShapeDtypeStruct (ideally with .sharding) or of
-        concrete arrays; the result has its tree structure and shardings. A checkpoint whose
+        concrete arrays; the result has its tree structure and shardings, whatever mesh the
+        checkpoint was saved from (Orbax reads each device's piece). A checkpoint whose
         array shapes differ (another model) is a ValueError that names the differing leaves.
         """
         step = self._resolve_step(step)
