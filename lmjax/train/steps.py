@@ -6,6 +6,8 @@ pure function of (state, batch) and a resumed run repeats an uninterrupted one e
 """
 from __future__ import annotations
 
+import contextlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -63,6 +65,31 @@ def _follow_params(tree, param_shardings, default):
     return jax.tree_util.tree_map_with_path(pick, tree)
 
 
+def residual_constraints(mesh: Mesh | None, rules=None):
+    """A context in which every submodule output shaped like its [batch, length, d_model]
+    input (the residual stream: blocks, norms, attention and MLP outputs) is constrained to
+    the logical axes (batch, length, embed), e.g. split over the batch only under FSDP.
+
+    Without it XLA may split these activations along d_model like the FSDP parameters and
+    pay for it in all-to-alls (measured on 8 CPU devices, 4x256 model: FSDP step 520 ->
+    320 ms, FSDP x TP 415 -> 300 ms, one device 300 ms). The model names no devices; this
+    lives here until the model annotates its activations itself.
+    """
+    if mesh is None or mesh.size == 1:
+        return contextlib.nullcontext()
+    spec = NamedSharding(mesh, sharding.logical_spec(("batch", "length", "embed"), rules))
+
+    def constrain(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        x = args[0] if args else None
+        if (context.method_name == "__call__" and isinstance(out, jax.Array) and out.ndim == 3
+                and getattr(x, "shape", None) == out.shape):
+            out = jax.lax.with_sharding_constraint(out, spec)
+        return out
+
+    return nn.intercept_methods(constrain)
+
+
 def init_params(model: Transformer, key):
     return nn.unbox(model.init(key, _dummy_tokens(model))["params"])
 
@@ -90,9 +117,10 @@ def make_train_step(model: Transformer, optimizer, *, grad_accum: int = 1, seed:
     stochastic = model.cfg.dropout > 0
 
     def loss_fn(params, inputs, targets, key):
-        logits = model.apply(
-            {"params": params}, inputs, deterministic=not stochastic, rngs={"dropout": key} if stochastic else None
-        )
+        with residual_constraints(mesh, rules):
+            logits = model.apply(
+                {"params": params}, inputs, deterministic=not stochastic, rngs={"dropout": key} if stochastic else None
+            )
         return cross_entropy(logits, targets)
 
     grad_fn = jax.value_and_grad(loss_fn)
@@ -140,7 +168,8 @@ def make_eval_step(model: Transformer, mesh: Mesh | None = None, params_sharding
     """-> jitted eval_step(params, batch) -> summed loss (nats) and token count (replicated)."""
 
     def eval_step(params, batch):
-        logits = model.apply({"params": params}, batch["inputs"])
+        with residual_constraints(mesh, rules):
+            logits = model.apply({"params": params}, batch["inputs"])
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
         return {"loss_sum": losses.sum(), "tokens": jnp.asarray(losses.size, jnp.float32)}
 
