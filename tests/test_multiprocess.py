@@ -274,3 +274,38 @@ def test_two_processes_train_like_one_save_and_resume(tmp_path):
     np.testing.assert_allclose([two_loss[s] for s in (2, 3, 6)], [one_loss[s] for s in (2, 3, 6)], rtol=1e-5)
     two_val = [r["val_loss"] for r in two_rec if "val_loss" in r]
     assert two_val == pytest.approx([summary["val_loss"]], rel=1e-5)
+
+
+def test_bucket_code_path_through_epath(tmp_path, monkeypatch):
+    """The gs:// path of the token cache (build locally, upload with meta.json last, read by
+    ranges), run on a local directory by treating it as remote: epath serves both."""
+    import lmjax.data.shards as shards
+
+    src = text_source(str(write_corpus(tmp_path / "corpus", 3)))
+    local_data = prepare_tokens(src, ByteTokenizer(), str(tmp_path / "local"), progress=False)
+    monkeypatch.setattr(shards, "is_local", lambda path: False)
+    remote = prepare_tokens(src, ByteTokenizer(), str(tmp_path / "bucket"), progress=False)
+    assert isinstance(remote.train, TokenFile) and remote.meta["cached"] is False
+    np.testing.assert_array_equal(np.asarray(remote.val), local_data.val)
+    assert sorted(os.listdir(tmp_path / "bucket" / remote.meta["key"])) == [
+        "meta.json", "tokenizer.json", "train.bin", "val.bin"]
+    again = prepare_tokens(src, ByteTokenizer(), str(tmp_path / "bucket"), progress=False)
+    assert again.meta["cached"] is True
+
+
+def test_metrics_for_a_bucket_workdir_go_through_a_local_mirror(tmp_path, monkeypatch):
+    import lmjax.train.loop as loop
+
+    monkeypatch.setattr(loop, "is_local", lambda path: False)
+    workdir = tmp_path / "bucket" / "run"
+    w = loop._MetricsWriter(str(workdir))
+    assert not w.local.startswith(str(tmp_path / "bucket"))
+    w.write_scalars(1, {"loss": 2.0})
+    w.sync()
+    assert [json.loads(line)["loss"] for line in open(workdir / "metrics.jsonl")] == [2.0]
+    w.close()
+    w = loop._MetricsWriter(str(workdir))  # a resumed run (on another machine) appends
+    w.write_scalars(2, {"loss": 1.5})
+    w.close()
+    assert [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")] == [1, 2]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tb"))

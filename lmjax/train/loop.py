@@ -188,13 +188,27 @@ def evaluate(run: Run, eval_step, params) -> dict[str, float]:
 
 
 class _Preemption:
-    """SIGTERM (preemption, `kill`, scancel) asks the loop to save and stop at the next step."""
+    """SIGTERM (preemption, `kill`, scancel) asks the loop to save and stop at the next step.
+
+    With several processes they must all stop at the same step, whichever of them got the
+    signal: JAX's preemption sync service (started by jax.distributed.initialize) catches
+    SIGTERM on any process and agrees on a step with the others; `check(step)`, called at
+    every step on every process, turns true there.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._synced = False
 
     def __enter__(self):
+        if jax.process_count() > 1:
+            from jax._src import distributed as jax_distributed  # the service jax.distributed started
+
+            if getattr(jax_distributed.global_state, "preemption_sync_manager", None) is not None:
+                self._synced = True  # keep its SIGTERM handler; don't install ours
+                return self
+
         def handler(signum, frame):
             self.requested = True
 
@@ -203,6 +217,13 @@ class _Preemption:
         except ValueError:  # not the main thread: no handler, no preemption saves
             self._previous = None
         return self
+
+    def check(self, step: int) -> bool:
+        if self._synced and not self.requested:
+            from jax.experimental import multihost_utils
+
+            self.requested = bool(multihost_utils.reached_preemption_sync_point(step))
+        return self.requested
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -302,6 +323,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, progress: bo
             pending = (step + 1, metrics)
             step += 1
             bar.update(1)
+            preempt.check(step)
             boundary = step % c.train.log_every == 0 or step == end
             if boundary or run.checkpointer.should_save(step) or step % c.train.eval_every == 0 or preempt.requested:
                 settle(*pending)
@@ -379,5 +401,5 @@ class _MetricsWriter:
             f.copy(self.remote / "tb" / f.name, overwrite=True)
 
     def close(self):
-        self._writer.close()
         self.sync()
+        self._writer.close()
