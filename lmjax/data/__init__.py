@@ -1,6 +1,6 @@
 """Data: tokenizers, text sources, cached token shards, and stateless batches."""
-from lmjax.data.batches import eval_batches, num_eval_batches, train_batch
-from lmjax.data.shards import TokenData, prepare_tokens, token_dtype
+from lmjax.data.batches import eval_batches, num_eval_batches, train_batch, train_rows
+from lmjax.data.shards import TokenData, TokenFile, prepare_tokens, token_dtype
 from lmjax.data.sources import TextSource, text_source
 from lmjax.data.tokenizers import (
     ByteTokenizer,
@@ -17,6 +17,7 @@ __all__ = [
     "SentencePieceTokenizer",
     "TextSource",
     "TokenData",
+    "TokenFile",
     "Tokenizer",
     "build_tokenizer",
     "eval_batches",
@@ -26,4 +27,5 @@ __all__ = [
     "token_dtype",
     "tokenizer_from_json",
     "train_batch",
+    "train_rows",
 ]
