@@ -66,13 +66,15 @@ def measure(n_layer, d_model, n_head, args):
     rng = np.random.default_rng(0)
     batches = [jax.device_put({k: rng.integers(0, args.vocab, (args.batch, args.seq), dtype=np.int32)
                                for k in ("inputs", "targets")}, sharding.batch_sharding(mesh)) for _ in range(2)]
+    log(f"[{n_layer}x{d_model}] initialising the sharded train state")
     state = init_state(model, optimizer, mesh, seed=0)
     n_params = count_params(state["params"])
-    log(f"[{n_layer}x{d_model}] {n_params / 1e6:.1f}M parameters; compiling")
+    log(f"[{n_layer}x{d_model}] {n_params / 1e6:.1f}M parameters; compiling the train step")
     step = make_train_step(model, optimizer)
     t0 = time.perf_counter()
     compiled = step.lower(state, batches[0]).compile()
     compile_s = time.perf_counter() - t0
+    log(f"[{n_layer}x{d_model}] compiled in {compile_s:.1f} s; timing")
     for i in range(args.warmup):
         state, metrics = compiled(state, batches[i % 2])
     float(metrics["loss"])

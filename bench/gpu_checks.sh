@@ -26,12 +26,12 @@ for (b, t, h, kvh, d) in [(2, 1024, 16, 16, 64), (2, 256, 8, 2, 64)]:
 PYEOF
 
 echo "== 2. single-GPU MFU, ~350M, bf16"
-timeout 240 $PY bench/accelerator_mfu.py --sizes 24x1024 --batch 16 --seq 1024 --steps 10 > "$OUT/accelerator_mfu.json"
+timeout 200 $PY bench/accelerator_mfu.py --sizes 24x1024 --batch 16 --seq 1024 --steps 10 > "$OUT/accelerator_mfu.json"
 tail -c 1500 "$OUT/accelerator_mfu.json"
 
 echo "== 3. shakespeare_char (GPU variant)"
 start=$(date +%s)
-timeout 300 $PY -m lmjax.train --config configs/shakespeare_char.py --workdir /tmp/shakespeare_gpu \
+timeout 270 $PY -m lmjax.train --config configs/shakespeare_char.py --workdir /tmp/shakespeare_gpu \
     --config.data.source="${SHAKESPEARE:-../shared/data/tinyshakespeare/input.txt}" --no_progress \
     > "$OUT/shakespeare_gpu.log" 2>&1
 echo "exit $? after $(( $(date +%s) - start )) s"

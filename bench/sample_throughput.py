@@ -9,12 +9,16 @@ object: new tokens/s at each batch size, compile time, and the same for
 
 Batch-1 decoding is memory-bound: every new token reads every parameter once, so the
 ceiling is (measured read bandwidth) / (parameter bytes). The bandwidth is measured here
-by summing a 1 GiB float32 array (jitted XLA reduction and numpy, the larger counts).
+by summing a 0.5 GiB float32 array (jitted XLA reduction and numpy, the larger counts),
+once per round right before the decodes it is compared with: on a shared machine the
+bandwidth moves with other tenants' load, and a probe taken minutes apart would not
+describe the same machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 
@@ -52,19 +56,17 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def bench_lmjax(batch: int, prompt_len: int, new_tokens: int, reps: int) -> dict:
+def setup_lmjax(batch: int, prompt_len: int, new_tokens: int):
+    """-> (run, info): run() decodes `new_tokens` greedily for `batch` prompts."""
     cfg = ModelConfig(**GPT2_SMALL)
     model = Transformer(cfg)
     params = init_params(model, jax.random.key(0))
     prompts = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, prompt_len)).tolist()
     run = lambda: generate(model, params, prompts, max_new_tokens=new_tokens, temperature=0.0)
-    compile_s = _timed(run)
-    best = min(_timed(run) for _ in range(reps))
-    return {"tokens_per_s": batch * new_tokens / best, "compile_plus_first_run_s": compile_s,
-            "params": count_params(params)}
+    return run, {"compile_plus_first_run_s": _timed(run), "params": count_params(params)}
 
 
-def bench_hf(batch: int, prompt_len: int, new_tokens: int, reps: int) -> dict:
+def setup_hf(batch: int, prompt_len: int, new_tokens: int):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -81,8 +83,7 @@ def bench_hf(batch: int, prompt_len: int, new_tokens: int, reps: int) -> dict:
         assert out.shape[1] == prompt_len + new_tokens
 
     run()  # warm-up
-    best = min(_timed(run) for _ in range(reps))
-    return {"tokens_per_s": batch * new_tokens / best, "torch_threads": torch.get_num_threads()}
+    return run, {"torch_threads": torch.get_num_threads()}
 
 
 def main():
@@ -90,27 +91,40 @@ def main():
     p.add_argument("--batches", default="1,16")
     p.add_argument("--prompt_len", type=int, default=16)
     p.add_argument("--new_tokens", type=int, default=128)
-    p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--reps", type=int, default=3, help="rounds; each times every implementation once")
     p.add_argument("--skip_torch", action="store_true")
     args = p.parse_args()
 
-    log("measuring read bandwidth ...")
-    bw = read_bandwidth()
-    bandwidth = max(bw.values()) * 1e9
-    result = {"machine": {"backend": jax.default_backend(), "devices": jax.device_count(), **bw},
+    result = {"machine": {"backend": jax.default_backend(), "devices": jax.device_count()},
               "model": "GPT-2 small shape, random weights, float32, greedy",
+              "timing": "rounds of (bandwidth probe, lmjax, transformers); tokens/s from each round's run; "
+                        "the bandwidth fraction is taken per round (probe and decode under the same load), "
+                        "its median reported",
               "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batches": {}}
     for batch in [int(b) for b in args.batches.split(",")]:
-        log(f"batch {batch}: lmjax ...")
-        row = {"lmjax": bench_lmjax(batch, args.prompt_len, args.new_tokens, args.reps)}
-        param_bytes = 4 * row["lmjax"]["params"]
-        if batch == 1:
-            limit = bandwidth / param_bytes
-            row["bandwidth_limit_tokens_per_s"] = limit
-            row["lmjax_fraction_of_bandwidth_limit"] = row["lmjax"]["tokens_per_s"] / limit
+        log(f"batch {batch}: compiling lmjax ...")
+        runners = {"lmjax": setup_lmjax(batch, args.prompt_len, args.new_tokens)}
         if not args.skip_torch:
-            log(f"batch {batch}: transformers GPT2LMHeadModel.generate ...")
-            row["hf_generate"] = bench_hf(batch, args.prompt_len, args.new_tokens, args.reps)
+            runners["hf_generate"] = setup_hf(batch, args.prompt_len, args.new_tokens)
+        param_bytes = 4 * runners["lmjax"][1]["params"]
+        speeds = {name: [] for name in runners}
+        bandwidths, fractions = [], []
+        for r in range(args.reps):
+            bw = max(read_bandwidth(gib=0.5, reps=3).values()) * 1e9
+            for name, (run, _) in runners.items():
+                speeds[name].append(batch * args.new_tokens / _timed(run))
+            bandwidths.append(bw)
+            fractions.append(speeds["lmjax"][-1] / (bw / param_bytes))
+            log(f"  round {r}: bandwidth {bw / 1e9:.1f} GB/s, "
+                + ", ".join(f"{n} {v[-1]:.1f} tok/s" for n, v in speeds.items()))
+        row = {name: {"tokens_per_s": statistics.median(speeds[name]), "tokens_per_s_rounds": speeds[name], **info}
+               for name, (_, info) in runners.items()}
+        if batch == 1:
+            row["read_bandwidth_GBps_rounds"] = [b / 1e9 for b in bandwidths]
+            row["bandwidth_limit_tokens_per_s"] = statistics.median(bandwidths) / param_bytes
+            row["lmjax_fraction_of_bandwidth_limit"] = statistics.median(fractions)
+            row["lmjax_fraction_of_bandwidth_limit_rounds"] = fractions
+        if "hf_generate" in row:
             row["lmjax_vs_hf"] = row["lmjax"]["tokens_per_s"] / row["hf_generate"]["tokens_per_s"]
         result["batches"][str(batch)] = row
         log(json.dumps(row))

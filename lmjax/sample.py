@@ -12,6 +12,7 @@ settings do not recompile.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -92,6 +93,7 @@ def _generate(model: Transformer, params, prompt, lengths, max_new, key, tempera
     """
     b, bucket = prompt.shape
     max_len = model.cfg.max_len
+    model, params = _untied_for_decoding(model, params)
     positions = jnp.broadcast_to(jnp.arange(bucket), (b, bucket))
     spans = _spans(bucket, max_len)
     cache = init_cache(model.cfg, b, length=spans[0])
@@ -120,6 +122,22 @@ def _generate(model: Transformer, params, prompt, lengths, max_new, key, tempera
         carry = (step, tokens, grow_cache(cache, span), last, ends, done)
         step, tokens, cache, last, ends, done = jax.lax.while_loop(cond, body, carry)
     return tokens, ends
+
+
+def _untied_for_decoding(model: Transformer, params):
+    """A tied model as an untied one whose output matrix is the embedding transposed,
+    stored [d_model, vocab] once before decoding starts.
+
+    Every decode step reads the whole output matrix; XLA:CPU reads a [vocab, d_model]
+    matrix through a transposed matrix-vector product at about half the memory bandwidth
+    of the [d_model, vocab] layout (measured: 154 MB at 14 vs 23 GB/s for two rows).
+    """
+    if not model.cfg.tie_embeddings:
+        return model, params
+    untied = Transformer(dataclasses.replace(model.cfg, tie_embeddings=False))
+    # The barrier makes the transpose a real copy rather than a relabelled view.
+    unembed = jax.lax.optimization_barrier(jnp.transpose(params["embed"]).copy())
+    return untied, {**params, "unembed": unembed}
 
 
 def check_request(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -162,9 +180,10 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
     check_request(model, prompts, max_new_tokens, temperature, top_k, top_p)
     n_rows = len(prompts)
     if n_rows == 1:
-        # XLA:CPU compiles a batch of one into matrix-vector products and, with the cache
-        # update fused twice, copies the whole KV cache every step: a second (discarded) row
-        # is much faster, and nearly free since decoding is bound by reading the weights.
+        # XLA:CPU copies a loop-carried KV cache that feeds a batch-one dot, the whole cache
+        # on every step. A second (discarded) row avoids that, and is nearly free since
+        # decoding is bound by reading the weights (measured: even at 128 new tokens, and
+        # 7% faster at 600, where the cache has grown to 1024 positions).
         prompts = [prompts[0], prompts[0]]
     longest = max(len(p) for p in prompts)
     bucket = _bucket(longest, model.cfg.max_len)
