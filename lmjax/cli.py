@@ -1,10 +1,11 @@
-"""`lmjax train | eval | sample`: the command line.
+"""`lmjax train | eval | sample | convert`: the command line.
 
     lmjax train --config configs/quickstart.py --workdir runs/qs [--config.train.steps=100 ...]
                 [--coordinator HOST:PORT --num_processes N --process_id I]
     lmjax eval --workdir runs/qs
     lmjax sample --workdir runs/qs --prompt "def " [--num_samples 4 --max_new_tokens 100 --temperature 0.8
                  --top_k 40 --top_p 0.95 --seed 0 --prompt_file prompts.txt]
+    lmjax convert --from-hf HF_DIR --workdir runs/imported   |   lmjax convert --workdir runs/qs --to-hf HF_OUT
 
 Config overrides are `--config.SECTION.KEY=VALUE`. Problems with the config or the
 input are reported in one line each, without a traceback.
@@ -62,6 +63,9 @@ def _parser():
     s.add_argument("--top_k", type=int, default=0, help="0 = off")
     s.add_argument("--top_p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1 = off")
     s.add_argument("--seed", type=int, default=0)
+    from lmjax.hf.cli import add_parser as add_convert_parser  # lmjax convert (Hugging Face in/out)
+
+    add_convert_parser(sub)
     return p
 
 
@@ -145,13 +149,19 @@ def cmd_sample(args, overrides):
         print(prompt + text)
 
 
+def cmd_convert(args, overrides):
+    from lmjax.hf.cli import run
+
+    run(args, overrides)
+
+
 def main(argv=None):
     from lmjax.config import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
-    command = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}[args.command]
+    command = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "convert": cmd_convert}[args.command]
     try:
         command(args, overrides)
     except (ConfigError, FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback

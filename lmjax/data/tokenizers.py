@@ -279,6 +279,10 @@ def tokenizer_from_json(d: dict) -> Tokenizer:
         return CharTokenizer(d["chars"])
     if kind == "sentencepiece":
         return SentencePieceTokenizer(base64.b64decode(d["model"]))
+    if kind == "hf":  # a Hugging Face tokenizer.json, imported with its model (lmjax.hf)
+        from lmjax.hf.tokenizer import HFTokenizer
+
+        return HFTokenizer.from_json(d)
     raise ValueError(f"unknown tokenizer kind {kind!r} in tokenizer JSON; expected one of {KINDS}")
 
 

@@ -1,0 +1,261 @@
+"""Hugging Face import/export (lmjax.hf): exact parity with `transformers` on tiny random models.
+
+Models are built with `transformers` from a config, their weights redrawn at O(0.1-1)
+scale (so logits are large and greedy choices decisive), and `save_pretrained` to a temp
+dir: no hub access. torch and transformers come with the `test` extra.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from lmjax import sharding  # noqa: E402
+from lmjax.hf import HFTokenizer, UnsupportedModel, export_hf, load_hf, load_params  # noqa: E402
+from lmjax.hf.safetensors_io import Checkpoint, write_file  # noqa: E402
+from lmjax.model import Transformer  # noqa: E402
+from lmjax.sample import generate  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+
+GPT2 = dict(kind="gpt2", vocab_size=300, n_embd=32, n_layer=2, n_head=4, n_positions=64, activation_function="gelu_new",
+            bos_token_id=0, eos_token_id=0)
+LLAMA = dict(kind="llama", vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rope_theta=5000.0,
+             rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+QWEN2 = dict(kind="qwen2", vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True)
+CLASSES = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "llama": ("LlamaConfig", "LlamaForCausalLM"),
+           "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
+
+
+def _tiny_tokenizer(directory):
+    """A byte-level BPE (GPT-2 style) trained on a few sentences, saved as HF files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=290, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog, déjà vu"] * 20, trainer)
+    tok.save(os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                   "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+
+
+def _make(directory, spec, seed=0):
+    """A transformers model with O(1) random weights, saved to `directory`; returns it (eval mode)."""
+    spec = dict(spec)
+    config_cls, model_cls = (getattr(transformers, n) for n in CLASSES[spec.pop("kind")])
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**spec)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.ndim == 1:  # norm scales near 1
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_((1.0 if p.ndim == 2 else 0.1) * torch.randn_like(p) / (p.shape[-1] ** 0.5 if p.ndim == 2 else 1))
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.tie_weights()
+    model.save_pretrained(directory)
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory):
+    out = {}
+    for name, spec in (("gpt2", GPT2), ("llama", LLAMA), ("qwen2", QWEN2)):
+        d = str(tmp_path_factory.mktemp(name))
+        out[name] = (d, _make(d, spec))
+    _tiny_tokenizer(out["gpt2"][0])
+    return out
+
+
+def _prompts(vocab, batch=2, length=12, seed=0):
+    return np.random.RandomState(seed).randint(0, vocab, (batch, length))
+
+
+def _hf_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.tensor(tokens)).logits.numpy()
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2"])
+def test_import_logits_hidden_states_and_greedy_generation(hf_models, name):
+    directory, hf = hf_models[name]
+    cfg, params, _ = load_hf(directory)
+    model = Transformer(cfg)
+    tokens = _prompts(cfg.vocab_size)
+    names = [f"blocks.{l}.hook_resid_post" for l in range(cfg.n_layer - 1)] + ["ln_final.hook_normalized"]
+    logits, cache = model.run_with_cache(params, jnp.asarray(tokens), names)
+    with torch.no_grad():
+        out = hf(torch.tensor(tokens), output_hidden_states=True)
+    ref = out.logits.numpy()
+    assert np.abs(ref).max() > 2  # weights large enough that the comparison means something
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4, rtol=0)
+    # hidden_states[l + 1] is layer l's output, except the last, which HF takes after the final norm.
+    for i, hook in enumerate(names):
+        np.testing.assert_allclose(np.asarray(cache[hook]), out.hidden_states[i + 1].numpy(), atol=1e-4, rtol=0)
+    if name == "qwen2":
+        return  # same code path as llama for generation
+    prompts = [list(tokens[0, :5]), list(tokens[1, :9])]
+    ours = generate(model, params, prompts, max_new_tokens=20, temperature=0.0)
+    hf.generation_config.eos_token_id = None  # 20 tokens, no early stop
+    for prompt, got in zip(prompts, ours):
+        with torch.no_grad():
+            want = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                               max_new_tokens=20, do_sample=False, pad_token_id=0)
+        assert got == want[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_export_then_from_pretrained_same_logits(hf_models, tmp_path, name):
+    directory, hf = hf_models[name]
+    cfg, params, tokenizer = load_hf(directory)
+    out = tmp_path / "exported"
+    # a tiny shard limit: several files and an index, as for big models
+    written = export_hf(str(out), cfg, params, tokenizer, max_shard_bytes=20_000)
+    assert "model.safetensors.index.json" in written
+    again = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    tokens = _prompts(cfg.vocab_size, seed=1)
+    np.testing.assert_array_equal(_hf_logits(again, tokens), _hf_logits(hf, tokens))  # same bits in, same bits out
+    _, params_again = load_params(str(out))  # and the sharded directory reads back
+    jax.tree.map(np.testing.assert_array_equal, params_again, params)
+    with pytest.raises(ValueError, match="not empty"):
+        export_hf(str(out), cfg, params)
+
+
+def test_sharded_and_scanned_imports_equal_plain(hf_models):
+    """Each device reads only its slice (heads over `tensor`, d_model over `fsdp`, GPT-2's fused
+    c_attn blocks); the assembled arrays equal a plain single-device import."""
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
+    for name in ("gpt2", "llama"):
+        directory, _ = hf_models[name]
+        cfg, plain = load_params(directory)
+        _, sharded = load_params(directory, mesh=mesh)
+        q = sharded["blocks_0"]["attn"]["q"]["kernel"]
+        assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+        assert len({tuple((s.start, s.stop) for s in shard.index) for shard in q.addressable_shards}) == 8
+        jax.tree.map(np.testing.assert_array_equal, sharded, plain)
+        scan_cfg, scanned = load_params(directory, mesh=mesh, scan_layers=True)
+        for l in range(cfg.n_layer):
+            jax.tree.map(lambda s, p, l=l: np.testing.assert_array_equal(s[l], p), scanned["blocks"]["block"],
+                         plain[f"blocks_{l}"])
+        tokens = jnp.asarray(_prompts(cfg.vocab_size))
+        np.testing.assert_allclose(Transformer(scan_cfg).apply({"params": scanned}, tokens),
+                                   Transformer(cfg).apply({"params": plain}, tokens), atol=1e-5)
+
+
+def _copy_model(src, dst, *, drop=(), reshape=None, config=None):
+    """Copy an HF directory's config and weights, dropping / replacing tensors or config keys."""
+    os.makedirs(dst)
+    with open(os.path.join(src, "config.json")) as f:
+        hf = json.load(f)
+    hf.update(config or {})
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(hf, f)
+    with Checkpoint(src) as ckpt:
+        arrays = {n: np.array(ckpt.view(n)) for n in ckpt.names() if n not in drop}
+    arrays.update(reshape or {})
+    write_file(os.path.join(dst, "model.safetensors"), [(n, a.shape, a.dtype) for n, a in arrays.items()],
+               arrays.__getitem__)
+    return dst
+
+
+def test_clear_errors_before_anything_is_written(hf_models, tmp_path):
+    from lmjax.cli import main
+
+    llama, _ = hf_models["llama"]
+    k = "model.layers.1.self_attn.k_proj.weight"
+    cases = {
+        "missing": (_copy_model(llama, tmp_path / "missing", drop=[k]), f"missing tensor '{k}'"),
+        "shape": (_copy_model(llama, tmp_path / "shape", reshape={k: np.zeros((32, 32), np.float32)}),
+                  rf"tensor '{k}' has shape \[32, 32\], but config.json implies \[16, 32\]"),
+        "extra": (_copy_model(llama, tmp_path / "extra", reshape={"model.layers.0.self_attn.q_norm.weight":
+                                                                  np.ones(8, np.float32)}), "unexpected tensor"),
+        "arch": (_copy_model(llama, tmp_path / "arch", config={"architectures": ["BertForMaskedLM"]}),
+                 "unsupported architecture.*BertForMaskedLM"),
+        "rope": (_copy_model(llama, tmp_path / "rope", config={"rope_parameters": {
+            "rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}), "rope_type='llama3'"),
+    }
+    for what, (directory, message) in cases.items():
+        with pytest.raises((ValueError, UnsupportedModel), match=message):
+            load_params(str(directory))
+        workdir = tmp_path / f"wd_{what}"
+        assert main(["convert", "--from-hf", str(directory), "--workdir", str(workdir)]) == 2
+        assert not workdir.exists()
+        assert not [p for p in os.listdir(tmp_path) if ".convert-" in p]  # no temporary leftovers
+    # lmjax models with no Hugging Face equivalent are refused before writing
+    cfg, params, _ = load_hf(hf_models["gpt2"][0])
+    import dataclasses
+
+    with pytest.raises(UnsupportedModel, match="pos_embedding='learned' \\(Llama needs 'rope'\\)"):
+        export_hf(str(tmp_path / "nope"), dataclasses.replace(cfg, norm="rmsnorm"), params)
+    assert not (tmp_path / "nope").exists()
+
+
+def test_cli_import_sample_export(hf_models, tmp_path, capsys):
+    from lmjax.cli import main
+
+    directory, hf = hf_models["gpt2"]
+    workdir = tmp_path / "imported"
+    assert main(["convert", "--from-hf", directory, "--workdir", str(workdir)]) == 0
+    assert main(["sample", "--workdir", str(workdir), "--prompt", "the quick", "--max_new_tokens", "8",
+                 "--temperature", "0"]) == 0
+    printed = capsys.readouterr().out
+    tok = HFTokenizer.from_dir(directory)
+    prompt = tok.encode("the quick")
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                           max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert "the quick" + tok.decode(want[0, len(prompt):].tolist()) in printed
+    out = tmp_path / "hf_out"
+    assert main(["convert", "--workdir", str(workdir), "--to-hf", str(out)]) == 0
+    again = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    tokens = _prompts(300, seed=2)
+    np.testing.assert_array_equal(_hf_logits(again, tokens), _hf_logits(hf, tokens))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    text = "the lazy fox, déjà"
+    assert hf_tok.encode(text) == tok.encode(text)
+
+
+def test_hf_tokenizer_protocol(hf_models):
+    from lmjax.data.tokenizers import tokenizer_from_json
+
+    directory, _ = hf_models["gpt2"]
+    tok = HFTokenizer.from_dir(directory)
+    ref = transformers.AutoTokenizer.from_pretrained(directory)
+    text = "the quick brown fox — déjà vu 🦊"
+    ids = tok.encode(text)
+    assert ids == ref.encode(text) and tok.decode(ids) == text == ref.decode(ids)
+    assert tok.bos_id == tok.eos_id == ref.eos_token_id and not tok.adds_bos
+    assert int(tok.token_bytes()[ids].sum()) == len(text.encode("utf-8"))
+    assert tok.token_bytes()[tok.eos_id] == 0
+    again = tokenizer_from_json(json.loads(json.dumps(tok.to_json())))
+    assert again.encode(text) == ids and again.vocab_size == tok.vocab_size and again.eos_id == tok.eos_id
+    assert tok.encode(text, add_bos=True, add_eos=True) == [tok.bos_id, *ids, tok.eos_id]
+
+
+@pytest.mark.parametrize("kind", ["byte", "char"])
+def test_lmjax_tokenizers_export_as_tokenizer_json(tmp_path, kind):
+    from lmjax.data.tokenizers import ByteTokenizer, CharTokenizer
+    from lmjax.hf.tokenizer import write_tokenizer
+
+    text = "def f(x):\n    return x  # é✓"
+    tok = ByteTokenizer() if kind == "byte" else CharTokenizer.from_texts([text + "abc"])
+    write_tokenizer(tok, str(tmp_path))
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    ids = tok.encode(text)
+    assert ref.encode(text, add_special_tokens=False) == ids
+    assert ref.decode(ids) == text
+    assert ref.convert_tokens_to_ids([ref.bos_token, ref.eos_token, ref.pad_token]) == [tok.bos_id, tok.eos_id, tok.pad_id]
