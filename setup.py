@@ -23,7 +23,12 @@ setup(
     ],
     extras_require={
         # tensorboard only reads our event files back in tests; lmjax writes them itself.
-        "test": ["pytest>=7", "tensorboard"],
+        # torch (CPU is enough) and transformers are the reference the Hugging Face parity
+        # tests (tests/test_hf.py) compare against; lmjax itself never imports torch.
+        "test": ["pytest>=7", "tensorboard", "torch>=2.4", "transformers>=4.45", "tokenizers>=0.19"],
+        # Hugging Face import/export (lmjax.hf, `lmjax convert`): tokenizer.json files.
+        # Safetensors are read and written by lmjax itself (NumPy + mmap), without PyTorch.
+        "hf": ["tokenizers>=0.19"],
         # The PyTorch baselines that bench/ compares against.
         "bench": ["torch", "transformers"],
         # Workdirs, token caches and corpora on Google Cloud Storage (gs://...).

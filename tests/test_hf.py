@@ -259,3 +259,38 @@ def test_lmjax_tokenizers_export_as_tokenizer_json(tmp_path, kind):
     assert ref.encode(text, add_special_tokens=False) == ids
     assert ref.decode(ids) == text
     assert ref.convert_tokens_to_ids([ref.bos_token, ref.eos_token, ref.pad_token]) == [tok.bos_id, tok.eos_id, tok.pad_id]
+
+
+def test_safetensors_blocks_and_bfloat16(tmp_path):
+    """Positioned reads of contiguous blocks and mapped reads of strided ones agree with NumPy,
+    for bfloat16 too (which NumPy alone cannot name: ml_dtypes)."""
+    import ml_dtypes
+
+    arrays = {"a": np.arange(6 * 5 * 4, dtype=np.float32).reshape(6, 5, 4),
+              "b": (np.arange(12).reshape(3, 4) / 7).astype(ml_dtypes.bfloat16)}
+    path = str(tmp_path / "model.safetensors")
+    write_file(path, [(n, a.shape, a.dtype) for n, a in arrays.items()], arrays.__getitem__)
+    with Checkpoint(str(tmp_path)) as ckpt:
+        for index in [(slice(1, 3),), (slice(2, 3), slice(1, 4)), (slice(0, 6), slice(1, 2)),
+                      (slice(0, 6), slice(0, 5), slice(1, 3))]:
+            np.testing.assert_array_equal(ckpt.read("a", index), arrays["a"][index])
+        assert ckpt.read("b", (slice(0, 3), slice(1, 3))).dtype == ml_dtypes.bfloat16
+        np.testing.assert_array_equal(ckpt.read("b", (slice(1, 3),)), arrays["b"][1:3])
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")  # the reference reader agrees
+    np.testing.assert_array_equal(safetensors_numpy.load_file(path)["a"], arrays["a"])
+
+
+def test_config_mapping_mistral_window_and_qwen2(tmp_path):
+    from lmjax.hf import import_config
+
+    base = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=100, max_position_embeddings=32768, rms_norm_eps=1e-5)
+    for name, extra, max_len, use_bias in (
+            ("mistral", dict(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=4096), 4096, False),
+            ("qwen2", dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", sliding_window=4096,
+                           use_sliding_window=False, tie_word_embeddings=True), 32768, True)):
+        os.makedirs(tmp_path / name)
+        with open(tmp_path / name / "config.json", "w") as f:
+            json.dump({**base, **extra}, f)
+        cfg = import_config(str(tmp_path / name))
+        assert (cfg.max_len, cfg.use_bias, cfg.kv_heads, cfg.pos_embedding, cfg.mlp) == (max_len, use_bias, 2, "rope", "swiglu")

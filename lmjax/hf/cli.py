@@ -142,7 +142,7 @@ def export_from_workdir(workdir: str, out_dir: str, *, step: int | None = None, 
     from lmjax.train.optimizer import make_optimizer
     from lmjax.train.steps import init_state, state_shardings
 
-    checkpoints = os.path.join(os.path.expanduser(workdir), "checkpoints")
+    checkpoints = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")  # orbax wants absolute paths
     if not os.path.isdir(checkpoints):
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
     out = os.path.abspath(os.path.expanduser(out_dir))

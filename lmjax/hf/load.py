@@ -148,7 +148,7 @@ def read_slice(ckpt: Checkpoint, name: str | None, link: Link, index, dtype) -> 
         ranges.append(slice(offset + outer.start * stride, offset + outer.stop * stride))
         block_shape += [outer.stop - outer.start] + [link.split[k] for k in group[1:]]
         inner += [slice(None)] + [split_index[k] for k in group[1:]]
-    block = np.array(ckpt.view(name)[tuple(ranges)])  # the copy: only these bytes are read
+    block = ckpt.read(name, tuple(ranges))  # the copy: only these bytes are read
     block = block.reshape(block_shape)[tuple(inner)]
     return np.ascontiguousarray(block.transpose(link.perm)).astype(dtype, copy=False)
 
@@ -183,7 +183,6 @@ def load_params(directory: str, cfg: ModelConfig | None = None, *, mesh=None, ru
                     return np.stack([read_slice(ckpt, *per_layer[l], index[1:], dtype)
                                      for l in range(index[0].start, index[0].stop)])
 
-                names = [n for n, _ in per_layer]
             else:
                 if path not in resolved:
                     raise UnsupportedModel(f"lmjax parameter {path} has no source tensor (a bug in lmjax.hf.families)")
@@ -191,12 +190,7 @@ def load_params(directory: str, cfg: ModelConfig | None = None, *, mesh=None, ru
                 if link.shape != leaf.shape:
                     raise AssertionError(f"{path}: link shape {link.shape} vs parameter {leaf.shape}")
                 callback = lambda index: read_slice(ckpt, name, link, index, dtype)  # noqa: E731
-                names = [name]
-            array = jax.make_array_from_callback(leaf.shape, target, callback)
-            for n in names:
-                if n is not None:
-                    ckpt.release(n)
-            return array
+            return jax.make_array_from_callback(leaf.shape, target, callback)
 
         params = jax.tree_util.tree_map_with_path(build, abstract, shardings)
         jax.block_until_ready(params)  # all copies out of the mapped file are done before it closes

@@ -2,11 +2,12 @@
 
 A safetensors file is an 8-byte little-endian header length, a JSON header
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`` and
-then the raw row-major tensor bytes. Reading memory-maps the file and hands out views,
-so a caller copies only the slice it asks for (one device's shard of one tensor); the
-pages it touched are released again (``release``) so the resident memory of a large
-import stays near one tensor, not the whole checkpoint. Writing streams tensor after
-tensor, so an export never holds more than one tensor on the host either.
+then the raw row-major tensor bytes. Reading copies only the block a caller asks for
+(one device's shard of one tensor): a block that is one run of bytes (whole tensors, row
+ranges) with a single positioned read straight into its array, anything else (column
+slices) out of a memory map whose pages are released right after, so the resident memory
+of an import is the imported parameters plus about one tensor, never the checkpoint.
+Writing streams tensor after tensor, so an export holds one tensor on the host at a time.
 
 A model split over several files comes with ``model.safetensors.index.json``
 (``{"weight_map": {name: file}}``); ``Checkpoint`` reads both layouts.
@@ -84,8 +85,9 @@ def read_header(path: str) -> tuple[dict[str, TensorInfo], int, dict]:
 class Checkpoint:
     """The tensors of a Hugging Face model directory, single-file or sharded, by name.
 
-    ``info(name)`` costs nothing; ``view(name)`` is a read-only memory-mapped array (no bytes
-    are read until it is indexed); ``release(name)`` returns its pages to the OS.
+    ``info(name)`` costs nothing; ``read(name, index)`` copies one block out of the file;
+    ``view(name)`` is a read-only memory-mapped array (no bytes are read until it is
+    indexed); ``release(name)`` returns its mapped pages to the OS.
     """
 
     def __init__(self, directory: str):
@@ -119,6 +121,7 @@ class Checkpoint:
             if missing:
                 raise ValueError(f"{INDEX_FILE} lists tensors no shard holds: {missing[:5]}")
         self._maps: dict[str, mmap.mmap] = {}
+        self._fds: dict[str, int] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
@@ -142,6 +145,40 @@ class Checkpoint:
         count = int(np.prod(t.shape, dtype=np.int64))
         return np.frombuffer(self._map(t.file), dtype=t.dtype, count=count, offset=start).reshape(t.shape)
 
+    def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """A copy of `view(name)[index]` (unit-step slices, one per axis).
+
+        A block that is contiguous in the file (a range of rows, or of the outermost split
+        axis) is read with one positioned read straight into the result: no page faults
+        and no pages left mapped. Other blocks (column slices) are gathered from the map.
+        """
+        t = self.tensors[name]
+        index = tuple(index) + tuple(slice(0, n) for n in t.shape[len(index):])
+        shape = tuple(s.stop - s.start for s in index)
+        if not _contiguous(index, t.shape):
+            out = np.array(self.view(name)[index])
+            self.release(name)
+            return out
+        out = np.empty(shape, t.dtype)
+        if out.size == 0:
+            return out
+        strides = np.cumprod((1,) + t.shape[:0:-1])[::-1]  # elements per step along each axis
+        first = int(sum(s.start * int(st) for s, st in zip(index, strides)))
+        offset = self._data_start[t.file] + t.begin + first * t.dtype.itemsize
+        buf, done = out.reshape(-1).view(np.uint8), 0
+        fd = self._fd(t.file)
+        while done < buf.size:
+            n = os.preadv(fd, [buf[done:]], offset + done)
+            if n <= 0:
+                raise ValueError(f"{t.file}: unexpected end of file reading tensor {name!r}")
+            done += n
+        return out
+
+    def _fd(self, path: str) -> int:
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        return self._fds[path]
+
     def release(self, name: str) -> None:
         """Drop the tensor's file pages from this process's resident memory (a hint; data stays valid)."""
         t = self.tensors[name]
@@ -157,6 +194,9 @@ class Checkpoint:
             pass
 
     def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
         maps, self._maps = self._maps, {}
         for mm in maps.values():
             try:
@@ -169,6 +209,17 @@ class Checkpoint:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _contiguous(index: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a block of a row-major array is one run of bytes: after the first axis the
+    block spans more than one element of, every axis must be taken whole."""
+    spanning = False
+    for s, n in zip(index, shape):
+        if spanning and (s.start, s.stop) != (0, n):
+            return False
+        spanning = spanning or s.stop - s.start > 1
+    return True
 
 
 def write_file(path: str, entries: Iterable[tuple[str, tuple[int, ...], np.dtype]],
