@@ -294,3 +294,33 @@ def test_config_mapping_mistral_window_and_qwen2(tmp_path):
             json.dump({**base, **extra}, f)
         cfg = import_config(str(tmp_path / name))
         assert (cfg.max_len, cfg.use_bias, cfg.kv_heads, cfg.pos_embedding, cfg.mlp) == (max_len, use_bias, 2, "rope", "swiglu")
+
+
+def test_bos_adding_tokenizer_and_sentencepiece_model(tmp_path):
+    """A tokenizer.json whose post-processor adds BOS (as Llama's does): encode adds it too.
+    A directory with only a sentencepiece tokenizer.model loads as lmjax's own tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from lmjax.data.tokenizers import SentencePieceTokenizer
+    from lmjax.hf import load_tokenizer
+    from lmjax.hf.tokenizer import write_tokenizer
+
+    vocab = {"<s>": 0, "</s>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate("abcdefgh ")}}
+    hf = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    hf.add_special_tokens(["<s>", "</s>"])
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    with open(tmp_path / "tokenizer_config.json", "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+    tok = load_tokenizer(str(tmp_path))
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert tok.adds_bos and tok.encode("abc") == ref.encode("abc") == [0, 3, 4, 5]
+    assert tok.encode("abc", add_bos=False) == [3, 4, 5] and tok.decode([0, 3, 4, 1]) == ref.decode([0, 3, 4, 1], skip_special_tokens=True)
+
+    spm_dir = tmp_path / "spm"
+    spm_dir.mkdir()
+    spm = SentencePieceTokenizer.train(["the quick brown fox jumps over the lazy dog"] * 50, vocab_size=300)
+    assert write_tokenizer(spm, str(spm_dir)) == ["tokenizer.model"]
+    loaded = load_tokenizer(str(spm_dir))
+    assert isinstance(loaded, SentencePieceTokenizer) and loaded.encode("the fox") == spm.encode("the fox")
