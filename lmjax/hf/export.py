@@ -58,7 +58,8 @@ def hf_tensors(cfg: ModelConfig, params, dtype=None):
             block = _param(params, cfg, path)
             if block.shape != link.shape:
                 raise ValueError(f"parameter {path} has shape {block.shape}, the config implies {link.shape}")
-            block = block.transpose(np.argsort(link.perm)).reshape(link.block_shape)
+            squeezed = (1,) * (len(link.full_perm) - len(link.perm))
+            block = block.reshape(block.shape + squeezed).transpose(np.argsort(link.full_perm)).reshape(link.block_shape)
             if link.part is None:
                 tensor[...] = block
             else:

@@ -36,7 +36,8 @@ class UnsupportedModel(ValueError):
 class Link:
     """How one lmjax parameter of one layer is stored in a Hugging Face checkpoint.
 
-    The lmjax array is `transpose(reshape(block, split), perm)`, where `block` is the whole
+    The lmjax array is `transpose(reshape(block, split), perm)` (split axes of size 1 that
+    `perm` leaves out are dropped), where `block` is the whole
     tensor `hf` of shape `hf_shape`, or (with `part=(axis, index, count)`) its index-th of
     `count` equal blocks along `axis`. `hf=None`: the tensor does not exist in this
     architecture and the parameter is zero (a bias lmjax needs and the checkpoint lacks).
@@ -60,6 +61,14 @@ class Link:
     def shape(self) -> tuple[int, ...]:
         """The lmjax parameter's shape."""
         return tuple(self.split[p] for p in self.perm)
+
+    @property
+    def full_perm(self) -> tuple[int, ...]:
+        """`perm` followed by the split axes it leaves out (size 1: squeezed away, e.g. the
+        [channels, 1, width] of a depthwise Conv1d weight)."""
+        rest = tuple(a for a in range(len(self.split)) if a not in self.perm)
+        assert all(self.split[a] == 1 for a in rest), self
+        return self.perm + rest
 
     def groups(self) -> list[list[int]]:
         """For each axis of the block, the split axes it is reshaped into (in order)."""

@@ -133,7 +133,7 @@ def read_slice(ckpt: Checkpoint, name: str | None, link: Link, index, dtype) -> 
     copied, and slices of inner split axes are taken after the reshape.
     """
     index = _normalize(index, link.shape)
-    split_index = [None] * len(link.split)
+    split_index = [slice(0, 1)] * len(link.split)  # axes perm leaves out have size 1
     for lm_axis, split_axis in enumerate(link.perm):
         split_index[split_axis] = index[lm_axis]
     if name is None:
@@ -150,7 +150,8 @@ def read_slice(ckpt: Checkpoint, name: str | None, link: Link, index, dtype) -> 
         inner += [slice(None)] + [split_index[k] for k in group[1:]]
     block = ckpt.read(name, tuple(ranges))  # the copy: only these bytes are read
     block = block.reshape(block_shape)[tuple(inner)]
-    return np.ascontiguousarray(block.transpose(link.perm)).astype(dtype, copy=False)
+    block = block.transpose(link.full_perm).reshape(tuple(s.stop - s.start for s in index))
+    return np.ascontiguousarray(block).astype(dtype, copy=False)
 
 
 def load_params(directory: str, cfg: ModelConfig | None = None, *, mesh=None, rules=None,
