@@ -19,6 +19,9 @@ setup(
         "ml-collections>=0.1.1",
         "absl-py",
         "numpy",
+        "scipy",  # scaling-law fits (L-BFGS)
+        "threadpoolctl",  # one BLAS thread for the fits' thousands of tiny L-BFGS runs
+        "matplotlib",  # figures (scaling fits) written as PNG files
         "tqdm",
     ],
     extras_require={

@@ -66,6 +66,9 @@ def _parser():
     from lmjax.hf.cli import add_parser as add_convert_parser  # lmjax convert (Hugging Face in/out)
 
     add_convert_parser(sub)
+    from lmjax.scaling.cli import add_parser as add_scaling_parser  # lmjax scaling size | fit | chinchilla
+
+    add_scaling_parser(sub)
     return p
 
 
@@ -155,13 +158,20 @@ def cmd_convert(args, overrides):
     run(args, overrides)
 
 
+def cmd_scaling(args, overrides):
+    from lmjax.scaling.cli import run
+
+    run(args, overrides)
+
+
 def main(argv=None):
     from lmjax.config import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
-    command = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "convert": cmd_convert}[args.command]
+    command = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "convert": cmd_convert,
+               "scaling": cmd_scaling}[args.command]
     try:
         command(args, overrides)
     except (ConfigError, FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback

@@ -1,0 +1,162 @@
+"""`lmjax scaling size | fit | chinchilla`.
+
+    lmjax scaling size --config configs/quickstart.py [--config.model.n_layer=8]
+    lmjax scaling fit runs.csv --approach 3 --out fit.json [--n N --d D --loss loss --plots DIR]
+    lmjax scaling chinchilla --data ../shared/data/chinchilla_epoch/svg_extracted_data.csv --out runs/chinchilla
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+
+# Epoch AI's replication of Hoffmann et al.'s approach 3 on the same extracted points, and
+# Hoffmann et al.'s own published fit (REFERENCES.md).
+EPOCH = {"E": 1.817, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
+HOFFMANN = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+APPROACHES = ("1", "2", "3", "kaplan_n", "kaplan_d")
+
+
+def add_parser(sub):
+    p = sub.add_parser("scaling", help="parameter/FLOP accounting and scaling-law fits")
+    ssub = p.add_subparsers(dest="scaling_command", required=True)
+    s = ssub.add_parser("size", help="parameter counts and FLOPs per token of a config")
+    s.add_argument("--config", required=True)
+    f = ssub.add_parser("fit", help="fit a scaling law to a CSV of runs")
+    f.add_argument("csv", help="one row per run (or per evaluation); columns named by --n/--d/--loss/--c")
+    f.add_argument("--approach", default="3", choices=APPROACHES,
+                   help="1: loss envelope, 2: IsoFLOP parabolas, 3: L = E + A/N^a + B/D^b, kaplan_n/_d: L(N), L(D)")
+    f.add_argument("--n", default="N", help="column of model sizes")
+    f.add_argument("--d", default="D", help="column of training tokens")
+    f.add_argument("--loss", default="loss", help="column of losses")
+    f.add_argument("--c", default="", help="column of compute (default 6 N D)")
+    f.add_argument("--bootstrap", type=int, default=100, help="approach 3: bootstrap resamples for intervals")
+    f.add_argument("--out", default="fit.json")
+    f.add_argument("--plots", default="", help="a directory for PNG figures")
+    c = ssub.add_parser("chinchilla", help="reproduce approach 3 on Epoch AI's extraction of Chinchilla's data")
+    c.add_argument("--data", default="../shared/data/chinchilla_epoch/svg_extracted_data.csv")
+    c.add_argument("--bootstrap", type=int, default=200)
+    c.add_argument("--out", default="runs/chinchilla", help="a directory for fit.json and the figures")
+
+
+def run(args, overrides):
+    {"size": cmd_size, "fit": cmd_fit, "chinchilla": cmd_chinchilla}[args.scaling_command](args, overrides)
+
+
+def read_columns(path: str, names: dict[str, str]) -> dict[str, np.ndarray]:
+    """{role: column name} -> {role: float array}; a missing file or column, or a value
+    that is not a number, is a ValueError naming it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such CSV: {path}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in names.values() if c not in header]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; the CSV has {header} "
+                             "(choose columns with --n/--d/--loss/--c)")
+        rows = list(reader)
+    out = {}
+    for role, column in names.items():
+        try:
+            out[role] = np.array([float(r[column]) for r in rows])
+        except ValueError as e:
+            raise ValueError(f"{path}: column {column!r} has a value that is not a number ({e})") from None
+    return out
+
+
+def cmd_size(args, overrides):
+    from lmjax.config import load_config, model_config
+    from lmjax.scaling import accounting
+
+    config = load_config(args.config, overrides)
+    vocab = config.model.vocab_size or {"byte": 259, "char": 65}.get(config.data.tokenizer, config.data.spm_vocab_size)
+    cfg = model_config(config, vocab)
+    seq = config.data.seq_len or cfg.max_len
+    print(json.dumps({"vocab_size": vocab, "seq_len": seq, **size_report(cfg, seq)}, indent=2))
+
+
+def size_report(cfg, seq_len: int) -> dict:
+    """Parameter counts under the conventions that change fitted exponents, counted on the
+    real parameter tree (shapes only, nothing allocated), and FLOPs per token."""
+    import jax
+
+    from lmjax.model import Transformer
+    from lmjax.scaling import accounting
+
+    model = Transformer(cfg)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 1), "int32"))["params"])
+    total = accounting.count_params(shapes)
+    tables = {name: accounting.count_params(shapes[name]) for name in ("embed", "pos_embed", "unembed") if name in shapes}
+    head = cfg.d_model * cfg.vocab_size
+    non_embedding = total - sum(tables.values())
+    return {
+        "params_total": total,  # Chinchilla's N: everything
+        "params_non_embedding": non_embedding,  # Kaplan's N: no token/position tables, no head
+        "params_non_embedding_with_head": non_embedding + head,  # Porian et al.'s N: the head counts
+        "params_matmul": accounting.matmul_params(cfg),  # the N in 6N below
+        "flops_per_token_palm": accounting.flops_per_token(cfg, seq_len),  # 6 N_matmul + 12 L d T
+        "flops_per_token_6n_kaplan": 6.0 * non_embedding,
+    }
+
+
+def cmd_fit(args, overrides):
+    from lmjax.scaling import fits, plots
+
+    names = {"N": args.n, "D": args.d, "loss": args.loss, **({"C": args.c} if args.c else {})}
+    cols = read_columns(args.csv, names)
+    N, D, L, C = cols["N"], cols["D"], cols["loss"], cols.get("C")
+    if args.approach == "3":
+        fit = fits.fit_parametric(N, D, L, bootstrap=args.bootstrap)
+    elif args.approach == "2":
+        fit = fits.fit_isoflop(N, D, L, C)
+    elif args.approach == "1":
+        fit = fits.fit_envelope(N, D, L, C)
+    else:
+        fit = fits.fit_kaplan(N if args.approach == "kaplan_n" else D, L)
+    result = {"approach": args.approach, "csv": args.csv, "columns": names, **fits.summarise(fit)}
+    _write_json(args.out, result)
+    if args.plots:
+        os.makedirs(args.plots, exist_ok=True)
+        if args.approach == "3":
+            plots.plot_loss_vs_compute(N, D, L, fit, os.path.join(args.plots, "loss_vs_compute.png"))
+        elif args.approach in ("1", "2"):
+            plots.plot_optimal_allocation(fit, os.path.join(args.plots, "optimal_allocation.png"))
+            if args.approach == "2":
+                plots.plot_isoflops(N, D, L, fit, path=os.path.join(args.plots, "isoflops.png"))
+    print(json.dumps(result, indent=2))
+
+
+def epoch_points(path: str):
+    """(N, D, L) of Epoch AI's extraction, dropping the 5 highest losses as they did."""
+    cols = read_columns(path, {"N": "Model Size", "C": "Training FLOP", "loss": "loss"})
+    keep = np.argsort(cols["loss"])[:-5]
+    N, C, L = cols["N"][keep], cols["C"][keep], cols["loss"][keep]
+    return N, C / (6 * N), L
+
+
+def cmd_chinchilla(args, overrides):
+    from lmjax.scaling import fits, plots
+
+    N, D, L = epoch_points(args.data)
+    fit = fits.fit_parametric(N, D, L, bootstrap=args.bootstrap)
+    os.makedirs(args.out, exist_ok=True)
+    result = {"points": len(L), "lmjax": fit.as_dict(), "epoch_ai": EPOCH, "hoffmann_et_al": HOFFMANN}
+    _write_json(os.path.join(args.out, "fit.json"), result)
+    plots.plot_loss_vs_compute(N, D, L, fit, os.path.join(args.out, "loss_vs_compute.png"))
+    print(f"{'':8s} {'lmjax':>10s} {'Epoch AI':>10s} {'Hoffmann':>10s}")
+    for name in fits.PARAMETRIC_NAMES:
+        print(f"{name:8s} {getattr(fit, name):10.4g} {EPOCH[name]:10.4g} {HOFFMANN[name]:10.4g}")
+    print(f"{len(L)} points, {fit.starts} L-BFGS starts + {args.bootstrap} bootstrap refits in {fit.wall_s:.1f} s; "
+          f"wrote {args.out}/fit.json and loss_vs_compute.png")
+
+
+def _write_json(path: str, obj) -> None:
+    """Write atomically: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,116 @@
+"""Scaling-law fits recover known laws; the fit command rejects bad CSVs; size counts the tree."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from lmjax.cli import main
+from lmjax.scaling import fits
+
+TRUE = {"E": 1.8, "A": 450.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
+
+
+def law(N, D, p=TRUE):
+    return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
+
+
+def synthetic_runs(noise=0.002, seed=0):
+    """A grid of sizes x tokens with multiplicative noise on the loss."""
+    rng = np.random.default_rng(seed)
+    N, D = (x.ravel() for x in np.meshgrid(np.logspace(7, 10, 8), np.logspace(9, 12, 8)))
+    return N, D, law(N, D) * np.exp(rng.normal(0, noise, N.shape))
+
+
+# A coarser grid of starts than Hoffmann et al.'s 4500 keeps the test fast; it still spans
+# the same box.
+SMALL_GRID = {"alpha": np.array([0.0, 1.0]), "beta": np.array([0.0, 1.0]), "e": np.array([0.0, 1.0]),
+              "a": np.array([0.0, 10.0]), "b": np.array([0.0, 10.0])}
+
+
+def test_approach3_recovers_a_known_law():
+    """Tolerance: 0.2% noise on 64 runs -> exponents within 0.02, E within 2%."""
+    N, D, L = synthetic_runs()
+    fit = fits.fit_parametric(N, D, L, grid=SMALL_GRID, bootstrap=20)
+    assert abs(fit.alpha - TRUE["alpha"]) < 0.02 and abs(fit.beta - TRUE["beta"]) < 0.02, fit
+    assert abs(fit.E / TRUE["E"] - 1) < 0.02, fit
+    lo, hi = fit.intervals["alpha"]
+    assert lo <= fit.alpha <= hi and hi - lo < 0.1
+    # compute-optimal allocation is where the fitted loss is lowest at fixed compute
+    C = 1e21
+    n_opt, d_opt = fit.compute_optimal(C)
+    assert np.isclose(6 * n_opt * d_opt, C)
+    for factor in (0.5, 2.0):
+        assert fit.predict(n_opt, d_opt) < fit.predict(n_opt * factor, d_opt / factor)
+
+
+def test_approach2_recovers_the_optimal_size_exponent():
+    """IsoFLOP profiles drawn from the law: N_opt ~ C^(beta / (alpha + beta))."""
+    N, D, C = [], [], []
+    for budget in np.logspace(18, 21, 4):
+        n_star = fits.ParametricFit(**TRUE, objective=0, n_points=0, delta=0, starts=0, wall_s=0).compute_optimal(budget)[0]
+        for n in n_star * np.logspace(-0.6, 0.6, 7):
+            N.append(n), D.append(budget / (6 * n)), C.append(budget)
+    N, D = np.array(N), np.array(D)
+    allocation = fits.fit_isoflop(N, D, law(N, D))
+    expected = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+    assert abs(allocation.n_law.exponent - expected) < 0.02, (allocation.n_law, expected)
+    assert abs(allocation.n_law.exponent + allocation.d_law.exponent - 1) < 1e-6  # C = 6 N D
+    envelope = fits.fit_envelope(N, D, law(N, D), bins_per_decade=1)
+    assert abs(envelope.n_law.exponent - expected) < 0.1
+
+
+def test_kaplan_power_law():
+    N = np.logspace(6, 9, 10)
+    result = fits.fit_kaplan(N, (8.8e13 / N) ** 0.076)
+    assert np.isclose(result["alpha"], 0.076) and np.isclose(result["x_c"], 8.8e13, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows, columns, message", [
+    ([{"N": 1e8, "D": 1e9, "loss": 3.0}] * 10, ["N", "D"], "missing column"),
+    ([{"N": 1e8, "D": 1e9, "loss": -1.0}] * 10, ["N", "D", "loss"], "not positive"),
+    ([{"N": 1e8, "D": 1e9, "loss": 3.0}] * 3, ["N", "D", "loss"], "too few"),
+    ([{"N": "big", "D": 1e9, "loss": 3.0}] * 10, ["N", "D", "loss"], "not a number"),
+])
+def test_fit_rejects_bad_csv(tmp_path, capsys, rows, columns, message):
+    path = tmp_path / "runs.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "fit.json"
+    assert main(["scaling", "fit", str(path), "--approach", "3", "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_fit_cli_writes_json_and_plots(tmp_path):
+    N, D, L = synthetic_runs()
+    path = tmp_path / "runs.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["params", "tokens", "val_loss"])
+        writer.writerows(zip(N, D, L))
+    out = tmp_path / "fit.json"
+    argv = ["scaling", "fit", str(path), "--approach", "kaplan_n", "--n", "params", "--d", "tokens",
+            "--loss", "val_loss", "--out", str(out)]
+    assert main(argv) == 0 and out.exists()
+
+
+def test_size_counts_the_parameter_tree():
+    """The conventions' counts add up on the real tree (quickstart config)."""
+    import jax
+
+    from lmjax.config import load_config, model_config
+    from lmjax.model import Transformer
+    from lmjax.scaling.accounting import count_params
+    from lmjax.scaling.cli import size_report
+
+    cfg = model_config(load_config("configs/quickstart.py", []), 259)
+    report = size_report(cfg, cfg.max_len)
+    params = Transformer(cfg).init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
+    assert report["params_total"] == count_params(params)
+    tables = cfg.vocab_size * cfg.d_model + cfg.max_len * cfg.d_model  # tied: the head is the embedding
+    assert report["params_non_embedding"] == report["params_total"] - tables
+    assert report["params_non_embedding_with_head"] - report["params_non_embedding"] == cfg.vocab_size * cfg.d_model
