@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import numpy as np
 import pytest
@@ -114,3 +115,38 @@ def test_size_counts_the_parameter_tree():
     tables = cfg.vocab_size * cfg.d_model + cfg.max_len * cfg.d_model  # tied: the head is the embedding
     assert report["params_non_embedding"] == report["params_total"] - tables
     assert report["params_non_embedding_with_head"] - report["params_non_embedding"] == cfg.vocab_size * cfg.d_model
+
+
+TINY = ["model.max_len=32", "train.batch_size=8", "train.eval_every=1000", "train.eval_batches=2",
+        "train.sample_tokens=0", "train.log_every=5", "checkpoint.every=100"]
+
+
+def test_sweep_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path):
+    from lmjax.scaling import sweeps
+    from lmjax.train.loop import train
+
+    runs = sweeps.grid_plan([25_000], [8 * 32 * 6, 8 * 32 * 10], tokens_per_step=8 * 32)
+    assert [r["steps"] for r in runs] == [6, 10] and runs[0]["n_layer"] == 2
+    plan = {"config": "configs/quickstart.py", "overrides": TINY, "runs": runs}
+    calls = []
+
+    def interrupting(config, workdir, **kw):  # the second run is "preempted" at step 5
+        calls.append(workdir)
+        return train(config, workdir, stop_at_step=5 if len(calls) == 2 else None, **kw)
+
+    rows = sweeps.run_sweep(plan, str(tmp_path), say=lambda s: None, train_fn=interrupting)
+    assert len(rows) == 1 and len(calls) == 2
+
+    starts = []
+
+    def recording(config, workdir, **kw):
+        summary = train(config, workdir, **kw)
+        starts.append((os.path.basename(workdir), summary["start_step"]))
+        return summary
+
+    rows = sweeps.run_sweep(plan, str(tmp_path), say=lambda s: None, train_fn=recording)
+    assert starts == [(runs[1]["name"], 5)]  # the finished run is skipped, the other resumes
+    with open(tmp_path / "runs.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["name"] for r in table] == [r["name"] for r in runs]
+    assert all(float(r["final_val_loss"]) > 0 and float(r["best_val_loss"]) <= float(r["final_val_loss"]) for r in table)

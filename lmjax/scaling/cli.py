@@ -1,6 +1,8 @@
-"""`lmjax scaling size | fit | chinchilla`.
+"""`lmjax scaling size | sweep | run | fit | chinchilla`.
 
     lmjax scaling size --config configs/quickstart.py [--config.model.n_layer=8]
+    lmjax scaling sweep --config configs/quickstart.py --isoflop 1e13,3e13,1e14 --out sweep.json
+    lmjax scaling run sweep.json --workdir runs/sweep [--emit]
     lmjax scaling fit runs.csv --approach 3 --out fit.json [--n N --d D --loss loss --plots DIR]
     lmjax scaling chinchilla --data ../shared/data/chinchilla_epoch/svg_extracted_data.csv --out runs/chinchilla
 """
@@ -35,6 +37,17 @@ def add_parser(sub):
     f.add_argument("--bootstrap", type=int, default=100, help="approach 3: bootstrap resamples for intervals")
     f.add_argument("--out", default="fit.json")
     f.add_argument("--plots", default="", help="a directory for PNG figures")
+    w = ssub.add_parser("sweep", help="plan a sweep (JSON) from a base config")
+    w.add_argument("--config", required=True, help="the base config; its batch_size x seq_len sets tokens per step")
+    w.add_argument("--isoflop", default="", help="compute budgets (FLOPs), comma-separated: an IsoFLOP plan")
+    w.add_argument("--sizes_per_budget", type=int, default=4)
+    w.add_argument("--grid_sizes", default="", help="target parameter counts, comma-separated: a grid plan")
+    w.add_argument("--grid_tokens", default="", help="token budgets for the grid, comma-separated")
+    w.add_argument("--out", default="sweep.json")
+    r = ssub.add_parser("run", help="run a planned sweep with resume; results in WORKDIR/runs.csv")
+    r.add_argument("plan", help="a sweep.json from `lmjax scaling sweep`")
+    r.add_argument("--workdir", required=True)
+    r.add_argument("--emit", action="store_true", help="print one `lmjax train` command per run instead")
     c = ssub.add_parser("chinchilla", help="reproduce approach 3 on Epoch AI's extraction of Chinchilla's data")
     c.add_argument("--data", default="../shared/data/chinchilla_epoch/svg_extracted_data.csv")
     c.add_argument("--bootstrap", type=int, default=200)
@@ -42,7 +55,48 @@ def add_parser(sub):
 
 
 def run(args, overrides):
-    {"size": cmd_size, "fit": cmd_fit, "chinchilla": cmd_chinchilla}[args.scaling_command](args, overrides)
+    commands = {"size": cmd_size, "fit": cmd_fit, "sweep": cmd_sweep, "run": cmd_run, "chinchilla": cmd_chinchilla}
+    commands[args.scaling_command](args, overrides)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_sweep(args, overrides):
+    from lmjax.config import load_config
+    from lmjax.scaling import sweeps
+
+    config = load_config(args.config, overrides)  # validates the base config and the overrides
+    tokens_per_step = config.train.batch_size * (config.data.seq_len or config.model.max_len)
+    if bool(args.isoflop) == bool(args.grid_sizes):
+        raise ValueError("give either --isoflop BUDGETS or --grid_sizes SIZES --grid_tokens TOKENS")
+    if args.isoflop:
+        runs = sweeps.isoflop_plan(_floats(args.isoflop, "--isoflop"), args.sizes_per_budget, tokens_per_step)
+    else:
+        tokens = _floats(args.grid_tokens, "--grid_tokens")
+        if not tokens:
+            raise ValueError("--grid_sizes needs --grid_tokens")
+        runs = sweeps.grid_plan(_floats(args.grid_sizes, "--grid_sizes"), tokens, tokens_per_step)
+    sweeps.write_plan(args.out, args.config, runs, overrides)
+    for run in runs:
+        print(f"{run['name']:28s} {run['n_layer']:3d} x {run['d_model']:5d}  N {run['N']:9.3g}  "
+              f"D {run['D']:9.3g}  C {run['C']:9.3g}  {run['steps']} steps")
+    print(f"{len(runs)} runs -> {args.out}")
+
+
+def cmd_run(args, overrides):
+    from lmjax.scaling import sweeps
+
+    plan = sweeps.read_plan(args.plan)
+    if args.emit:
+        print("\n".join(sweeps.launch_commands(plan, args.workdir)))
+        return
+    rows = sweeps.run_sweep(plan, args.workdir)
+    print(f"{len(rows)}/{len(plan['runs'])} runs done -> {args.workdir}/runs.csv")
 
 
 def read_columns(path: str, names: dict[str, str]) -> dict[str, np.ndarray]:

@@ -1,0 +1,187 @@
+"""Scaling sweeps: plan runs from a base config, run them with resume, collect a CSV.
+
+Plans (JSON files, one entry per run with its config overrides):
+- `grid_plan`: every model size x every token budget;
+- `isoflop_plan`: at each compute budget C, several sizes N with D = C / (6 N) tokens
+  (Chinchilla approach 2).
+
+Shape rule (`shape_for`): for a target of block parameters N = 12 n_layer d_model^2, the
+depth n_layer = round((N / (12 * 64^2))^(1/3)) (at least 2), i.e. an aspect ratio
+d_model / n_layer of about 64 (GPT-2 small and nanoGPT's shakespeare model have 64), then
+d_model the multiple of the head dimension (64, or 32 below 256 wide) closest to
+sqrt(N / (12 n_layer)); heads = d_model / head dimension.
+
+`run_sweep` trains the runs one after another in DIR/<run name>: a run whose result file
+exists is skipped, an interrupted one resumes from its checkpoint (lmjax train resumes by
+itself); each finished run's N, D, C, final and best val loss, bits per byte and wall time
+go to DIR/runs.csv, rewritten atomically after every run.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shlex
+import time
+from typing import Callable
+
+ASPECT = 64  # d_model / n_layer of the shape rule
+SWEEP_COLUMNS = ("name", "N", "D", "C", "n_layer", "d_model", "n_head", "steps", "final_val_loss",
+                 "best_val_loss", "val_bpb", "wall_s")
+
+
+@dataclasses.dataclass
+class Shape:
+    n_layer: int
+    d_model: int
+    n_head: int
+
+    @property
+    def matmul_params(self) -> int:  # blocks only: 4 d^2 attention + 8 d^2 MLP per layer
+        return 12 * self.n_layer * self.d_model**2
+
+
+def shape_for(target_params: float) -> Shape:
+    """The transformer shape for a target of block parameters 12 n_layer d_model^2: depth
+    from an aspect ratio d_model / n_layer of 64, then the width that hits the target."""
+    if target_params < 12 * 2 * 32**2:
+        raise ValueError(f"target size {target_params:.3g} is below the smallest shape (2 layers x 32 wide)")
+    n_layer = max(2, round((target_params / (12 * ASPECT**2)) ** (1 / 3)))
+    exact = math.sqrt(target_params / (12 * n_layer))
+    head = 64 if exact >= 256 else 32
+    d_model = max(head, head * round(exact / head))
+    return Shape(n_layer, d_model, d_model // head)
+
+
+def _run(name: str, shape: Shape, tokens: float, tokens_per_step: int) -> dict:
+    steps = max(1, round(tokens / tokens_per_step))
+    D = steps * tokens_per_step
+    return {"name": name, "n_layer": shape.n_layer, "d_model": shape.d_model, "n_head": shape.n_head,
+            "steps": steps, "N": shape.matmul_params, "D": D, "C": 6 * shape.matmul_params * D,
+            "overrides": {"model.n_layer": shape.n_layer, "model.d_model": shape.d_model,
+                          "model.n_head": shape.n_head, "train.steps": steps}}
+
+
+def grid_plan(sizes, token_budgets, tokens_per_step: int) -> list[dict]:
+    runs = []
+    for size in sizes:
+        shape = shape_for(size)
+        for tokens in token_budgets:
+            runs.append(_run(f"L{shape.n_layer}_d{shape.d_model}_D{tokens:.2g}", shape, tokens, tokens_per_step))
+    return runs
+
+
+def isoflop_plan(budgets, sizes_per_budget: int, tokens_per_step: int, *, spread: float = 4.0,
+                 tokens_per_param: float = 20.0) -> list[dict]:
+    """Per compute budget, `sizes_per_budget` sizes log-spaced over a factor `spread`
+    around the size that would see `tokens_per_param` tokens per parameter."""
+    if sizes_per_budget < 3:
+        raise ValueError(f"an IsoFLOP profile needs at least 3 sizes per budget, got {sizes_per_budget}")
+    runs = []
+    for C in budgets:
+        center = math.sqrt(C / (6 * tokens_per_param))
+        for i in range(sizes_per_budget):
+            target = center * spread ** (i / (sizes_per_budget - 1) - 0.5)
+            shape = shape_for(target)
+            runs.append(_run(f"C{C:.2g}_L{shape.n_layer}_d{shape.d_model}", shape,
+                             C / (6 * shape.matmul_params), tokens_per_step))
+    return runs
+
+
+def write_plan(path: str, base_config: str, runs: list[dict], overrides=()) -> None:
+    _atomic_write(path, json.dumps({"config": base_config, "overrides": list(overrides), "runs": runs}, indent=2))
+
+
+def read_plan(path: str) -> dict:
+    with open(path) as f:
+        plan = json.load(f)
+    missing = {"config", "runs"} - set(plan)
+    if missing:
+        raise ValueError(f"{path}: not a sweep plan (missing {sorted(missing)})")
+    return plan
+
+
+def launch_commands(plan: dict, workdir: str) -> list[str]:
+    """One `lmjax train` command per run, for a cluster scheduler."""
+    out = []
+    for run in plan["runs"]:
+        args = ["lmjax", "train", "--config", plan["config"], "--workdir", os.path.join(workdir, run["name"])]
+        args += [f"--config.{o}" for o in plan.get("overrides", [])]
+        args += [f"--config.{k}={v}" for k, v in run["overrides"].items()]
+        out.append(shlex.join(args))
+    return out
+
+
+def run_sweep(plan: dict, workdir: str, *, say: Callable[[str], None] = print, train_fn=None) -> list[dict]:
+    """Train every run not finished yet; returns the rows of DIR/runs.csv."""
+    from lmjax.config import load_config
+
+    if train_fn is None:
+        from lmjax.train.loop import train as train_fn
+    rows, spent, flops_done = [], 0.0, 0.0
+    todo = [r for r in plan["runs"] if not os.path.exists(_result_path(workdir, r))]
+    flops_todo = sum(r["C"] for r in todo)
+    for i, run in enumerate(plan["runs"]):
+        result_path = _result_path(workdir, run)
+        if os.path.exists(result_path):
+            with open(result_path) as f:
+                rows.append(json.load(f))
+            continue
+        eta = f", sweep ETA {spent / flops_done * (flops_todo - flops_done) / 60:.1f} min" if flops_done else ""
+        say(f"[{i + 1}/{len(plan['runs'])}] {run['name']}: N {run['N']:.3g}, D {run['D']:.3g}{eta}")
+        overrides = list(plan.get("overrides", [])) + [f"{k}={v}" for k, v in run["overrides"].items()]
+        config = load_config(plan["config"], overrides)
+        t0 = time.perf_counter()
+        summary = train_fn(config, os.path.join(workdir, run["name"]), progress=False, quiet=True)
+        wall = time.perf_counter() - t0
+        if not summary.get("finished", True):
+            say(f"  {run['name']} stopped at step {summary.get('end_step')} (preempted): rerun to resume")
+            break
+        row = _row(run, summary, os.path.join(workdir, run["name"]), wall)
+        _atomic_write(result_path, json.dumps(row))
+        rows.append(row)
+        spent, flops_done = spent + wall, flops_done + run["C"]
+        say(f"  val loss {row['final_val_loss']:.4f} (best {row['best_val_loss']:.4f}), {wall:.0f} s")
+        write_csv(os.path.join(workdir, "runs.csv"), rows)
+    write_csv(os.path.join(workdir, "runs.csv"), rows)
+    return rows
+
+
+def _result_path(workdir: str, run: dict) -> str:
+    return os.path.join(workdir, run["name"], "sweep_result.json")
+
+
+def _row(run: dict, summary: dict, run_dir: str, wall: float) -> dict:
+    val = [json.loads(line).get("val_loss") for line in _lines(os.path.join(run_dir, "metrics.jsonl"))]
+    val = [v for v in val if v is not None]
+    final = summary.get("val_loss", val[-1] if val else float("nan"))
+    return {**{k: run[k] for k in ("name", "N", "D", "C", "n_layer", "d_model", "n_head", "steps")},
+            "final_val_loss": final, "best_val_loss": min(val + [final]), "val_bpb": summary.get("val_bpb"),
+            "wall_s": wall}
+
+
+def _lines(path: str) -> list[str]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line for line in f if line.strip()]
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
