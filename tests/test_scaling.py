@@ -150,3 +150,23 @@ def test_sweep_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_pat
         table = list(csv.DictReader(f))
     assert [r["name"] for r in table] == [r["name"] for r in runs]
     assert all(float(r["final_val_loss"]) > 0 and float(r["best_val_loss"]) <= float(r["final_val_loss"]) for r in table)
+
+
+def test_isoflop_plan_and_launch_commands():
+    from lmjax.scaling import sweeps
+
+    runs = sweeps.isoflop_plan([3e12, 1e14], 4, tokens_per_step=2048)
+    for budget in (3e12, 1e14):
+        members = [r for r in runs if r["name"].startswith(f"C{budget:.2g}_")]
+        shapes = {(r["n_layer"], r["d_model"]) for r in members}
+        assert len(shapes) == len(members) >= 3  # distinct sizes around the optimum
+        for r in members:  # compute within one step's rounding of the budget
+            assert abs(r["C"] / budget - 1) < 6 * r["N"] * 2048 / budget + 1e-9
+            assert r["d_model"] % r["n_head"] == 0 and r["n_layer"] >= 2
+    plan = {"config": "configs/x.py", "overrides": ["data.source=gs://b/c.txt"], "runs": runs[:1]}
+    (plain,) = sweeps.launch_commands(plan, "gs://b/sweep")
+    assert plain.startswith("lmjax train --config configs/x.py --workdir gs://b/sweep/" + runs[0]["name"])
+    assert "--config.data.source=gs://b/c.txt" in plain and f"--config.train.steps={runs[0]['steps']}" in plain
+    (pod,) = sweeps.launch_commands(plan, "gs://b/sweep", "python launch/tpu_pod.py run --name s --zone z")
+    assert pod.startswith("python launch/tpu_pod.py run --name s --zone z --workdir gs://b/sweep/")
+    assert " -- --config." in pod

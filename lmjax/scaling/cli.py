@@ -48,6 +48,8 @@ def add_parser(sub):
     r.add_argument("plan", help="a sweep.json from `lmjax scaling sweep`")
     r.add_argument("--workdir", required=True)
     r.add_argument("--emit", action="store_true", help="print one `lmjax train` command per run instead")
+    r.add_argument("--launcher", default="", help="with --emit: a launcher prefix, e.g. "
+                   "'python launch/tpu_pod.py run --name NAME --zone ZONE --accelerator-type TYPE'")
     c = ssub.add_parser("chinchilla", help="reproduce approach 3 on Epoch AI's extraction of Chinchilla's data")
     c.add_argument("--data", default="../shared/data/chinchilla_epoch/svg_extracted_data.csv")
     c.add_argument("--bootstrap", type=int, default=200)
@@ -93,7 +95,7 @@ def cmd_run(args, overrides):
 
     plan = sweeps.read_plan(args.plan)
     if args.emit:
-        print("\n".join(sweeps.launch_commands(plan, args.workdir)))
+        print("\n".join(sweeps.launch_commands(plan, args.workdir, args.launcher)))
         return
     rows = sweeps.run_sweep(plan, args.workdir)
     print(f"{len(rows)}/{len(plan['runs'])} runs done -> {args.workdir}/runs.csv")

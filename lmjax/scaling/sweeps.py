@@ -82,9 +82,14 @@ def isoflop_plan(budgets, sizes_per_budget: int, tokens_per_step: int, *, spread
     runs = []
     for C in budgets:
         center = math.sqrt(C / (6 * tokens_per_param))
+        shapes = []  # distinct shapes: at small sizes neighbouring targets can round to one
         for i in range(sizes_per_budget):
-            target = center * spread ** (i / (sizes_per_budget - 1) - 0.5)
-            shape = shape_for(target)
+            shape = shape_for(center * spread ** (i / (sizes_per_budget - 1) - 0.5))
+            if shape not in shapes:
+                shapes.append(shape)
+        if len(shapes) < 3:
+            raise ValueError(f"budget {C:.3g}: only {len(shapes)} distinct shapes; raise the budget or the spread")
+        for shape in shapes:
             runs.append(_run(f"C{C:.2g}_L{shape.n_layer}_d{shape.d_model}", shape,
                              C / (6 * shape.matmul_params), tokens_per_step))
     return runs
@@ -103,13 +108,19 @@ def read_plan(path: str) -> dict:
     return plan
 
 
-def launch_commands(plan: dict, workdir: str) -> list[str]:
-    """One `lmjax train` command per run, for a cluster scheduler."""
+def launch_commands(plan: dict, workdir: str, launcher: str = "") -> list[str]:
+    """One command per run: `lmjax train ...`, or with a `launcher` prefix (e.g.
+    "python launch/tpu_pod.py run --name sweep --zone us-west4-a --accelerator-type
+    v5litepod-16") `PREFIX --workdir DIR/RUN --config CONFIG -- OVERRIDES`."""
     out = []
     for run in plan["runs"]:
-        args = ["lmjax", "train", "--config", plan["config"], "--workdir", os.path.join(workdir, run["name"])]
-        args += [f"--config.{o}" for o in plan.get("overrides", [])]
-        args += [f"--config.{k}={v}" for k, v in run["overrides"].items()]
+        run_dir = workdir.rstrip("/") + "/" + run["name"]
+        overrides = [f"--config.{o}" for o in plan.get("overrides", [])]
+        overrides += [f"--config.{k}={v}" for k, v in run["overrides"].items()]
+        if launcher:
+            args = shlex.split(launcher) + ["--workdir", run_dir, "--config", plan["config"], "--", *overrides]
+        else:
+            args = ["lmjax", "train", "--config", plan["config"], "--workdir", run_dir, *overrides]
         out.append(shlex.join(args))
     return out
 
