@@ -215,6 +215,12 @@ def test_cli_import_sample_export(hf_models, tmp_path, capsys):
     directory, hf = hf_models["gpt2"]
     workdir = tmp_path / "imported"
     assert main(["convert", "--from-hf", directory, "--workdir", str(workdir)]) == 0
+    from lmjax.config import load_config
+    from lmjax.train.checkpoint import Checkpointer
+    from lmjax.train.loop import config_json
+
+    with Checkpointer(str(workdir / "checkpoints")) as ckpt:  # the config file to fine-tune with is the checkpoint's
+        assert config_json(load_config(str(workdir / "config.py"))) == ckpt.restore_meta()[0]
     assert main(["sample", "--workdir", str(workdir), "--prompt", "the quick", "--max_new_tokens", "8",
                  "--temperature", "0"]) == 0
     printed = capsys.readouterr().out

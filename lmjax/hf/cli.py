@@ -4,13 +4,14 @@
     lmjax convert --workdir DIR --to-hf OUT [--step N] [--dtype ...] [--max_shard_size 5GB]
 
 Import writes a step-0 checkpoint (parameters, zero optimizer state, the config and the
-tokenizer) into OUT, so `lmjax sample --workdir OUT`, `lmjax eval` and fine-tuning with
-`lmjax train` work on it unchanged. The whole checkpoint is written under a temporary name
+tokenizer) into OUT, and OUT/config.py, so `lmjax sample --workdir OUT`, `lmjax eval` and
+fine-tuning with `lmjax train --config OUT/config.py --workdir OUT` work on it unchanged. The whole checkpoint is written under a temporary name
 and renamed into place at the end; everything is checked before anything is written.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -51,7 +52,7 @@ def run(args, overrides=()) -> None:
                             max_shard_bytes=_bytes(args.max_shard_size))
 
 
-def workdir_config(cfg, tokenizer_kind: str = "byte"):
+def workdir_config(cfg):
     """A full, validated lmjax config whose model section is `cfg` (the rest: defaults)."""
     from lmjax.config import default_config, validate
 
@@ -63,6 +64,34 @@ def workdir_config(cfg, tokenizer_kind: str = "byte"):
     # (here: the imported one) always takes precedence, so the default stays.
     validate(config)
     return config
+
+
+CONFIG_FILE = "config.py"
+
+
+def _config_file(config: dict, hf_dir: str, workdir: str) -> str:
+    """A config file (configs/*.py style) that reproduces the imported checkpoint's config,
+    so that fine-tuning is `lmjax train --config WORKDIR/config.py --workdir WORKDIR ...`."""
+    body = json.dumps(config, indent=2, sort_keys=True)  # inside r"""...""": no escaping needed
+    return f'''"""The config of the model `lmjax convert` imported from {hf_dir}.
+
+Fine-tune it (the checkpoint's tokenizer is used, whatever data.tokenizer says):
+
+    lmjax train --config {workdir}/config.py --workdir {workdir} \\
+        --config.data.source=PATH --config.train.steps=N --config.optimizer.lr=3e-5
+"""
+import json
+
+import ml_collections
+
+CONFIG = json.loads(r"""
+{body}
+""")
+
+
+def get_config(arg=None):
+    return ml_collections.ConfigDict(CONFIG)
+'''
 
 
 def import_to_workdir(hf_dir: str, workdir: str, *, dtype: str = "float32", scan_layers: bool = False) -> str:
@@ -106,10 +135,13 @@ def import_to_workdir(hf_dir: str, workdir: str, *, dtype: str = "float32", scan
 
     os.makedirs(os.path.dirname(workdir), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.convert-", dir=os.path.dirname(workdir))
+    config_file = os.path.join(workdir, CONFIG_FILE)
     try:
         with Checkpointer(os.path.join(tmp, "checkpoints"), async_save=False) as ckpt_out:
             ckpt_out.save(0, state, config=config_json(config), tokenizer=tokenizer.to_json(), force=True)
             ckpt_out.wait()
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+            f.write(_config_file(config_json(config), hf_dir, workdir))
         if not os.path.isdir(workdir):
             os.chmod(tmp, 0o755)
             os.rename(tmp, workdir)
@@ -117,6 +149,8 @@ def import_to_workdir(hf_dir: str, workdir: str, *, dtype: str = "float32", scan
             if os.path.isdir(target):
                 os.rmdir(target)  # empty (checked above)
             os.rename(os.path.join(tmp, "checkpoints"), target)
+            if not os.path.exists(config_file):
+                os.rename(os.path.join(tmp, CONFIG_FILE), config_file)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     arch = (hf.get("architectures") or [hf.get("model_type")])[0]
