@@ -1,0 +1,138 @@
+"""Ablations: replace parts of the model's computation and measure the metric before/after.
+
+What can be ablated (each through its hook point, so it works for every mixer):
+heads (`attn.hook_z`, per head), neurons (`mlp.hook_post`, per unit), MLPs
+(`hook_mlp_out`), mixers (`hook_attn_out` / `hook_mixer_out`), and whole layers (the
+mixer's and the MLP's writes together). How:
+
+- zero: the activation becomes 0 (simple, but may push the model off-distribution);
+- mean: its mean over a reference batch, over rows and positions (the "typical" value);
+- resample: the activation of a random reference row at the same position (keeps the
+  distribution, removes the information; the reference needs the same length).
+
+`head_ablation_effects` runs every single-head ablation in one vmapped call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmjax.interp import weights
+from lmjax.interp.metrics import as_metric, run_metric
+
+METHODS = ("zero", "mean", "resample")
+
+
+@dataclasses.dataclass
+class Ablation:
+    before: float
+    after: float
+    method: str
+    what: dict
+
+    @property
+    def change(self) -> float:
+        return self.after - self.before
+
+
+def _mask_replace(x, payload):
+    """Units where mask = 1 take the replacement value."""
+    replacement, mask = payload
+    return jnp.where(mask > 0, replacement.astype(x.dtype), x)
+
+
+def _targets(model, heads=(), neurons=(), mlps=(), mixers=(), layers=()):
+    """{hook name: unit mask over the activation's last axes} for the ablation request."""
+    cfg = model.cfg
+    out = {}
+
+    def need(layer, suffix):
+        name = weights.layer_point(model, layer, suffix)
+        if name is None:
+            raise ValueError(f"layer {layer} has no {suffix} to ablate")
+        return name
+
+    for l, h in heads:
+        name = need(l, "attn.hook_z")
+        out.setdefault(name, np.zeros((cfg.n_head, 1), np.float32))[h] = 1
+    for l, i in neurons:
+        name = need(l, "mlp.hook_post")
+        out.setdefault(name, np.zeros(cfg.mlp_dim, np.float32))[i] = 1
+    for l in list(mlps) + [l for l in layers if weights.layer_point(model, l, "hook_mlp_out")]:
+        out[need(l, "hook_mlp_out")] = np.ones(1, np.float32)
+    for l in list(mixers) + list(layers):
+        name = weights.mixer_out(model, l)
+        if name is None:
+            raise ValueError(f"layer {l} has no mixer output to ablate")
+        out[name] = np.ones(1, np.float32)
+    return out
+
+
+def _replacements(model, params, names, tokens, method, reference, key):
+    """{name: value broadcastable to the activation} for zero / mean / resample."""
+    if method == "zero":
+        return {n: jnp.zeros(()) for n in names}
+    if reference is None:
+        raise ValueError(f"{method} ablation needs reference tokens")
+    _, cache = model.run_with_cache(params, jnp.asarray(reference), list(names))
+    if method == "mean":
+        return {n: cache[n].mean(axis=(0, 1), keepdims=True) for n in names}
+    b = tokens.shape[0]
+    rows = jax.random.randint(key, (b,), 0, reference.shape[0])
+    if reference.shape[1] != tokens.shape[1]:
+        raise ValueError("resample ablation needs reference rows as long as the tokens")
+    return {n: cache[n][rows] for n in names}
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _run(model, params, tokens, metric, interventions):
+    return run_metric(model, params, tokens, metric), run_metric(model, params, tokens, metric, {
+        n: (_mask_replace, payload) for n, payload in interventions.items()})
+
+
+def ablate(model, params, tokens, metric, *, heads=(), neurons=(), mlps=(), mixers=(), layers=(),
+           method: str = "zero", reference=None, seed: int = 0) -> Ablation:
+    """The metric before and after ablating the given units together.
+
+    heads: [(layer, head)]; neurons: [(layer, index)]; mlps / mixers / layers: [layer].
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    tokens = jnp.asarray(tokens)
+    masks = _targets(model, heads, neurons, mlps, mixers, layers)
+    values = _replacements(model, params, masks, tokens, method, reference, jax.random.key(seed))
+    interventions = {n: (values[n], jnp.asarray(m)) for n, m in masks.items()}
+    before, after = _run(model, params, tokens, as_metric(metric), interventions)
+    what = dict(heads=list(heads), neurons=list(neurons), mlps=list(mlps), mixers=list(mixers), layers=list(layers))
+    return Ablation(float(before), float(after), method, what)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "layers"))
+def _head_effects(model, params, tokens, metric, layers):
+    n_head = model.cfg.n_head
+
+    def one(layer_onehot, head_onehot):
+        interventions = {
+            f"blocks.{l}.attn.hook_z": (_mask_replace, (jnp.zeros(()), (layer_onehot[i] * head_onehot)[:, None]))
+            for i, l in enumerate(layers)
+        }
+        return run_metric(model, params, tokens, metric, interventions)
+
+    eye_l, eye_h = jnp.eye(len(layers)), jnp.eye(n_head)
+    cells_l = jnp.repeat(eye_l, n_head, axis=0)
+    cells_h = jnp.tile(eye_h, (len(layers), 1))
+    after = jax.lax.map(lambda c: one(*c), (cells_l, cells_h), batch_size=min(16, cells_l.shape[0]))
+    return run_metric(model, params, tokens, metric), after.reshape(len(layers), n_head)
+
+
+def head_ablation_effects(model, params, tokens, metric) -> tuple[float, dict[int, np.ndarray]]:
+    """(metric before, {layer: [head] metric after zero-ablating that head alone}), one call."""
+    layers = tuple(l for l in range(model.cfg.n_layer) if weights.layer_point(model, l, "attn.hook_z"))
+    if not layers:
+        return float("nan"), {}
+    before, after = _head_effects(model, params, jnp.asarray(tokens), as_metric(metric), layers)
+    return float(before), {l: np.asarray(after[i]) for i, l in enumerate(layers)}

@@ -1,0 +1,48 @@
+"""`lmjax explain`: the command-line glue (lmjax/cli.py registers it).
+
+    lmjax explain --workdir DIR --prompt "..." [--target T --contrast C --corrupt "..."] --out report.html
+"""
+from __future__ import annotations
+
+import os
+
+
+def add_parser(sub):
+    x = sub.add_parser("explain", help="why did the model pick this token? (a self-contained HTML report)")
+    x.add_argument("--workdir", required=True, help="a training workdir (its latest checkpoint is explained)")
+    x.add_argument("--prompt", required=True, help="the text whose next token is explained")
+    x.add_argument("--target", help="the token to explain (its first token if several; default: the top prediction)")
+    x.add_argument("--contrast", help="the alternative it is compared with (default: the next most likely token)")
+    x.add_argument("--corrupt", help="a corrupted prompt of the same token length: adds activation patching")
+    x.add_argument("--out", default="report.html", help="the HTML file to write")
+    x.add_argument("--top_k", type=int, default=10, help="alternatives listed")
+    return x
+
+
+def load(workdir: str, overrides=()):
+    """(model, params, tokenizer) of a workdir's latest checkpoint."""
+    from lmjax.config import config_from_dict, set_field
+    from lmjax.train.checkpoint import Checkpointer
+    from lmjax.train.loop import setup
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    if ckpt.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (lmjax train --workdir {workdir})")
+    config = config_from_dict(ckpt.restore_meta()[0])
+    ckpt.close()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        set_field(config, key, value)
+    run = setup(config, workdir, with_data=False)
+    return run.model, run.state["params"], run.tokenizer
+
+
+def cmd_explain(args, overrides=()):
+    from lmjax.interp.report import write_report
+
+    model, params, tokenizer = load(args.workdir, overrides)
+    ex = write_report(args.out, model, params, tokenizer, args.prompt, target=args.target, contrast=args.contrast,
+                      corrupt=args.corrupt, top_k=args.top_k)
+    for line in ex.summary:
+        print(line)
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e3:.0f} kB, {ex.seconds:.1f} s)")

@@ -1,0 +1,142 @@
+"""Attention-head detectors with TransformerLens's definitions (see DESIGN.md).
+
+A detection mask D marks where a head of a given kind should attend; a head's score is the
+share of its attention mass that falls on D ("mul": sum(A * D) / sum(A) over the lower
+triangle), averaged over the batch:
+
+- previous-token: D[i, i-1] = 1;
+- duplicate-token: D[i, j] = 1 when tok_i = tok_j, j < i;
+- induction: the duplicate mask shifted one column right, D[i, j] = 1 when tok_i = tok_{j-1}
+  (attend to the token *after* an earlier copy of the current one).
+
+`induction_score` is the standard probe on [BOS] + r + r, r uniformly random of length n:
+the mean over batch and second-half queries q of pattern[q, q - n + 1]. Patterns come from
+`hook_pattern`, or for a Mamba layer from its implicit attention (lmjax.interp.ssm), so
+the same tables rank every kind of mixer.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmjax.interp import weights
+
+KINDS = ("previous_token", "duplicate_token", "induction")
+
+
+def previous_token_mask(t: int) -> np.ndarray:
+    return np.eye(t, k=-1, dtype=np.float32)
+
+
+def duplicate_token_mask(tokens) -> np.ndarray:
+    """[..., t, t]: 1 where the query's token occurred earlier at the key (strictly below the diagonal)."""
+    tokens = np.asarray(tokens)
+    same = tokens[..., :, None] == tokens[..., None, :]
+    return np.tril(same, k=-1).astype(np.float32)
+
+
+def induction_mask(tokens) -> np.ndarray:
+    """[..., t, t]: the duplicate mask shifted one key to the right (keys 1.., within the causal triangle)."""
+    dup = duplicate_token_mask(tokens)
+    out = np.zeros_like(dup)
+    out[..., :, 1:] = dup[..., :, :-1]
+    return np.tril(out)
+
+
+def detection_score(pattern, mask, exclude_bos: bool = False, exclude_current: bool = False):
+    """sum(A * D) / sum(A) over the lower triangle; pattern [..., q, k], mask broadcastable.
+
+    Leading axes other than the last two are kept except the first (batch), which is
+    averaged: pattern [b, head, q, k] -> [head]. `exclude_bos` drops attention to key 0,
+    `exclude_current` the diagonal, before both sums.
+    """
+    a = jnp.tril(jnp.asarray(pattern, jnp.float32))
+    if exclude_bos:
+        a = a.at[..., 0].set(0.0)
+    if exclude_current:
+        a = a * (1.0 - jnp.eye(a.shape[-1], dtype=a.dtype))
+    d = jnp.asarray(mask, jnp.float32)
+    score = (a * d).sum((-2, -1)) / a.sum((-2, -1))
+    return score.mean(0)
+
+
+def patterns(model, params, tokens, layers=None) -> dict[int, jax.Array]:
+    """{layer: pattern [b, head, q, k]} for attention layers (and Mamba layers' implicit
+    attention, averaged over channels, when lmjax.interp.ssm supports the model)."""
+    from lmjax.interp import ssm  # late: ssm depends on the mixer being present
+
+    layers = range(model.cfg.n_layer) if layers is None else layers
+    att = tuple(l for l in layers if weights.is_attention(model, l))
+    out = dict(_patterns(model, params, jnp.asarray(tokens), att)) if att else {}
+    out.update(ssm.implicit_patterns(model, params, tokens, [l for l in layers if l not in att]))
+    return dict(sorted(out.items()))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "layers"))
+def _patterns(model, params, tokens, layers):
+    names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
+    _, cache = model.run_with_cache(params, tokens, names)
+    return {l: cache[n] for l, n in zip(layers, names)}
+
+
+def head_scores(model, params, tokens, exclude_bos: bool = False, exclude_current: bool = False) -> dict:
+    """{kind: {layer: [head] scores}} on `tokens` [b, t] for the three detectors."""
+    tokens = np.asarray(tokens)
+    masks = {
+        "previous_token": previous_token_mask(tokens.shape[1])[None, None],
+        "duplicate_token": duplicate_token_mask(tokens)[:, None],
+        "induction": induction_mask(tokens)[:, None],
+    }
+    out = {k: {} for k in KINDS}
+    for layer, pattern in patterns(model, params, tokens).items():
+        for kind in KINDS:
+            out[kind][layer] = np.asarray(detection_score(pattern, masks[kind], exclude_bos, exclude_current))
+    return out
+
+
+def repeated_tokens(vocab_size: int, n: int, batch: int, bos: int | None, seed: int = 0, low: int = 0):
+    """[BOS] + r + r with r uniform in [low, vocab_size) (BOS and specials excluded by `low`/`vocab_size`)."""
+    r = np.random.RandomState(seed).randint(low, vocab_size, (batch, n))
+    rows = np.concatenate([r, r], axis=1)
+    if bos is not None:
+        rows = np.concatenate([np.full((batch, 1), bos), rows], axis=1)
+    return rows.astype(np.int32)
+
+
+def induction_stripe(pattern, n: int, offset: int = 1):
+    """Mean over batch and second-half queries of pattern[q, q - n + 1] -> [head].
+    `offset` is 1 with a BOS in front of r + r, else 0."""
+    pattern = jnp.asarray(pattern)
+    q = np.arange(offset + n, offset + 2 * n)
+    return pattern[..., q, q - n + 1].mean(-1).mean(0)
+
+
+def induction_score(model, params, n: int = 20, batch: int = 8, bos: int | None = None, seed: int = 0,
+                    vocab_range: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
+    """{layer: [head]} induction scores on [BOS] + r + r (the DESIGN.md definition)."""
+    low, high = vocab_range or (0, model.cfg.vocab_size)
+    tokens = repeated_tokens(high, n, batch, bos, seed, low)
+    return {l: np.asarray(induction_stripe(p, n, int(bos is not None)))
+            for l, p in patterns(model, params, tokens).items()}
+
+
+def ranked(scores: dict[int, np.ndarray], top: int | None = None) -> list[tuple[str, float]]:
+    """[("L1H3", score), ...] from {layer: [head]}, highest first."""
+    rows = [(f"L{l}H{h}", float(v)) for l, s in scores.items() for h, v in enumerate(np.asarray(s))]
+    return sorted(rows, key=lambda r: -r[1])[:top]
+
+
+def table(all_scores: dict[str, dict[int, np.ndarray]], top: int = 10) -> list[dict]:
+    """Rows {head, previous_token, duplicate_token, induction, best} ranked by the best score."""
+    heads = {}
+    for kind, scores in all_scores.items():
+        for l, s in scores.items():
+            for h, v in enumerate(np.asarray(s)):
+                heads.setdefault((l, h), {"head": f"L{l}H{h}"})[kind] = float(v)
+    rows = list(heads.values())
+    for r in rows:
+        r["best"] = max((k for k in r if k != "head"), key=lambda k: r[k])
+    return sorted(rows, key=lambda r: -r[r["best"]])[:top]

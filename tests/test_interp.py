@@ -1,0 +1,305 @@
+"""lmjax.interp: the identities of the analyses (DLA sums, lens at the last layer, patching
+with either cache), head detectors on hand-built patterns, probes with a planted
+direction, and the whole toolkit on a small model trained to form induction heads.
+
+Tiny models keep compiling cheap: a 3-layer GPT-2-style model with O(1)-scale random
+parameters (see _model_fixtures.py) for the identities, and a 2-layer attention-only model
+(its MLPs frozen at zero: lmjax has no attention-only switch, and a zero MLP writes
+exactly nothing) trained for a few seconds for the circuit tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmjax.interp import ablation, attribution, dla, heads, lens, neurons, patching, probes
+from lmjax.interp.metrics import LogitDiff, NextTokenLoss
+from lmjax.model import ModelConfig, Transformer
+
+from _model_fixtures import GPT2, LLAMA, random_params, random_tokens
+
+BASE = dict(vocab_size=37, n_layer=3, d_model=32, n_head=4, d_mlp=48, max_len=16)
+B, T = 3, 7
+
+
+@functools.lru_cache(maxsize=None)
+def small(kind="gpt2"):
+    cfg = ModelConfig(**BASE, **(GPT2 if kind == "gpt2" else LLAMA))
+    return Transformer(cfg), random_params(cfg)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_dla_components_sum_to_the_logit_difference(kind):
+    model, params = small(kind)
+    tokens = random_tokens(model.cfg, B, T)
+    target, contrast = jnp.array([1, 2, 3]), jnp.array([4, 5, 6])
+    out = dla.direct_logit_attribution(model, params, tokens, target, contrast)
+    np.testing.assert_allclose(out.total, out.logit_diff, atol=1e-4)
+    n_components = 1 + (kind == "gpt2") + BASE["n_layer"] * (BASE["n_head"] + (kind == "gpt2") + 1)
+    assert len(out.labels) == out.values.shape[0] == n_components  # embed, (pos), heads, (attn bias), mlp
+    # single target, another position: still exact
+    one = dla.direct_logit_attribution(model, params, tokens, 5, position=2)
+    logits = np.asarray(model.apply({"params": params}, tokens))
+    np.testing.assert_allclose(one.total, logits[:, 2, 5], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_logit_lens_at_the_last_layer_is_the_model(kind):
+    model, params = small(kind)
+    tokens = random_tokens(model.cfg, B, T)
+    lensed, logits = lens.lens_logits(model, params, tokens)
+    assert lensed.shape == (BASE["n_layer"] + 1, B, T, BASE["vocab_size"])
+    np.testing.assert_allclose(lensed[-1], logits, atol=2e-5)
+    out = lens.logit_lens(model, params, tokens)
+    assert (out.target_rank[-1] == 0).all()  # the default target is the model's own top-1
+    np.testing.assert_allclose(out.top_probs[-1, ..., 0], out.target_prob[-1], rtol=1e-6)
+
+
+def test_patching_layer0_with_either_cache():
+    model, params = small()
+    clean, corrupt = random_tokens(model.cfg, B, T, 0), random_tokens(model.cfg, B, T, 1)
+    metric = LogitDiff(jnp.array([1, 2, 3]), jnp.array([4, 5, 6]))
+    name = "blocks.0.hook_resid_pre"
+    _, c_clean = model.run_with_cache(params, clean, [name])
+    _, c_corrupt = model.run_with_cache(params, corrupt, [name])
+    m_clean = patching.metric_value(model, params, clean, metric)
+    m_corrupt = patching.metric_value(model, params, corrupt, metric)
+    assert patching.patch(model, params, clean, {name: c_corrupt[name]}, metric) == m_corrupt
+    assert patching.patch(model, params, clean, {name: c_clean[name]}, metric) == m_clean
+    # the heatmap (one compiled call): per-position cells of layer 0 restore nothing... and
+    # a whole-layer cell of resid_pre restores everything, in both directions
+    heat = patching.activation_patching(model, params, clean, corrupt, metric, "resid_pre", per="layer")
+    np.testing.assert_allclose(heat.values, 1.0, atol=1e-4)
+    noised = patching.activation_patching(model, params, clean, corrupt, metric, "resid_pre", per="layer",
+                                          denoise=False)
+    np.testing.assert_allclose(noised.values, 0.0, atol=1e-4)
+    assert heat.clean == pytest.approx(m_clean, abs=1e-5) and heat.corrupt == pytest.approx(m_corrupt, abs=1e-5)
+
+
+def test_heatmap_cells_match_single_patches():
+    """Cells of the vmapped heatmap equal separate patched runs, for positions and heads."""
+    model, params = small()
+    clean, corrupt = random_tokens(model.cfg, B, T, 0), random_tokens(model.cfg, B, T, 1)
+    metric = LogitDiff(jnp.array([1, 2, 3]), jnp.array([4, 5, 6]))
+    heat = patching.activation_patching(model, params, clean, corrupt, metric, "resid_pre", normalize=False)
+    z = patching.activation_patching(model, params, clean, corrupt, metric, "z", per="head", normalize=False)
+    assert heat.values.shape == (3, T) and z.values.shape == (3, 4)
+    names = ["blocks.1.hook_resid_pre", "blocks.2.attn.hook_z"]
+    _, cc = model.run_with_cache(params, clean, names)
+    _, cr = model.run_with_cache(params, corrupt, names)
+    assert patching.patch(model, params, corrupt, {names[0]: cc[names[0]]}, metric, positions=[4]) == \
+        pytest.approx(heat.values[1, 4], abs=1e-4)
+    head1 = cr[names[1]].at[:, :, 1].set(cc[names[1]][:, :, 1])
+    assert patching.patch(model, params, corrupt, {names[1]: head1}, metric) == pytest.approx(z.values[2, 1], abs=1e-4)
+
+
+def test_ablations_and_steering_run_on_every_unit_kind():
+    model, params = small()
+    tokens = random_tokens(model.cfg, B, T)
+    metric = NextTokenLoss(tokens)
+    zero = ablation.ablate(model, params, tokens, metric, heads=[(0, 1)], neurons=[(1, 3)], mlps=[2], layers=[0])
+    mean = ablation.ablate(model, params, tokens, metric, heads=[(1, 2)], method="mean", reference=tokens)
+    resample = ablation.ablate(model, params, tokens, metric, mixers=[1], method="resample",
+                               reference=random_tokens(model.cfg, 5, T, 3))
+    for a in (zero, mean, resample):
+        assert np.isfinite([a.before, a.after]).all() and a.after != a.before
+    before, effects = ablation.head_ablation_effects(model, params, tokens, metric)
+    one = ablation.ablate(model, params, tokens, metric, heads=[(2, 3)])
+    assert before == pytest.approx(one.before, abs=1e-5) and effects[2][3] == pytest.approx(one.after, abs=1e-5)
+    d = np.zeros(BASE["d_model"], np.float32)
+    d[0] = 1.0
+    np.testing.assert_allclose(neurons.steer(model, params, tokens, "blocks.1.hook_resid_pre", d, 0.0),
+                               model.run_with_hooks(params, tokens, {}), atol=1e-5)
+    pushed = neurons.steer(model, params, tokens, "blocks.1.hook_resid_pre", d, 50.0)
+    assert float(jnp.abs(pushed - model.run_with_hooks(params, tokens, {})).max()) > 0.1
+    top = neurons.top_activating(model, params, random_tokens(model.cfg, 40, T), "blocks.1.mlp.hook_post",
+                                 neuron=5, k=4, batch_size=16)
+    assert [e.value for e in top] == sorted([e.value for e in top], reverse=True)
+
+
+# ---------------------------------------------------------------- head detectors
+
+
+def test_detectors_match_the_formula_on_hand_built_patterns():
+    tokens = np.array([[0, 5, 6, 7, 5, 6, 7]])
+    t = tokens.shape[1]
+    prev = np.eye(t, k=-1)
+    prev[0, 0] = 1.0  # the first query can only attend to itself
+    uniform = np.tril(np.ones((t, t))) / np.arange(1, t + 1)[:, None]
+    mix = 0.5 * prev + 0.5 * uniform
+    patterns = jnp.asarray(np.stack([prev, uniform, mix])[None])  # [batch 1, 3 heads, q, k]
+
+    score = lambda mask: np.asarray(heads.detection_score(patterns, mask))  # noqa: E731
+    np.testing.assert_allclose(score(heads.previous_token_mask(t)), [6 / 7, (1 - 1 / 7 * 0 - 0) * 0 + sum(
+        1 / (i + 1) for i in range(1, t)) / 7, 0.5 * 6 / 7 + 0.5 * sum(1 / (i + 1) for i in range(1, t)) / 7], rtol=1e-6)
+    dup = heads.duplicate_token_mask(tokens)  # queries 4, 5, 6 repeat keys 1, 2, 3
+    assert dup[0].sum() == 3 and dup[0, 4, 1] == dup[0, 5, 2] == dup[0, 6, 3] == 1
+    ind = heads.induction_mask(tokens)
+    assert ind[0].sum() == 3 and ind[0, 4, 2] == ind[0, 5, 3] == ind[0, 6, 4] == 1
+    # uniform: each detected key of query q holds 1/(q+1) of that query's mass 1; 7 queries
+    np.testing.assert_allclose(score(dup[:, None])[1], (1 / 5 + 1 / 6 + 1 / 7) / 7, rtol=1e-6)
+    np.testing.assert_allclose(score(ind[:, None])[1], (1 / 5 + 1 / 6 + 1 / 7) / 7, rtol=1e-6)
+    np.testing.assert_allclose(score(ind[:, None])[0], 0.0)  # previous-token head: no induction
+    # exclude_bos / exclude_current drop that mass from both sums
+    only_bos = np.zeros((t, t))
+    only_bos[:, 0] = 0.5
+    only_bos[np.arange(t), np.arange(t)] += 0.5
+    only_bos[0, 0] = 1.0
+    p = jnp.asarray(only_bos[None, None])
+    assert float(heads.detection_score(p, np.eye(t), exclude_bos=True)[0]) == pytest.approx(1.0)
+    assert float(heads.detection_score(p, np.eye(t), exclude_current=True)[0]) == pytest.approx(0.0)
+    # induction stripe on [BOS] + r + r
+    n = 3
+    stripe = np.zeros((1, 1, 2 * n + 1, 2 * n + 1))
+    q = np.arange(n + 1, 2 * n + 1)
+    stripe[0, 0, q, q - n + 1] = 0.8
+    assert float(heads.induction_stripe(stripe, n)[0]) == pytest.approx(0.8)
+
+
+# ---------------------------------------------------------------- probes
+
+
+def test_probe_finds_a_planted_direction_and_the_control_stays_at_chance():
+    rng = np.random.RandomState(0)
+    n, d = 600, 24
+    labels = rng.randint(0, 2, n)
+    direction = rng.standard_normal(d)
+    layers = np.stack([rng.standard_normal((n, d)) + s * np.outer(2 * labels - 1, direction) for s in (0.0, 0.5)])
+    result = probes.train_probes(layers, labels, names=["noise", "planted"])
+    assert result.test_acc[1] > 0.97 and result.train_acc[1] > 0.97
+    assert abs(result.test_acc[0] - 0.5) < 0.1  # nothing planted: chance
+    assert abs(result.control_acc[1] - 0.5) < 0.1  # shuffled labels: chance
+    assert 0.4 < result.chance < 0.6
+
+
+def test_conllu_words_align_to_first_and_last_subtokens():
+    from lmjax.data.tokenizers import ByteTokenizer
+
+    path = "/work/shared/data/ud_english_ewt/en_ewt-ud-dev.conllu"
+    import os
+
+    if not os.path.exists(path):
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ud_english_ewt",
+                            "en_ewt-ud-dev.conllu")
+    if not os.path.exists(path):
+        pytest.skip("UD English EWT not found under shared/data")
+    sentences = probes.read_conllu(path, max_sentences=20)
+    assert len(sentences) == 20 and sentences[0].words[:3] == ["From", "the", "AP"]
+    assert sentences[0].upos[:3] == ["ADP", "DET", "PROPN"]
+    tok = ByteTokenizer()
+    s = sentences[1]
+    ids, first = probes.align_words(tok, s, "first")
+    _, last = probes.align_words(tok, s, "last")
+    assert ids[0] == tok.bos_id and (first >= 1).all()
+    text = s.text.encode()
+    for w, i, j in zip(s.words, first, last):  # byte tokens: position k (after BOS) is byte k-1
+        assert text[i - 1:j] == w.encode()
+
+
+# ---------------------------------------------------------------- circuits in a trained model
+
+# The induction model: 2 layers, 2 heads, attention only (MLP weights zero and frozen).
+# Data: in-context bigrams (Bietti et al. 2023): each row draws its own random map
+# f: token -> token and continues x_{t+1} = f(x_t) with probability 0.7 (else a fresh
+# random token), so a token's successor is predictable only from its earlier occurrence
+# in the same row: exactly the previous-token + induction circuit. (Repeating r + r with a
+# fixed length is solved by a positional layer-0 head instead; measured.) The circuit forms
+# between steps ~1000 and ~1250 with these settings (deterministic on CPU).
+IV, IN, ISTEPS = 24, 16, 1500
+
+
+def _induction_batches(steps, batch=64, keep=0.7, seed=0):
+    rng = np.random.RandomState(seed)
+    t = 2 * IN
+    f = rng.randint(0, IV, (steps, batch, IV))
+    fresh = rng.randint(0, IV, (steps, batch, t))
+    kept = rng.rand(steps, batch, t) < keep
+    rows = np.empty((steps, batch, t), np.int32)
+    rows[..., 0] = fresh[..., 0]
+    s, b = np.meshgrid(np.arange(steps), np.arange(batch), indexing="ij")
+    for i in range(1, t):
+        rows[..., i] = np.where(kept[..., i], f[s, b, rows[..., i - 1]], fresh[..., i])
+    return np.concatenate([np.full((steps, batch, 1), IV, np.int32), rows], axis=2)  # BOS = IV
+
+
+@pytest.fixture(scope="module")
+def induction_model():
+    import flax.linen as nn
+    import optax
+
+    cfg = ModelConfig(vocab_size=IV + 1, n_layer=2, d_model=64, n_head=2, d_mlp=4, max_len=2 * IN + 1)
+    model = Transformer(cfg)
+    params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    params = {k: {**v, "mlp": jax.tree.map(jnp.zeros_like, v["mlp"])} if k.startswith("blocks_") else v
+              for k, v in params.items()}
+    frozen = jax.tree_util.tree_map_with_path(lambda path, _: any(getattr(p, "key", "") == "mlp" for p in path), params)
+    opt = optax.multi_transform({False: optax.adamw(1e-2, b2=0.98, weight_decay=0.0), True: optax.set_to_zero()},
+                                frozen)
+
+    def step(carry, tokens):
+        p, s = carry
+        loss, g = jax.value_and_grad(lambda p: NextTokenLoss(tokens)(model.apply({"params": p}, tokens)).mean())(p)
+        u, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, u), s), loss
+
+    train = jax.jit(lambda carry, batches: jax.lax.scan(step, carry, batches))
+    carry = (params, opt.init(params))
+    batches = _induction_batches(ISTEPS)
+    for start in range(0, ISTEPS, 250):  # one compiled chunk of 250 steps
+        carry, losses = train(carry, jnp.asarray(batches[start:start + 250]))
+    return model, carry[0]
+
+
+def test_induction_circuit_detected_and_ablated(induction_model):
+    model, params = induction_model
+    induction = heads.induction_score(model, params, n=IN, batch=32, bos=IV, vocab_range=(0, IV), seed=1)
+    tokens = heads.repeated_tokens(IV, IN, 32, IV, seed=2)
+    scores = heads.head_scores(model, params, tokens)
+    h1 = int(np.argmax(induction[1]))
+    assert induction[1][h1] > 0.4 and induction[1][h1] > 4 * max(induction[0])  # a layer-1 induction head
+    assert scores["previous_token"][0].max() > 0.7  # a layer-0 previous-token head
+    assert heads.ranked(induction, top=1)[0][0] == f"L1H{h1}"
+    second = NextTokenLoss(jnp.asarray(tokens), IN + 1)  # predicting the repeated half
+    first = NextTokenLoss(jnp.asarray(tokens), 1, IN)  # predicting the first half (after the first token)
+    ablated = ablation.ablate(model, params, tokens, second, heads=[(1, h1)])
+    first_half = ablation.ablate(model, params, tokens, first, heads=[(1, h1)]).before
+    assert ablated.before < 0.5 * first_half  # the repeated half is predicted in context
+    # zero-ablating the induction head gives back a good part of the gap to the first half
+    assert ablated.after - ablated.before > 0.3 * (first_half - ablated.before)
+
+
+def test_attribution_patching_agrees_with_activation_patching(induction_model):
+    """Clean: [BOS] r r; corrupted: the first copy's token that the last position copies is
+    changed. Metric: correct next token minus the corrupted one at the last position."""
+    model, params = induction_model
+    clean = heads.repeated_tokens(IV, IN, 1, IV, seed=3)
+    corrupt = clean.copy()
+    q = 2 * IN - 3  # the query (last) position; its earlier copy is at q - IN, the successor at q - IN + 1
+    clean, corrupt = clean[:, :q + 1], corrupt[:, :q + 1]
+    answer = int(clean[0, q - IN + 1])
+    wrong = (answer + 1) % IV
+    corrupt[0, q - IN + 1] = wrong
+    metric = LogitDiff(jnp.asarray(answer), jnp.asarray(wrong))
+    exact = {p: patching.activation_patching(model, params, clean, corrupt, metric, p).values
+             for p in ("resid_pre", "attn_out")}
+    exact["z"] = patching.activation_patching(model, params, clean, corrupt, metric, "z", per="position").values
+    approx = attribution.attribution_patching(model, params, clean, corrupt, metric, points=("resid_pre", "attn_out", "z"))
+    assert approx["clean"] - approx["corrupt"] > 1.0  # the corruption matters
+    a = np.concatenate([approx[p].ravel() for p in exact])
+    e = np.concatenate([exact[p].ravel() for p in exact])
+    corr = np.corrcoef(a, e)[0, 1]
+    big = np.abs(e) > 0.1
+    print(f"attribution vs activation patching: Pearson r = {corr:.3f} over {a.size} cells; "
+          f"sign agreement on |effect| > 0.1: {np.mean(np.sign(a[big]) == np.sign(e[big])):.2f}")
+    from scipy.stats import spearmanr
+
+    rank = spearmanr(a[big], e[big]).statistic
+    print(f"  Spearman rank correlation over those {big.sum()} cells: {rank:.3f}")
+    assert corr > 0.8
+    assert np.mean(np.sign(a[big]) == np.sign(e[big])) > 0.9
+    assert rank > 0.7
