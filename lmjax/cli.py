@@ -1,4 +1,4 @@
-"""`lmjax train | eval | sample | convert`: the command line.
+"""`lmjax train | eval | sample | convert | explain`: the command line.
 
     lmjax train --config configs/quickstart.py --workdir runs/qs [--config.train.steps=100 ...]
                 [--coordinator HOST:PORT --num_processes N --process_id I]
@@ -66,6 +66,9 @@ def _parser():
     from lmjax.hf.cli import add_parser as add_convert_parser  # lmjax convert (Hugging Face in/out)
 
     add_convert_parser(sub)
+    from lmjax.interp.cli import add_parser as add_explain_parser  # lmjax explain (why this token?)
+
+    add_explain_parser(sub)
     from lmjax.scaling.cli import add_parser as add_scaling_parser  # lmjax scaling size | fit | chinchilla
 
     add_scaling_parser(sub)
@@ -164,13 +167,19 @@ def cmd_scaling(args, overrides):
     run(args, overrides)
 
 
+def cmd_explain(args, overrides):
+    from lmjax.interp.cli import cmd_explain as run
+
+    run(args, overrides)
+
+
 def main(argv=None):
     from lmjax.config import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
-    command = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "convert": cmd_convert,
+    command = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "convert": cmd_convert, "explain": cmd_explain,
                "scaling": cmd_scaling}[args.command]
     try:
         command(args, overrides)
