@@ -188,3 +188,12 @@ def test_trained_tokenizer_travels_with_the_checkpoint(corpus, tmp_path, tokeniz
     assert restored.kind == tokenizer and restored.encode(text) == original.encode(text)
     assert restored.decode(restored.encode(text)) == text
     assert summary["run"].model.cfg.vocab_size == original.vocab_size
+
+
+def test_relative_workdir_becomes_absolute(tmp_path, monkeypatch):
+    """`--workdir runs/qs` is relative, and orbax refuses relative checkpoint paths."""
+    from lmjax.train.loop import _workdir
+
+    monkeypatch.chdir(tmp_path)
+    assert str(_workdir("runs/qs")) == str(tmp_path / "runs" / "qs")
+    assert str(_workdir("gs://bucket/runs/qs")) == "gs://bucket/runs/qs"

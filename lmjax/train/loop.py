@@ -153,7 +153,8 @@ def setup(config, workdir: str, *, with_data: bool = True) -> Run:
 
 def _workdir(workdir) -> epath.Path:
     text = os.fspath(workdir)
-    return epath.Path(os.path.expanduser(text) if is_local(text) else text)
+    # Orbax (tensorstore) wants absolute local paths: `--workdir runs/qs` is relative.
+    return epath.Path(os.path.abspath(os.path.expanduser(text)) if is_local(text) else text)
 
 
 def _global_batch(run: Run, global_rows: int, load_rows) -> dict:
