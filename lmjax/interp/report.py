@@ -199,10 +199,12 @@ document.addEventListener('DOMContentLoaded', function () {
       a.classList.add('active');
     });
   });
+  document.body.setAttribute('data-sections', document.querySelectorAll('main section').length);
+});
+window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var decoded = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute('data-images', imgs.length + '/' + decoded);
-  document.body.setAttribute('data-sections', document.querySelectorAll('main section').length);
   document.body.setAttribute('data-rendered', window.__errors.length ? 'errors' : 'ok');
 });
 """
