@@ -154,7 +154,11 @@ def summarize(ex: Explanation, before: float) -> list[str]:
         h, after = ex.head_ablation[0]
         out.append(f"The head whose zero-ablation changes the logit difference most is {h}: "
                    f"{before:+.2f} -> {after:+.2f}.")
-    if ex.patching is not None:
+    if ex.patching is not None and abs(ex.patching["resid"].clean - ex.patching["resid"].corrupt) < 0.05:
+        r = ex.patching["resid"]
+        out.append(f"The corrupted prompt barely changes the logit difference ({r.clean:+.3f} vs {r.corrupt:+.3f}), "
+                   "so the normalised patching heatmap says little here: choose a corruption that flips the choice.")
+    elif ex.patching is not None:
         r = ex.patching["resid"]
         l, pos = np.unravel_index(np.nanargmax(r.values), r.values.shape)
         out.append(f"Patching the clean residual stream into the corrupted prompt ('{ex.patching['corrupt']}') "
@@ -237,7 +241,7 @@ def render_html(ex: Explanation, title: str = "lmjax explain") -> str:
 
     pred = (f"<p>Explaining {tok(ex.target_str)} over {tok(ex.contrast_str)}: logit difference "
             f"<b>{ex.logit_diff:+.3f}</b>.</p>" +
-            _table(["rank", "next token", "probability"], [(i + 1, s, p) for i, (s, p) in enumerate(ex.top)]))
+            _table(["rank", "next token", "probability"], [(i + 1, s, f"{p:.3f}") for i, (s, p) in enumerate(ex.top)]))
     sections.append(_section("prediction", "Prediction", pred))
 
     ll = ex.lens
@@ -245,7 +249,7 @@ def render_html(ex: Explanation, title: str = "lmjax explain") -> str:
     grid = plots.logit_lens(ll.top_probs[:, 0, :, 0], ll.labels, ex.token_strs,
                             [[plots_label(ex, i) for i in row] for row in ll.top_ids[:, 0, :, 0]],
                             title="logit lens: top-1 token and its probability at each position")
-    rows = [(label, int(ll.target_rank[i, 0, -1]), float(ll.target_prob[i, 0, -1]),
+    rows = [(label, int(ll.target_rank[i, 0, -1]), f"{ll.target_prob[i, 0, -1]:.3f}",
              " ".join(plots_label(ex, j) for j in ll.top_ids[i, 0, -1]))
             for i, label in enumerate(ll.labels)]
     body = ('<div class="figs">' + _img(traj, "target probability by layer") + _img(grid, "logit lens grid") + "</div>" +
@@ -271,7 +275,11 @@ def render_html(ex: Explanation, title: str = "lmjax explain") -> str:
                    [(r["head"], r["previous_token"], r["duplicate_token"], r["induction"]) for r in ex.detectors]))
     sections.append(_section("heads", "Heads that matter", body))
 
-    if ex.patching is not None:
+    if ex.patching is not None and abs(ex.patching["resid"].clean - ex.patching["resid"].corrupt) < 0.05:
+        r = ex.patching["resid"]
+        out.append(f"The corrupted prompt barely changes the logit difference ({r.clean:+.3f} vs {r.corrupt:+.3f}), "
+                   "so the normalised patching heatmap says little here: choose a corruption that flips the choice.")
+    elif ex.patching is not None:
         r = ex.patching["resid"]
         fig = plots.heatmap(r.values, [f"L{l}" for l in r.layers], ex.token_strs, xlabel="position",
                             ylabel="resid_pre of layer", title="share of the logit difference restored (resid_pre)")
