@@ -255,6 +255,9 @@ def test_hf_tokenizer_protocol(hf_models):
     again = tokenizer_from_json(json.loads(json.dumps(tok.to_json())))
     assert again.encode(text) == ids and again.vocab_size == tok.vocab_size and again.eos_id == tok.eos_id
     assert tok.encode(text, add_bos=True, add_eos=True) == [tok.bos_id, *ids, tok.eos_id]
+    # an embedding padded past the tokenizer (300 rows, 257 ids): every model id decodes
+    padded = HFTokenizer.from_dir(directory, {"vocab_size": 300})
+    assert padded.vocab_size == 300 and padded.decode(ids + [299]) == text and padded.token_bytes()[299] == 0
 
 
 @pytest.mark.parametrize("kind", ["byte", "char"])

@@ -66,14 +66,18 @@ class HFTokenizer:
 
     kind = "hf"
 
-    def __init__(self, tokenizer_json: str, config: dict | None = None, *, bos_id=None, eos_id=None, pad_id=None):
+    def __init__(self, tokenizer_json: str, config: dict | None = None, *, bos_id=None, eos_id=None, pad_id=None,
+                 vocab_size: int | None = None):
+        """`vocab_size`: the model's, when its embedding has more rows than the tokenizer has
+        ids (padded, as many checkpoints are): those ids are valid and decode to nothing."""
         from tokenizers import Tokenizer
 
         self.tokenizer_json = tokenizer_json
         self.config = dict(config or {})
         self._tok = Tokenizer.from_str(tokenizer_json)
         vocab = self._tok.get_vocab(with_added_tokens=True)
-        self.vocab_size = max(vocab.values()) + 1 if vocab else 0
+        self.n_tokens = max(vocab.values()) + 1 if vocab else 0  # ids the tokenizer itself knows
+        self.vocab_size = max(self.n_tokens, vocab_size or 0)
 
         def special(key, given):
             if given is not None:
@@ -92,7 +96,8 @@ class HFTokenizer:
     @classmethod
     def from_dir(cls, directory: str, model_config: dict | None = None) -> "HFTokenizer":
         """Load `tokenizer.json` (+ `tokenizer_config.json`); ids the tokenizer config does not
-        name fall back to config.json's bos/eos/pad_token_id."""
+        name fall back to config.json's bos/eos/pad_token_id, and the vocabulary is padded to
+        config.json's vocab_size."""
         with open(os.path.join(directory, TOKENIZER_JSON), encoding="utf-8") as f:
             text = f.read()
         config = {}
@@ -100,8 +105,9 @@ class HFTokenizer:
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 config = json.load(f)
-        tok = cls(text, config)
         model_config = model_config or {}
+        padded = model_config.get("vocab_size")
+        tok = cls(text, config, vocab_size=padded if isinstance(padded, int) else None)
         for attr, key in (("bos_id", "bos_token_id"), ("eos_id", "eos_token_id"), ("pad_id", "pad_token_id")):
             value = model_config.get(key)
             if getattr(tok, attr) is None and isinstance(value, int) and 0 <= value < tok.vocab_size:
@@ -129,7 +135,8 @@ class HFTokenizer:
         return self.encode_array(text, add_bos=add_bos, add_eos=add_eos).tolist()
 
     def decode(self, ids) -> str:
-        return self._tok.decode(_as_id_array(ids, self.vocab_size).tolist(), skip_special_tokens=True)
+        ids = _as_id_array(ids, self.vocab_size)
+        return self._tok.decode(ids[ids < self.n_tokens].tolist(), skip_special_tokens=True)
 
     def token_bytes(self) -> np.ndarray:
         """UTF-8 bytes each id contributes to decoded text (special tokens: 0)."""
@@ -149,13 +156,13 @@ class HFTokenizer:
         return out
 
     def to_json(self) -> dict:
-        return {"kind": "hf", "tokenizer_json": self.tokenizer_json, "config": self.config,
+        return {"kind": "hf", "tokenizer_json": self.tokenizer_json, "config": self.config, "vocab_size": self.vocab_size,
                 "bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id, "adds_bos": self.adds_bos}
 
     @classmethod
     def from_json(cls, d: dict) -> "HFTokenizer":
         tok = cls(d["tokenizer_json"], d.get("config"), bos_id=d.get("bos_id"), eos_id=d.get("eos_id"),
-                  pad_id=d.get("pad_id"))
+                  pad_id=d.get("pad_id"), vocab_size=d.get("vocab_size"))
         tok.adds_bos = bool(d.get("adds_bos", tok.adds_bos))
         return tok
 
