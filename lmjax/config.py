@@ -33,8 +33,8 @@ def default_config() -> ml_collections.ConfigDict:
         {k: v for k, v in vars(ModelConfig(vocab_size=0)).items()}
     )  # model.vocab_size = 0: take it from the tokenizer
     c.model.vocab_size = 0
-    # n_kv_head/d_head/d_mlp default to None; allow ints there.
-    for key in ("n_kv_head", "d_head", "d_mlp"):
+    # n_kv_head/d_head/d_mlp (and the mixers' dt_rank/rnn_hidden) default to None; allow ints there.
+    for key in ("n_kv_head", "d_head", "d_mlp", "dt_rank", "rnn_hidden"):
         c.model[key] = ml_collections.FieldReference(None, field_type=int)
 
     c.data = ml_collections.ConfigDict()

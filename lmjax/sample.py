@@ -5,10 +5,12 @@
 
 Prompts of different lengths are right-padded into one batch; each row keeps its own
 position, and the cache slot of a token is its position, so a row's padding is never
-attended to and is overwritten as the row grows. The program is compiled once per
-(batch size, prompt bucket) -- prompts are padded up to a power of two -- and the
-temperature, top-k, top-p, seed, stop tokens and max_new_tokens are traced values: new
-settings do not recompile.
+attended to and is overwritten as the row grows. Recurrent mixers (Mamba, LSTM, GRU, gated
+conv) keep their states in the same cache pytree; the prefill tells them each row's length
+so that their states skip the padding, and those states do not grow with the context.
+The program is compiled once per (batch size, prompt bucket) -- prompts are padded up to
+a power of two -- and the temperature, top-k, top-p, seed, stop tokens and max_new_tokens
+are traced values: new settings do not recompile.
 """
 from __future__ import annotations
 
@@ -97,7 +99,8 @@ def _generate(model: Transformer, params, prompt, lengths, max_new, key, tempera
     positions = jnp.broadcast_to(jnp.arange(bucket), (b, bucket))
     spans = _spans(bucket, max_len)
     cache = init_cache(model.cfg, b, length=spans[0])
-    logits, cache = model.apply({"params": params}, prompt, positions, cache=cache)
+    # lengths: recurrent mixers' states stop at each row's last prompt token, not its padding.
+    logits, cache = model.apply({"params": params}, prompt, positions, cache=cache, lengths=lengths)
     last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
     tokens = jnp.zeros((b, max_len), jnp.int32).at[:, :bucket].set(prompt)
 

@@ -7,6 +7,7 @@ mentions devices.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -23,6 +24,16 @@ def param(module: nn.Module, name: str, init, shape, axes, dtype):
 
 def normal(std: float):
     return nn.initializers.normal(stddev=std)
+
+
+def uniform(bound: float):
+    """U(-bound, bound): PyTorch's default for Linear and Conv1d is bound = fan_in ** -0.5,
+    which the Mamba and LSTM references keep."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
 
 
 class Norm(nn.Module):
@@ -63,19 +74,21 @@ class Dense(nn.Module):
     std: float
     use_bias: bool
     n_in: int = 1
+    init: Callable | None = None  # the kernel's initializer; None = normal(std)
+    bias_init: Callable = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
         shape = (*x.shape[x.ndim - self.n_in :], *self.out_shape)
-        kernel = param(self, "kernel", normal(self.std), shape, self.axes, cfg.params_dtype)
+        kernel = param(self, "kernel", self.init or normal(self.std), shape, self.axes, cfg.params_dtype)
         # One 2-D matmul: contracting 3-D activations directly makes XLA write transposed
         # copies of them in the backward pass (measured: 14-34% of a training step on CPU).
         n_in, n_out = math.prod(shape[: self.n_in]), math.prod(self.out_shape)
         flat = x.reshape(-1, n_in) @ kernel.astype(cfg.compute_dtype).reshape(n_in, n_out)
         y = flat.reshape(*x.shape[: x.ndim - self.n_in], *self.out_shape)
         if self.use_bias:
-            bias = param(self, "bias", nn.initializers.zeros, self.out_shape, self.axes[self.n_in :], cfg.params_dtype)
+            bias = param(self, "bias", self.bias_init, self.out_shape, self.axes[self.n_in :], cfg.params_dtype)
             y = y + bias.astype(cfg.compute_dtype)
         return y
 

@@ -1,4 +1,8 @@
-"""The decoder-only language model: embeddings, pre-norm blocks, final norm, unembedding."""
+"""The decoder-only language model: embeddings, pre-norm blocks, final norm, unembedding.
+
+Each block's sequence mixer is attention or a recurrent / convolutional mixer
+(cfg.layer_mixers: lmjax/model/mixers.py), so the same stack is a transformer, a Mamba
+model, a hybrid, an LSTM or a gated CNN. The class keeps its name, Transformer."""
 from __future__ import annotations
 
 import flax.linen as nn
@@ -9,17 +13,28 @@ from lmjax.model.attention import Attention
 from lmjax.model.config import ModelConfig
 from lmjax.model.hooks import HOOK_COLLECTION, LAYER_WILDCARD, Hooks, collect_cache, hook
 from lmjax.model.layers import MLP, Norm, normal, param
+from lmjax.model.mixers import mixer_class
 
 
 class Block(nn.Module):
-    """resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid))."""
+    """resid_mid = resid_pre + mixer(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).
+
+    The mixer is attention (hook point hook_attn_out) or one of lmjax/model/mixers.py
+    (hook_mixer_out, insides under `mixer.`). A Mamba block without an MLP
+    (cfg.mamba_mlp=False) is resid_post = resid_pre + mixer(ln1(resid_pre)).
+    Each residual sum is constrained to the logical axes (batch, length, embed): a no-op
+    without axis rules, and under a mesh it keeps the stream split over the batch only."""
 
     cfg: ModelConfig
     layer: int | None  # None inside a layer scan: the index is then traced
+    mixer: str = "attention"
 
     @nn.compact
-    def __call__(self, x, positions, hooks, deterministic, layer_index=None, cache=None):
-        """-> resid_post, or (resid_post, cache) when decoding with a cache."""
+    def __call__(self, x, positions, hooks, deterministic, layer_index=None, cache=None, lengths=None):
+        """-> resid_post, or (resid_post, cache) when decoding with a cache.
+
+        `lengths` [b] (with a cache only): each row's real tokens in x; the rest is right
+        padding that recurrent states must not absorb."""
         cfg = self.cfg
         p = f"blocks.{LAYER_WILDCARD if self.layer is None else self.layer}"
 
@@ -29,15 +44,26 @@ class Block(nn.Module):
         def dropout(y):
             return nn.Dropout(cfg.dropout)(y, deterministic=deterministic) if cfg.dropout > 0 else y
 
+        def residual(y):
+            return nn.with_logical_constraint(y, ("batch", "length", "embed"))
+
         x = point("hook_resid_pre", x)
         a = Norm(cfg, f"{p}.ln1", name="ln1")(x, hooks, layer_index)
-        a = Attention(cfg, f"{p}.attn", name="attn")(a, positions, hooks, layer_index, deterministic, cache)
+        if self.mixer == "attention":
+            a = Attention(cfg, f"{p}.attn", name="attn")(a, positions, hooks, layer_index, deterministic, cache)
+            out_name = "hook_attn_out"
+        else:
+            a = mixer_class(self.mixer)(cfg, f"{p}.mixer", name="mixer")(a, hooks, layer_index, cache, lengths)
+            out_name = "hook_mixer_out"
         if cache is not None:
             a, cache = a
-        x = point("hook_resid_mid", x + point("hook_attn_out", dropout(a)))
-        m = Norm(cfg, f"{p}.ln2", name="ln2")(x, hooks, layer_index)
-        m = MLP(cfg, f"{p}.mlp", name="mlp")(m, hooks, layer_index)
-        x = point("hook_resid_post", x + point("hook_mlp_out", dropout(m)))
+        x = residual(x + point(out_name, dropout(a)))
+        if cfg.has_mlp(self.mixer):
+            x = point("hook_resid_mid", x)
+            m = Norm(cfg, f"{p}.ln2", name="ln2")(x, hooks, layer_index)
+            m = MLP(cfg, f"{p}.mlp", name="mlp")(m, hooks, layer_index)
+            x = residual(x + point("hook_mlp_out", dropout(m)))
+        x = point("hook_resid_post", x)
         return x if cache is None else (x, cache)
 
 
@@ -47,10 +73,10 @@ class ScannedBlock(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, xs, positions, hooks, deterministic):
+    def __call__(self, x, xs, positions, hooks, deterministic, lengths=None):
         layer_index, cache = xs  # cache: this layer's slice of the stacked cache, or None
-        block = Block(self.cfg, None, name="block")
-        out = block(x, positions, hooks, deterministic, layer_index, cache)
+        block = Block(self.cfg, None, self.cfg.layer_mixers[0], name="block")
+        out = block(x, positions, hooks, deterministic, layer_index, cache, lengths)
         return out if cache is not None else (out, None)
 
 
@@ -67,11 +93,14 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, positions=None, hooks: Hooks | None = None, deterministic: bool = True, cache=None):
+    def __call__(self, tokens, positions=None, hooks: Hooks | None = None, deterministic: bool = True, cache=None,
+                 lengths=None):
         """-> logits, or (logits, cache) when a decoding cache (lmjax.model.cache) is given.
 
         `positions` [batch, pos] defaults to 0..pos-1 in every row (None is passed down, so
-        attention knows the mask is plain causal and may use its fast core)."""
+        attention knows the mask is plain causal and may use its fast core). `lengths` [batch]
+        (with a cache): the real tokens of each row, the rest being right padding, which
+        recurrent mixers' states then skip (attention overwrites its slots later anyway)."""
         cfg = self.cfg
         embedding = param(
             self, "embed", normal(cfg.init_std), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.params_dtype
@@ -92,20 +121,21 @@ class Transformer(nn.Module):
                 _remat(ScannedBlock, cfg, static_argnums=(5,)),  # (self, x, idx, pos, hooks, deterministic)
                 variable_axes={"params": 0, "hooks": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.n_layer,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, cache = scan(cfg, name="blocks")(x, (jnp.arange(cfg.n_layer), cache), positions, hooks, deterministic)
+            x, cache = scan(cfg, name="blocks")(x, (jnp.arange(cfg.n_layer), cache), positions, hooks, deterministic,
+                                                lengths)
         else:
             block_cls = _remat(Block, cfg, static_argnums=(4,))  # (self, x, pos, hooks, deterministic)
             new_cache = []
-            for layer in range(cfg.n_layer):
-                block = block_cls(cfg, layer, name=f"blocks_{layer}")
+            for layer, mixer in enumerate(cfg.layer_mixers):
+                block = block_cls(cfg, layer, mixer, name=f"blocks_{layer}")
                 if cache is None:
                     x = block(x, positions, hooks, deterministic)
                 else:
-                    x, layer_cache = block(x, positions, hooks, deterministic, None, cache[layer])
+                    x, layer_cache = block(x, positions, hooks, deterministic, None, cache[layer], lengths)
                     new_cache.append(layer_cache)
             cache = tuple(new_cache) if cache is not None else None
 
@@ -153,11 +183,15 @@ def hook_names(cfg: ModelConfig) -> list[str]:
         attn += ["hook_rot_q", "hook_rot_k"]
     attn += ["hook_attn_scores", "hook_pattern", "hook_z"]
     mlp = ["hook_pre"] + (["hook_pre_gate"] if cfg.mlp == "swiglu" else []) + ["hook_post"]
-    for layer in range(cfg.n_layer):
+    for layer, mixer in enumerate(cfg.layer_mixers):
         p = f"blocks.{layer}"
         names += [f"{p}.hook_resid_pre", f"{p}.ln1.hook_scale", f"{p}.ln1.hook_normalized"]
-        names += [f"{p}.attn.{n}" for n in attn]
-        names += [f"{p}.hook_attn_out", f"{p}.hook_resid_mid", f"{p}.ln2.hook_scale", f"{p}.ln2.hook_normalized"]
-        names += [f"{p}.mlp.{n}" for n in mlp]
-        names += [f"{p}.hook_mlp_out", f"{p}.hook_resid_post"]
+        if mixer == "attention":
+            names += [f"{p}.attn.{n}" for n in attn] + [f"{p}.hook_attn_out"]
+        else:
+            names += [f"{p}.mixer.{n}" for n in mixer_class(mixer).hook_suffixes(cfg)] + [f"{p}.hook_mixer_out"]
+        if cfg.has_mlp(mixer):
+            names += [f"{p}.hook_resid_mid", f"{p}.ln2.hook_scale", f"{p}.ln2.hook_normalized"]
+            names += [f"{p}.mlp.{n}" for n in mlp] + [f"{p}.hook_mlp_out"]
+        names += [f"{p}.hook_resid_post"]
     return names + ["ln_final.hook_scale", "ln_final.hook_normalized"]

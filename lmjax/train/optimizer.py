@@ -21,7 +21,9 @@ def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params):
-    """Weight decay for matrices and embeddings; not for norms' scales, biases, or any 1-D vector.
+    """Weight decay for matrices and embeddings; not for norms' scales, biases, any 1-D vector,
+    or Mamba's A_log and D (decaying them would pull the SSM's decay rates and skip towards
+    zero; the Mamba reference exempts them too).
 
     Parameters of scanned layers carry a leading layer axis, so a bias there is 2-D: the
     leaf's name, not only its rank, decides.
@@ -29,7 +31,7 @@ def decay_mask(params):
 
     def wants_decay(path, leaf):
         name = str(getattr(path[-1], "key", path[-1]))
-        return leaf.ndim >= 2 and name not in ("bias", "scale")
+        return leaf.ndim >= 2 and name not in ("bias", "scale", "A_log", "D")
 
     return jax.tree_util.tree_map_with_path(wants_decay, params)
 
