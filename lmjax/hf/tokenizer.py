@@ -161,6 +161,8 @@ class HFTokenizer:
 
     @classmethod
     def from_json(cls, d: dict) -> "HFTokenizer":
+        if not isinstance(d.get("tokenizer_json"), str):
+            raise ValueError("tokenizer JSON of kind 'hf' has no 'tokenizer_json' string (the tokenizer.json text)")
         tok = cls(d["tokenizer_json"], d.get("config"), bos_id=d.get("bos_id"), eos_id=d.get("eos_id"),
                   pad_id=d.get("pad_id"), vocab_size=d.get("vocab_size"))
         tok.adds_bos = bool(d.get("adds_bos", tok.adds_bos))
