@@ -6,6 +6,7 @@ dir: no hub access. torch and transformers come with the `test` extra.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -33,8 +34,10 @@ LLAMA = dict(kind="llama", vocab_size=300, hidden_size=32, intermediate_size=48,
              rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
 QWEN2 = dict(kind="qwen2", vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True)
+MAMBA = dict(kind="mamba", vocab_size=300, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2,
+             conv_kernel=4, tie_word_embeddings=False)
 CLASSES = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "llama": ("LlamaConfig", "LlamaForCausalLM"),
-           "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
+           "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "mamba": ("MambaConfig", "MambaForCausalLM")}
 
 
 def _tiny_tokenizer(directory):
@@ -74,7 +77,7 @@ def _make(directory, spec, seed=0):
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
     out = {}
-    for name, spec in (("gpt2", GPT2), ("llama", LLAMA), ("qwen2", QWEN2)):
+    for name, spec in (("gpt2", GPT2), ("llama", LLAMA), ("qwen2", QWEN2), ("mamba", MAMBA)):
         d = str(tmp_path_factory.mktemp(name))
         out[name] = (d, _make(d, spec))
     _tiny_tokenizer(out["gpt2"][0])
@@ -90,22 +93,25 @@ def _hf_logits(model, tokens):
         return model(torch.tensor(tokens)).logits.numpy()
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mamba"])
 def test_import_logits_hidden_states_and_greedy_generation(hf_models, name):
     directory, hf = hf_models[name]
     cfg, params, _ = load_hf(directory)
     model = Transformer(cfg)
     tokens = _prompts(cfg.vocab_size)
-    names = [f"blocks.{l}.hook_resid_post" for l in range(cfg.n_layer - 1)] + ["ln_final.hook_normalized"]
+    # HF's hidden_states: the embeddings (not for Mamba), each layer's output, but the last
+    # layer's replaced by the output of the final norm.
+    offset = 0 if name == "mamba" else 1
+    names = [f"blocks.{l}.hook_resid_post" for l in range(cfg.n_layer - offset)] + ["ln_final.hook_normalized"]
     logits, cache = model.run_with_cache(params, jnp.asarray(tokens), names)
     with torch.no_grad():
         out = hf(torch.tensor(tokens), output_hidden_states=True)
     ref = out.logits.numpy()
     assert np.abs(ref).max() > 2  # weights large enough that the comparison means something
     np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4, rtol=0)
-    # hidden_states[l + 1] is layer l's output, except the last, which HF takes after the final norm.
+    assert len(out.hidden_states) == len(names) + offset
     for i, hook in enumerate(names):
-        np.testing.assert_allclose(np.asarray(cache[hook]), out.hidden_states[i + 1].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(np.asarray(cache[hook]), out.hidden_states[i + offset].numpy(), atol=1e-4, rtol=0)
     if name == "qwen2":
         return  # same code path as llama for generation
     prompts = [list(tokens[0, :5]), list(tokens[1, :9])]
@@ -118,7 +124,7 @@ def test_import_logits_hidden_states_and_greedy_generation(hf_models, name):
         assert got == want[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mamba"])
 def test_export_then_from_pretrained_same_logits(hf_models, tmp_path, name):
     """Qwen2 leaves as a LlamaForCausalLM with every bias (the absent ones zero): same logits."""
     directory, hf = hf_models[name]
@@ -144,13 +150,14 @@ def test_sharded_and_scanned_imports_equal_plain(hf_models):
     """Each device reads only its slice (heads over `tensor`, d_model over `fsdp`, GPT-2's fused
     c_attn blocks); the assembled arrays equal a plain single-device import."""
     mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
-    for name in ("gpt2", "llama"):
+    for name in ("gpt2", "llama", "mamba"):
         directory, _ = hf_models[name]
         cfg, plain = load_params(directory)
         _, sharded = load_params(directory, mesh=mesh)
-        q = sharded["blocks_0"]["attn"]["q"]["kernel"]
-        assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
-        assert len({tuple((s.start, s.stop) for s in shard.index) for shard in q.addressable_shards}) == 8
+        if name != "mamba":
+            q = sharded["blocks_0"]["attn"]["q"]["kernel"]
+            assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+            assert len({tuple((s.start, s.stop) for s in shard.index) for shard in q.addressable_shards}) == 8
         jax.tree.map(np.testing.assert_array_equal, sharded, plain)
         scan_cfg, scanned = load_params(directory, mesh=mesh, scan_layers=True)
         for l in range(cfg.n_layer):
@@ -202,8 +209,6 @@ def test_clear_errors_before_anything_is_written(hf_models, tmp_path):
         assert not [p for p in os.listdir(tmp_path) if ".convert-" in p]  # no temporary leftovers
     # lmjax models with no Hugging Face equivalent are refused before writing
     cfg, params, _ = load_hf(hf_models["gpt2"][0])
-    import dataclasses
-
     with pytest.raises(UnsupportedModel, match="pos_embedding='learned' \\(Llama needs 'rope'\\)"):
         export_hf(str(tmp_path / "nope"), dataclasses.replace(cfg, norm="rmsnorm"), params)
     assert not (tmp_path / "nope").exists()

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints in and out: GPT-2 and Llama-family (Mistral, Qwen2) models.
+"""Hugging Face checkpoints in and out: GPT-2, Llama-family (Mistral, Qwen2) and Mamba models.
 
     from lmjax.hf import load_hf, export_hf
     cfg, params, tokenizer = load_hf("path/to/hf_model", mesh=mesh)   # no PyTorch needed

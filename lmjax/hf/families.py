@@ -19,6 +19,8 @@ Families:
   biases set to zero, which is exactly the same function. Mistral's (and Qwen2's) sliding
   window only matters beyond the window, so the imported context `max_len` stops there.
   They export as `LlamaForCausalLM` (with every bias when `use_bias`).
+- Mamba (`MambaForCausalLM`): lmjax's Mamba mixer with no MLP per block; in_proj's [x | z]
+  rows, the depthwise conv's [channels, 1, width] weight, x_proj, dt_proj, A_log and D.
 """
 from __future__ import annotations
 
@@ -100,6 +102,11 @@ def _same(name, shape):
     return Link(name, tuple(shape), tuple(shape), tuple(range(len(shape))))
 
 
+def _attention_only(cfg: ModelConfig) -> list[str]:
+    mixers = set(getattr(cfg, "layer_mixers", ("attention",)))
+    return [] if mixers == {"attention"} else [f"layers are {sorted(mixers)} (needs attention in every layer)"]
+
+
 # ---------------------------------------------------------------------------------------
 # GPT-2
 
@@ -139,7 +146,7 @@ class GPT2:
     @staticmethod
     def problems(cfg: ModelConfig) -> list[str]:
         """Why `cfg` cannot be written as GPT-2 (empty: it can)."""
-        out = []
+        out = _attention_only(cfg)
         for field, want in (("pos_embedding", "learned"), ("norm", "layernorm"), ("use_bias", True)):
             if getattr(cfg, field) != want:
                 out.append(f"{field}={getattr(cfg, field)!r} (GPT-2 needs {want!r})")
@@ -251,7 +258,7 @@ class Llama:
 
     @staticmethod
     def problems(cfg: ModelConfig) -> list[str]:
-        out = []
+        out = _attention_only(cfg)
         for field, want in (("pos_embedding", "rope"), ("norm", "rmsnorm"), ("mlp", "swiglu")):
             if getattr(cfg, field) != want:
                 out.append(f"{field}={getattr(cfg, field)!r} (Llama needs {want!r})")
@@ -303,7 +310,91 @@ class Llama:
         return out
 
 
-FAMILIES = (GPT2, Llama)
+# ---------------------------------------------------------------------------------------
+# Mamba
+
+
+class Mamba:
+    """`MambaForCausalLM`: embeddings, then per layer x + mixer(RMSNorm(x)) with no MLP
+    (lmjax: mixer="mamba", mamba_mlp=False), a final RMSNorm, tied by default. Mamba has no
+    context limit; the imported `max_len` (what lmjax's sampler plans for) is 2048."""
+
+    name = "mamba"
+    architectures = ("MambaForCausalLM",)
+    prefixes = ("backbone.", "")
+    ignorable = ()
+    max_len = 2048
+
+    @staticmethod
+    def config_from_hf(hf: dict) -> ModelConfig:
+        problems = []
+        if hf.get("use_bias", False):
+            problems.append("use_bias=true (biases on in_proj/out_proj)")
+        if not hf.get("use_conv_bias", True):
+            problems.append("use_conv_bias=false")
+        if hf.get("hidden_act", "silu") != "silu":
+            problems.append(f"hidden_act={hf.get('hidden_act')!r}")
+        d, expand = hf["hidden_size"], hf.get("expand", 2)
+        if int(expand) != expand or hf.get("intermediate_size", expand * d) != expand * d:
+            problems.append(f"intermediate_size={hf.get('intermediate_size')} is not an integer expand x hidden_size")
+        if problems:
+            raise UnsupportedModel("Mamba checkpoint uses what lmjax does not implement: " + ", ".join(problems))
+        rank = hf.get("time_step_rank", "auto")
+        return ModelConfig(
+            vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], d_model=d, n_head=1, max_len=Mamba.max_len,
+            pos_embedding="none", norm="rmsnorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), use_bias=False,
+            tie_embeddings=hf.get("tie_word_embeddings", True), dropout=0.0, mixer="mamba", mamba_mlp=False,
+            d_state=hf.get("state_size", 16), d_conv=hf.get("conv_kernel", 4), expand=int(expand),
+            dt_rank=None if rank == "auto" else int(rank),
+        )
+
+    @staticmethod
+    def problems(cfg: ModelConfig) -> list[str]:
+        out = []
+        mixers = set(getattr(cfg, "layer_mixers", ("attention",)))
+        if mixers != {"mamba"}:
+            return [f"layers are {sorted(mixers)} (Mamba needs mamba in every layer)"]
+        for field, want in (("pos_embedding", "none"), ("norm", "rmsnorm"), ("mamba_mlp", False)):
+            if getattr(cfg, field) != want:
+                out.append(f"{field}={getattr(cfg, field)!r} (Mamba needs {want!r})")
+        return out
+
+    @staticmethod
+    def config_to_hf(cfg: ModelConfig) -> dict:
+        return {
+            "architectures": ["MambaForCausalLM"], "model_type": "mamba", "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model, "state_size": cfg.d_state, "num_hidden_layers": cfg.n_layer,
+            "layer_norm_epsilon": cfg.norm_eps, "expand": cfg.expand, "intermediate_size": cfg.d_inner,
+            "conv_kernel": cfg.d_conv, "use_bias": False, "use_conv_bias": True, "hidden_act": "silu",
+            "time_step_rank": cfg.mamba_dt_rank, "residual_in_fp32": True, "tie_word_embeddings": cfg.tie_embeddings,
+            "use_cache": True,
+        }
+
+    @staticmethod
+    def links(cfg: ModelConfig, hf: dict | None = None) -> dict[str, Link]:
+        d, di, n, k, r, v = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.mamba_dt_rank, cfg.vocab_size
+        out = {"embed": _same("backbone.embeddings.weight", (v, d)), "ln_final/scale": _vector("backbone.norm_f.weight", d)}
+        if not cfg.tie_embeddings:
+            out["unembed"] = _matrix("lm_head.weight", v, d)
+        for l in range(cfg.n_layer):
+            p, b = f"backbone.layers.{l}.", f"blocks_{l}/"
+            m = f"{p}mixer."
+            out[f"{b}ln1/scale"] = _vector(f"{p}norm.weight", d)
+            # in_proj's output rows are [x | z]; lmjax's kernel is [d_model, 2, d_inner]
+            out[f"{b}mixer/in_proj/kernel"] = Link(f"{m}in_proj.weight", (2 * di, d), (2, di, d), (2, 0, 1))
+            # a depthwise Conv1d weight [d_inner, 1, width] -> lmjax [width, d_inner]
+            out[f"{b}mixer/conv1d/kernel"] = Link(f"{m}conv1d.weight", (di, 1, k), (di, 1, k), (2, 0))
+            out[f"{b}mixer/conv1d/bias"] = _vector(f"{m}conv1d.bias", di)
+            out[f"{b}mixer/x_proj/kernel"] = _matrix(f"{m}x_proj.weight", r + 2 * n, di)
+            out[f"{b}mixer/dt_proj/kernel"] = _matrix(f"{m}dt_proj.weight", di, r)
+            out[f"{b}mixer/dt_proj/bias"] = _vector(f"{m}dt_proj.bias", di)
+            out[f"{b}mixer/A_log"] = _same(f"{m}A_log", (di, n))
+            out[f"{b}mixer/D"] = _vector(f"{m}D", di)
+            out[f"{b}mixer/out_proj/kernel"] = _matrix(f"{m}out_proj.weight", d, di)
+        return out
+
+
+FAMILIES = (GPT2, Llama, Mamba)
 ARCHITECTURES = {arch: fam for fam in FAMILIES for arch in fam.architectures}
 
 
@@ -313,7 +404,7 @@ def family_for_hf(hf: dict):
     for arch in archs:
         if arch in ARCHITECTURES:
             return ARCHITECTURES[arch]
-    by_type = {"gpt2": GPT2, "llama": Llama, "mistral": Llama, "qwen2": Llama}
+    by_type = {"gpt2": GPT2, "llama": Llama, "mistral": Llama, "qwen2": Llama, "mamba": Mamba}
     if not archs and hf.get("model_type") in by_type:
         return by_type[hf["model_type"]]
     raise UnsupportedModel(
@@ -322,10 +413,6 @@ def family_for_hf(hf: dict):
 
 def family_for_config(cfg: ModelConfig):
     """The family an lmjax model exports as, or UnsupportedModel naming what does not fit."""
-    mixers = set(getattr(cfg, "layer_mixers", ("attention",)))
-    if mixers != {"attention"}:
-        raise UnsupportedModel(f"this lmjax model has {sorted(mixers)} layers; lmjax exports attention-only "
-                               "models (GPT-2, Llama) so far")
     reasons = []
     for fam in FAMILIES:
         problems = fam.problems(cfg)
