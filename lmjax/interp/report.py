@@ -156,8 +156,9 @@ def summarize(ex: Explanation, before: float) -> list[str]:
                    f"{before:+.2f} -> {after:+.2f}.")
     if ex.patching is not None and abs(ex.patching["resid"].clean - ex.patching["resid"].corrupt) < 0.05:
         r = ex.patching["resid"]
-        out.append(f"The corrupted prompt barely changes the logit difference ({r.clean:+.3f} vs {r.corrupt:+.3f}), "
-                   "so the normalised patching heatmap says little here: choose a corruption that flips the choice.")
+        body = (f'<p class="note">The corrupted prompt barely changes the logit difference ({r.clean:+.3f} vs '
+                f"{r.corrupt:+.3f}), so the normalised patching heatmap would say little here: choose a corruption "
+                "that flips the choice.</p>")
     elif ex.patching is not None:
         r = ex.patching["resid"]
         l, pos = np.unravel_index(np.nanargmax(r.values), r.values.shape)
@@ -277,8 +278,9 @@ def render_html(ex: Explanation, title: str = "lmjax explain") -> str:
 
     if ex.patching is not None and abs(ex.patching["resid"].clean - ex.patching["resid"].corrupt) < 0.05:
         r = ex.patching["resid"]
-        out.append(f"The corrupted prompt barely changes the logit difference ({r.clean:+.3f} vs {r.corrupt:+.3f}), "
-                   "so the normalised patching heatmap says little here: choose a corruption that flips the choice.")
+        body = (f'<p class="note">The corrupted prompt barely changes the logit difference ({r.clean:+.3f} vs '
+                f"{r.corrupt:+.3f}), so the normalised patching heatmap would say little here: choose a corruption "
+                "that flips the choice.</p>")
     elif ex.patching is not None:
         r = ex.patching["resid"]
         fig = plots.heatmap(r.values, [f"L{l}" for l in r.layers], ex.token_strs, xlabel="position",
