@@ -401,7 +401,7 @@ def _reference_attention(q, k, v):
     return np.einsum("bhqk,bkhd->bqhd", pattern, v)
 
 
-@pytest.mark.parametrize("t, heads, kv_heads, block", [(40, 4, 4, 16), (37, 4, 2, 8), (64, 6, 1, 64), (9, 2, 2, None)])
+@pytest.mark.parametrize("t, heads, kv_heads, block", [(37, 4, 2, 16), (9, 2, 1, None)])
 def test_blocked_attention_matches_reference(t, heads, kv_heads, block):
     """Blocked causal attention (ragged last block, GQA, one block) = the dense softmax, and
     its gradients = those of the explicit core's formula."""
