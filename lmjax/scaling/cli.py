@@ -41,6 +41,9 @@ def add_parser(sub):
     w.add_argument("--config", required=True, help="the base config; its batch_size x seq_len sets tokens per step")
     w.add_argument("--isoflop", default="", help="compute budgets (FLOPs), comma-separated: an IsoFLOP plan")
     w.add_argument("--sizes_per_budget", type=int, default=4)
+    w.add_argument("--tokens_per_param", type=float, default=20.0,
+                   help="IsoFLOP: the sizes are centred where a run sees this many tokens per parameter")
+    w.add_argument("--spread", type=float, default=4.0, help="IsoFLOP: largest / smallest size per budget")
     w.add_argument("--grid_sizes", default="", help="target parameter counts, comma-separated: a grid plan")
     w.add_argument("--grid_tokens", default="", help="token budgets for the grid, comma-separated")
     w.add_argument("--out", default="sweep.json")
@@ -77,7 +80,8 @@ def cmd_sweep(args, overrides):
     if bool(args.isoflop) == bool(args.grid_sizes):
         raise ValueError("give either --isoflop BUDGETS or --grid_sizes SIZES --grid_tokens TOKENS")
     if args.isoflop:
-        runs = sweeps.isoflop_plan(_floats(args.isoflop, "--isoflop"), args.sizes_per_budget, tokens_per_step)
+        runs = sweeps.isoflop_plan(_floats(args.isoflop, "--isoflop"), args.sizes_per_budget, tokens_per_step,
+                                   spread=args.spread, tokens_per_param=args.tokens_per_param)
     else:
         tokens = _floats(args.grid_tokens, "--grid_tokens")
         if not tokens:

@@ -8,7 +8,7 @@ Plans (JSON files, one entry per run with its config overrides):
 Shape rule (`shape_for`): for a target of block parameters N = 12 n_layer d_model^2, the
 depth n_layer = round((N / (12 * 64^2))^(1/3)) (at least 2), i.e. an aspect ratio
 d_model / n_layer of about 64 (GPT-2 small and nanoGPT's shakespeare model have 64), then
-d_model the multiple of the head dimension (64, or 32 below 256 wide) closest to
+d_model the multiple of the head dimension (64; 32 below 256 wide; 16 below 128) closest to
 sqrt(N / (12 n_layer)); heads = d_model / head dimension.
 
 `run_sweep` trains the runs one after another in DIR/<run name>: a run whose result file
@@ -46,11 +46,11 @@ class Shape:
 def shape_for(target_params: float) -> Shape:
     """The transformer shape for a target of block parameters 12 n_layer d_model^2: depth
     from an aspect ratio d_model / n_layer of 64, then the width that hits the target."""
-    if target_params < 12 * 2 * 32**2:
-        raise ValueError(f"target size {target_params:.3g} is below the smallest shape (2 layers x 32 wide)")
+    if target_params < 12 * 2 * 16**2:
+        raise ValueError(f"target size {target_params:.3g} is below the smallest shape (2 layers x 16 wide)")
     n_layer = max(2, round((target_params / (12 * ASPECT**2)) ** (1 / 3)))
     exact = math.sqrt(target_params / (12 * n_layer))
-    head = 64 if exact >= 256 else 32
+    head = 64 if exact >= 256 else 32 if exact >= 128 else 16
     d_model = max(head, head * round(exact / head))
     return Shape(n_layer, d_model, d_model // head)
 
