@@ -363,7 +363,7 @@ def test_scanned_mamba_equals_unscanned():
     got = jax.jit(Transformer(scanned).apply)({"params": stack_layers(params, cfg.n_layer)}, seq)
     np.testing.assert_allclose(got, want, atol=1e-5)
     cache = init_cache(scanned, 2)
-    assert cache["ssm"].shape == (2, 2, cfg.d_inner, cfg.d_state)
+    assert cache["ssm"].shape == (2, 2, cfg.d_state, cfg.d_inner)
 
 
 def test_hook_names_per_mixer():
