@@ -29,21 +29,6 @@ def log(*args):
     print(*args, file=sys.stderr, flush=True)
 
 
-def bf16_matmul_peak(n: int, reps: int) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
 def measure(n_layer, d_model, n_head, args):
     import jax
     import ml_collections
@@ -116,8 +101,9 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import jax
+    import jax.numpy as jnp
 
-    from lmjax.train.mfu import peak_flops_per_device
+    from lmjax.train.mfu import matmul_peak_probe, peak_flops_per_device
 
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
     from train_throughput import parse_sizes
@@ -125,7 +111,7 @@ def main(argv=None):
     device = jax.devices()[0]
     table_peak, table_source = peak_flops_per_device()
     log(f"device {device.device_kind} ({jax.default_backend()}); bf16 matmul probe at n={args.peak_n}")
-    probe = bf16_matmul_peak(args.peak_n, args.peak_reps)
+    probe = matmul_peak_probe(args.peak_n, args.peak_reps, dtype=jnp.bfloat16)
     out = {
         "device": device.device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
         "settings": {k: getattr(args, k) for k in ("batch", "seq", "vocab", "dtype", "remat", "scan_layers", "steps")},

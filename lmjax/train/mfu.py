@@ -27,9 +27,9 @@ PEAK_FLOPS = {
 }
 
 
-def matmul_peak_probe(n: int = 1024, reps: int = 10) -> float:
-    """Measured float32 matmul FLOP/s of the default backend (best of `reps`)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def matmul_peak_probe(n: int = 1024, reps: int = 10, dtype=jnp.float32) -> float:
+    """Measured square-matmul FLOP/s of the default backend in `dtype` (best of `reps`)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     f = jax.jit(lambda x, y: x @ y)
     f(a, a).block_until_ready()
     best = float("inf")
