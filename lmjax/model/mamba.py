@@ -19,7 +19,7 @@ Two ways to evaluate the same recurrence:
   chunks, each chunk recomputed in the backward pass, so that memory is bounded by one
   chunk plus one state per chunk, with a prefix scan ("chunked") or a plain step-by-step
   loop ("sequential") inside the chunk. "auto" picks per backend (`scan_method`: measured
-  on CPU, where "sequential" is 4-15x faster than the other two);
+  on CPU, where "sequential" is 5-10x faster than the other two);
 - decoding (`ssm_step`): one token, the state [b, d_state, d_inner] and the last d_conv - 1
   conv inputs carried in the cache: O(1) time and memory per token, whatever the context.
 
@@ -146,11 +146,16 @@ def scan_chunked(x, delta, A, B, C, h0=None, chunk: int = 128, inner: str = "ass
 
 def scan_method(cfg: ModelConfig) -> tuple[str, int]:
     """(method, chunk) of the training scan. "auto" is "sequential" on CPU and "chunked"
-    elsewhere. Measured on the 2-core CPU (bench/mixers.py `scan`; forward + backward,
-    b 8, d_inner 256, d_state 16): at 1024 positions associative 2.1 s and 1.7 GiB of
-    temporaries, chunked (64) 1.5 s / 124 MiB, sequential (16) 0.16 s / 32 MiB; at 4096
-    12.6 s / 6.7 GiB, 3.4 s / 181 MiB, 0.8 s / 107 MiB. On a GPU the log-depth associative
-    form inside chunks should win (not measured here); the chunk bounds its memory."""
+    elsewhere. Measured on the 2-core CPU (bench/mixers.py `scan`: forward + backward of one
+    layer's scan, b 8, d_inner 256, d_state 16), seconds and XLA temporaries:
+
+        positions   associative       chunked (128)     sequential (16)
+        1024        1.28 s  1.65 GiB  0.76 s  225 MiB   0.13 s   32 MiB
+        4096        4.54 s  6.68 GiB  2.47 s  279 MiB   0.47 s  107 MiB
+
+    On a CPU the log-depth forms only add work (and the associative one memory). On a GPU
+    the log-depth associative form inside chunks should win (not measured here: no GPU in
+    these sessions); the chunk bounds its memory either way."""
     method = cfg.ssm_scan
     if method == "auto":
         method = "sequential" if jax.default_backend() == "cpu" else "chunked"
