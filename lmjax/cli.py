@@ -1,4 +1,4 @@
-"""`lmjax train | eval | sample | convert | explain`: the command line.
+"""`lmjax train | eval | sample | convert | explain | scaling | repro`: the command line.
 
     lmjax train --config configs/quickstart.py --workdir runs/qs [--config.train.steps=100 ...]
                 [--coordinator HOST:PORT --num_processes N --process_id I]
@@ -72,6 +72,9 @@ def _parser():
     from lmjax.scaling.cli import add_parser as add_scaling_parser  # lmjax scaling size | fit | chinchilla
 
     add_scaling_parser(sub)
+    from lmjax.repro.cli import add_parser as add_repro_parser  # lmjax repro NAME (published results)
+
+    add_repro_parser(sub)
     return p
 
 
@@ -167,6 +170,12 @@ def cmd_scaling(args, overrides):
     run(args, overrides)
 
 
+def cmd_repro(args, overrides):
+    from lmjax.repro.cli import run
+
+    run(args, overrides)
+
+
 def cmd_explain(args, overrides):
     from lmjax.interp.cli import cmd_explain as run
 
@@ -180,7 +189,7 @@ def main(argv=None):
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
     command = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "convert": cmd_convert, "explain": cmd_explain,
-               "scaling": cmd_scaling}[args.command]
+               "scaling": cmd_scaling, "repro": cmd_repro}[args.command]
     try:
         command(args, overrides)
     except (ConfigError, FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback
