@@ -1,0 +1,33 @@
+"""Grokking modular addition (Power et al. 2022; Nanda et al. 2023): `lmjax repro grokking`.
+
+Nanda et al.'s setting: a 1-layer transformer (d_model 128, 4 heads, d_mlp 512, ReLU) on
+"a b =" -> (a + b) mod 113, 30% of the 113^2 pairs for training, full batch, AdamW
+lr 1e-3, weight decay 1.0, betas (0.9, 0.98). lmjax's block keeps its LayerNorms (it has
+no norm-free option).
+
+Variants: `small` (the test's setting: p = 23, a narrower model, fewer steps).
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.p = 113  # the modulus; tokens 0..p-1 are numbers, p is "="
+    c.train_fraction = 0.3
+    c.seed = 0
+    c.model = dict(n_layer=1, d_model=128, n_head=4, d_mlp=512, mlp="relu", tie_embeddings=False,
+                   init_std=0.02)
+    c.optimizer = dict(lr=1e-3, weight_decay=1.0, b1=0.9, b2=0.98, warmup_steps=10)
+    c.steps = 12000
+    c.eval_every = 100  # test accuracy is measured once per compiled chunk of this many steps
+    c.key_frequencies = 6  # how many top frequencies the spectrum summary counts
+    if arg == "small":
+        c.p = 23
+        c.model.update(d_model=64, n_head=4, d_mlp=128)
+        c.train_fraction = 0.5
+        c.steps = 1200
+        c.eval_every = 50
+        c.key_frequencies = 3
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r}; allowed: small")
+    return c

@@ -1,0 +1,48 @@
+"""Induction heads and the in-context-learning phase change (Olsson et al. 2022):
+`lmjax repro induction`.
+
+A 2-layer attention-only transformer (the MLPs held at zero: lmjax has no attention-only
+switch, and a zero MLP writes nothing) trained on tinyshakespeare characters. Every
+`log_every` steps the run measures each head's induction score on [BOS] + r + r (r
+random characters) and the in-context-learning score on held-out text: the loss at
+token `late` minus the loss at token `early` (Olsson et al.: token 500 minus token 50 of
+a long context; here 250 minus 25 of a 256 context, each the mean over +-`window`
+positions).
+
+Variants: `small` (the test's setting: context 64, a few hundred steps).
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.data = "/work/shared/data/tinyshakespeare/input.txt"  # "" = the embedded corpus (stdlib)
+    c.val_fraction = 0.1
+    c.repeat_fraction = 0.0  # share of rows that are [BOS] + s + s + filler (s of random length)
+    c.repeat_source = "text"  # s from text windows, or "random" characters
+    c.eval_data = "text"  # ICL score on plain held-out text, or "train": rows like the training mix
+    c.repeat_vocab = 0  # random rows: draw from the first this many characters (0 = all)
+    c.seed = 0
+    c.model = dict(n_layer=2, d_model=128, n_head=4, d_mlp=4, max_len=256)
+    c.optimizer = dict(lr=1e-3, end_lr=1e-4, schedule="cosine", warmup_steps=100, b2=0.98, weight_decay=0.0,
+                       clip_norm=1.0)
+    c.steps = 3000
+    c.batch_size = 16
+    c.log_every = 50
+    c.eval_batch = 64  # held-out text rows for the in-context-learning score
+    c.early, c.late, c.window = 25, 250, 5
+    c.induction_n = 100  # length of r in the [BOS] + r + r probe
+    c.induction_batch = 16
+    c.head_threshold = 0.3  # heads scoring above this share of the top score count as induction heads
+    if arg == "small":
+        # random characters with a repeat in every row: no text statistics to learn first,
+        # so the circuit forms within a few hundred steps
+        c.repeat_fraction, c.repeat_source, c.repeat_vocab, c.eval_data = 1.0, "bigram", 24, "train"
+        c.model.update(d_model=64, n_head=2, max_len=33)
+        c.steps, c.log_every, c.batch_size, c.eval_batch = 1500, 50, 64, 128
+        c.early, c.late, c.window = 3, 29, 2
+        c.induction_n = 16
+        c.optimizer.update(lr=1e-2, end_lr=1e-2, schedule="constant", warmup_steps=0, clip_norm=0.0)
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r}; allowed: small")
+    return c

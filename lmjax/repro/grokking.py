@@ -1,0 +1,206 @@
+"""Grokking modular addition (Power et al. 2022; Nanda et al. 2023).
+
+Published: a 1-layer transformer trained full-batch on "a b =" -> (a + b) mod 113 with 30%
+of the pairs, AdamW with weight decay 1.0, first memorises (train accuracy 100% within
+~1k steps, test accuracy near chance), and only thousands of steps later generalises
+(test accuracy jumps to 100%, ~10k steps in Nanda et al. Fig. 2). The trained embedding
+is sparse in the Fourier basis: a handful of key frequencies carry nearly all its norm
+(Nanda et al. Fig. 3).
+
+lmjax: RESULTS_PLACEHOLDER
+
+Command: `lmjax repro grokking --out runs/repro/grokking` (figures grokking_curves.png,
+grokking_fourier.png and results.json).
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from lmjax.model import ModelConfig, Transformer
+from lmjax.repro import _common
+from lmjax.train.optimizer import make_optimizer
+from lmjax.train.steps import init_params
+
+
+def dataset(p: int, train_fraction: float, seed: int = 0):
+    """All p^2 rows [a, b, =] with labels (a + b) mod p, split at random -> (train, test),
+    each (tokens [n, 3] int32, labels [n] int32)."""
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    a, b = a.ravel(), b.ravel()
+    tokens = np.stack([a, b, np.full_like(a, p)], axis=1).astype(np.int32)
+    labels = ((a + b) % p).astype(np.int32)
+    order = np.random.RandomState(seed).permutation(p * p)
+    n_train = int(round(train_fraction * p * p))
+    tr, te = order[:n_train], order[n_train:]
+    return (tokens[tr], labels[tr]), (tokens[te], labels[te])
+
+
+def fourier_spectrum(embedding) -> np.ndarray:
+    """Share of an embedding's squared norm at each frequency k = 0..p//2.
+
+    embedding [p, d]: one row per number 0..p-1. The DFT runs over the numbers (the rows);
+    frequency k collects the cos(2 pi k a / p) and sin(2 pi k a / p) components over all d
+    columns. The shares sum to 1."""
+    w = np.asarray(embedding, np.float64)
+    power = (np.abs(np.fft.rfft(w, axis=0)) ** 2).sum(1)
+    power[1:] *= 2  # rfft keeps one of each +k / -k pair (p odd: no Nyquist term)
+    return power / power.sum()
+
+
+def key_frequencies(spectrum, top: int) -> tuple[list[int], float]:
+    """The `top` strongest non-constant frequencies and their share of the non-constant norm."""
+    s = np.asarray(spectrum)[1:]
+    order = np.argsort(-s)[:top]
+    return [int(k) + 1 for k in order], float(s[order].sum() / s.sum())
+
+
+def make_model(config, p: int) -> Transformer:
+    return Transformer(ModelConfig(vocab_size=p + 1, max_len=3, **config.model))
+
+
+def _optimizer(config, steps):
+    o = ml_collections.ConfigDict(dict(lr=config.optimizer.lr, end_lr=config.optimizer.lr, schedule="constant",
+                                       warmup_steps=config.optimizer.warmup_steps, b1=config.optimizer.b1,
+                                       b2=config.optimizer.b2, eps=1e-8,
+                                       weight_decay=config.optimizer.weight_decay, clip_norm=0.0))
+    return make_optimizer(o, steps)
+
+
+def train(config, progress: bool = True) -> dict:
+    """Full-batch training in compiled chunks of `eval_every` steps -> curves and params."""
+    p = config.p
+    (xtr, ytr), (xte, yte) = dataset(p, config.train_fraction, config.seed)
+    model = make_model(config, p)
+    params = init_params(model, jax.random.key(config.seed))
+    optimizer = _optimizer(config, config.steps)
+    xtr, ytr, xte, yte = map(jnp.asarray, (xtr, ytr, xte, yte))
+
+    def loss_acc(params, x, y):
+        logits = model.apply({"params": params}, x)[:, -1]  # the prediction at "="
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, jnp.mean(jnp.argmax(logits, -1) == y)
+
+    def step(carry, _):
+        params, opt_state = carry
+        (loss, acc), grads = jax.value_and_grad(loss_acc, has_aux=True)(params, xtr, ytr)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), (loss, acc)
+
+    @jax.jit
+    def chunk(carry):
+        carry, (loss, acc) = jax.lax.scan(step, carry, None, length=config.eval_every)
+        test_loss, test_acc = loss_acc(carry[0], xte, yte)
+        return carry, loss, acc, test_loss, test_acc
+
+    carry = (params, optimizer.init(params))
+    init_embed = np.asarray(params["embed"][:p])
+    curves = {k: [] for k in ("train_loss", "train_acc")}
+    evals = {k: [] for k in ("step", "train_loss", "train_acc", "test_loss", "test_acc")}
+    n_chunks = -(-config.steps // config.eval_every)
+    t0 = time.perf_counter()
+    for i in tqdm(range(n_chunks), desc="grokking", disable=not progress, mininterval=2.0):
+        carry, loss, acc, test_loss, test_acc = chunk(carry)
+        curves["train_loss"] += np.asarray(loss).tolist()
+        curves["train_acc"] += np.asarray(acc).tolist()
+        evals["step"].append((i + 1) * config.eval_every)
+        evals["train_loss"].append(float(loss[-1]))
+        evals["train_acc"].append(float(acc[-1]))
+        evals["test_loss"].append(float(test_loss))
+        evals["test_acc"].append(float(test_acc))
+    return dict(params=carry[0], init_embed=init_embed, curves=curves, evals=evals,
+                train_time_s=time.perf_counter() - t0, n_train=int(len(ytr)), n_test=int(len(yte)))
+
+
+def first_step(steps, values, threshold):
+    """First step where values >= threshold (None if never)."""
+    for s, v in zip(steps, values):
+        if v >= threshold:
+            return int(s)
+    return None
+
+
+def summarize(config, run) -> dict:
+    p = config.p
+    ev = run["evals"]
+    curve_steps = np.arange(1, len(run["curves"]["train_acc"]) + 1)
+    spectrum_init = fourier_spectrum(run["init_embed"])
+    spectrum = fourier_spectrum(np.asarray(run["params"]["embed"][:p]))
+    keys, share = key_frequencies(spectrum, config.key_frequencies)
+    _, share_init = key_frequencies(spectrum_init, config.key_frequencies)
+    return {
+        "p": p, "n_train": run["n_train"], "n_test": run["n_test"], "steps": config.steps,
+        "train_acc_100_step": first_step(curve_steps, run["curves"]["train_acc"], 1.0),
+        "test_acc_at_train_100": _value_at(ev, first_step(curve_steps, run["curves"]["train_acc"], 1.0)),
+        "test_acc_50_step": first_step(ev["step"], ev["test_acc"], 0.5),
+        "test_acc_99_step": first_step(ev["step"], ev["test_acc"], 0.99),
+        "final_train_acc": ev["train_acc"][-1], "final_test_acc": ev["test_acc"][-1],
+        "final_test_loss": ev["test_loss"][-1],
+        "key_frequencies": keys, "key_frequency_share": share, "key_frequency_share_at_init": share_init,
+        "spectrum": spectrum.tolist(), "spectrum_init": spectrum_init.tolist(),
+        "evals": ev, "train_time_s": round(run["train_time_s"], 1),
+    }
+
+
+def _value_at(ev, step):
+    """Test accuracy at the first evaluation at or after `step`."""
+    if step is None:
+        return None
+    for s, v in zip(ev["step"], ev["test_acc"]):
+        if s >= step:
+            return v
+    return None
+
+
+def plot(results, out: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ev = results["evals"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(ev["step"], ev["train_acc"], label="train")
+    ax1.plot(ev["step"], ev["test_acc"], label="test")
+    ax1.set(xscale="log", xlabel="step", ylabel="accuracy", title=f"a + b mod {results['p']}: accuracy")
+    ax1.legend()
+    ax2.plot(ev["step"], ev["train_loss"], label="train")
+    ax2.plot(ev["step"], ev["test_loss"], label="test")
+    ax2.set(xscale="log", yscale="log", xlabel="step", ylabel="cross-entropy (nats)", title="loss")
+    ax2.legend()
+    paths = [_common.savefig(fig, out, "grokking_curves.png")]
+
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    k = np.arange(len(results["spectrum"]))
+    ax.bar(k[1:] - 0.2, results["spectrum_init"][1:], width=0.4, label="at init", color="0.6")
+    ax.bar(k[1:] + 0.2, results["spectrum"][1:], width=0.4, label="after training")
+    ax.set(xlabel="frequency k", ylabel="share of embedding norm",
+           title=f"embedding in the Fourier basis: top {len(results['key_frequencies'])} frequencies "
+                 f"{results['key_frequencies']} hold {results['key_frequency_share']:.0%} "
+                 f"(init {results['key_frequency_share_at_init']:.0%})")
+    ax.legend()
+    paths.append(_common.savefig(fig, out, "grokking_fourier.png"))
+    return paths
+
+
+def main(argv=None) -> dict:
+    config, out = _common.parse_args("grokking", argv, __doc__)
+    results = {}
+    with _common.stopwatch(results):
+        run = train(config)
+        results.update(summarize(config, run))
+        results["figures"] = plot(results, out)
+    _common.write_results(out, results, config)
+    print(f"train acc 100% at step {results['train_acc_100_step']} (test acc then {results['test_acc_at_train_100']}), "
+          f"test acc 99% at step {results['test_acc_99_step']}; final test acc {results['final_test_acc']:.4f}; "
+          f"key frequencies {results['key_frequencies']} hold {results['key_frequency_share']:.1%} of the embedding "
+          f"(init {results['key_frequency_share_at_init']:.1%}); {results['wall_time_s']} s -> {out}")
+    return results
