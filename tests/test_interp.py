@@ -17,38 +17,63 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmjax.interp import ablation, attribution, dla, heads, lens, neurons, patching, probes
+from lmjax.interp import ablation, attribution, compiling, dla, heads, lens, neurons, patching, probes, ssm
 from lmjax.interp.metrics import LogitDiff, NextTokenLoss
 from lmjax.model import ModelConfig, Transformer
 
-from _model_fixtures import GPT2, LLAMA, random_params, random_tokens
+from _model_fixtures import FAST_COMPILE, GPT2, LLAMA, random_params, random_tokens
 
 BASE = dict(vocab_size=37, n_layer=3, d_model=32, n_head=4, d_mlp=48, max_len=16)
 B, T = 3, 7
 
 
+# A hybrid stack (Mamba, attention, Mamba), GPT-2 style otherwise. The associative scan
+# compiles several times faster than CPU's default (an unrolled sequential loop); the
+# scans agree (test_mixers), and what is compared here reads only hook points.
+HYBRID = dict(GPT2, layer_pattern="MAM", d_state=4, ssm_scan="associative")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    """Every lmjax.interp program here compiles with LLVM at -O0: compiling is nearly all of
+    these tests' time, and the optimisation level changes nothing that is compared."""
+    saved = dict(compiling.COMPILER_OPTIONS)
+    compiling.COMPILER_OPTIONS.update(FAST_COMPILE)
+    yield
+    compiling.COMPILER_OPTIONS.clear()
+    compiling.COMPILER_OPTIONS.update(saved)
+
+
 @functools.lru_cache(maxsize=None)
 def small(kind="gpt2"):
-    cfg = ModelConfig(**BASE, **(GPT2 if kind == "gpt2" else LLAMA))
+    cfg = ModelConfig(**BASE, **{"gpt2": GPT2, "llama": LLAMA, "hybrid": HYBRID}[kind])
     return Transformer(cfg), random_params(cfg)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@functools.partial(jax.jit, static_argnames=("model",), compiler_options=FAST_COMPILE)
+def logits_of(model, params, tokens):
+    return model.apply({"params": params}, tokens)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "hybrid"])
 def test_dla_components_sum_to_the_logit_difference(kind):
     model, params = small(kind)
     tokens = random_tokens(model.cfg, B, T)
     target, contrast = jnp.array([1, 2, 3]), jnp.array([4, 5, 6])
     out = dla.direct_logit_attribution(model, params, tokens, target, contrast)
     np.testing.assert_allclose(out.total, out.logit_diff, atol=1e-4)
-    n_components = 1 + (kind == "gpt2") + BASE["n_layer"] * (BASE["n_head"] + (kind == "gpt2") + 1)
-    assert len(out.labels) == out.values.shape[0] == n_components  # embed, (pos), heads, (attn bias), mlp
+    gpt2 = kind != "llama"
+    per_layer = [BASE["n_head"] + gpt2 if m == "attention" else 1 for m in model.cfg.layer_mixers]
+    n_components = 1 + gpt2 + sum(per_layer) + BASE["n_layer"]  # embed, (pos), heads (+ attn bias) or mixer, mlp
+    assert len(out.labels) == out.values.shape[0] == n_components
+    assert ("L0 mixer" in out.labels) == (kind == "hybrid")
     # single target, another position: still exact
     one = dla.direct_logit_attribution(model, params, tokens, 5, position=2)
-    logits = np.asarray(model.apply({"params": params}, tokens))
+    logits = np.asarray(logits_of(model, params, tokens))
     np.testing.assert_allclose(one.total, logits[:, 2, 5], atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "hybrid"])
 def test_logit_lens_at_the_last_layer_is_the_model(kind):
     model, params = small(kind)
     tokens = random_tokens(model.cfg, B, T)
@@ -60,13 +85,14 @@ def test_logit_lens_at_the_last_layer_is_the_model(kind):
     np.testing.assert_allclose(out.top_probs[-1, ..., 0], out.target_prob[-1], rtol=1e-6)
 
 
-def test_patching_layer0_with_either_cache():
-    model, params = small()
+@pytest.mark.parametrize("kind", ["gpt2", "hybrid"])
+def test_patching_layer0_with_either_cache(kind):
+    model, params = small(kind)
     clean, corrupt = random_tokens(model.cfg, B, T, 0), random_tokens(model.cfg, B, T, 1)
     metric = LogitDiff(jnp.array([1, 2, 3]), jnp.array([4, 5, 6]))
     name = "blocks.0.hook_resid_pre"
-    _, c_clean = model.run_with_cache(params, clean, [name])
-    _, c_corrupt = model.run_with_cache(params, corrupt, [name])
+    _, c_clean = compiling.run_with_cache(model, params, clean, [name])
+    _, c_corrupt = compiling.run_with_cache(model, params, corrupt, [name])
     m_clean = patching.metric_value(model, params, clean, metric)
     m_corrupt = patching.metric_value(model, params, corrupt, metric)
     assert patching.patch(model, params, clean, {name: c_corrupt[name]}, metric) == m_corrupt
@@ -90,8 +116,8 @@ def test_heatmap_cells_match_single_patches():
     z = patching.activation_patching(model, params, clean, corrupt, metric, "z", per="head", normalize=False)
     assert heat.values.shape == (3, T) and z.values.shape == (3, 4)
     names = ["blocks.1.hook_resid_pre", "blocks.2.attn.hook_z"]
-    _, cc = model.run_with_cache(params, clean, names)
-    _, cr = model.run_with_cache(params, corrupt, names)
+    _, cc = compiling.run_with_cache(model, params, clean, names)
+    _, cr = compiling.run_with_cache(model, params, corrupt, names)
     assert patching.patch(model, params, corrupt, {names[0]: cc[names[0]]}, metric, positions=[4]) == \
         pytest.approx(heat.values[1, 4], abs=1e-4)
     head1 = cr[names[1]].at[:, :, 1].set(cc[names[1]][:, :, 1])
@@ -114,12 +140,75 @@ def test_ablations_and_steering_run_on_every_unit_kind():
     d = np.zeros(BASE["d_model"], np.float32)
     d[0] = 1.0
     np.testing.assert_allclose(neurons.steer(model, params, tokens, "blocks.1.hook_resid_pre", d, 0.0),
-                               model.run_with_hooks(params, tokens, {}), atol=1e-5)
+                               logits_of(model, params, tokens), atol=1e-5)
     pushed = neurons.steer(model, params, tokens, "blocks.1.hook_resid_pre", d, 50.0)
-    assert float(jnp.abs(pushed - model.run_with_hooks(params, tokens, {})).max()) > 0.1
+    assert float(jnp.abs(pushed - logits_of(model, params, tokens)).max()) > 0.1
     top = neurons.top_activating(model, params, random_tokens(model.cfg, 40, T), "blocks.1.mlp.hook_post",
                                  neuron=5, k=4, batch_size=16)
     assert [e.value for e in top] == sorted([e.value for e in top], reverse=True)
+
+
+# ---------------------------------------------------------------- Mamba layers: implicit attention
+
+
+def implicit_attention_reference(delta, A, B, C):
+    """alpha[b, c, t, s] = sum_n C_t[n] prod_{k=s+1..t} exp(delta_k[c] A[c, n]) delta_s[c] B_s[n],
+    straight from the definition (a product of per-step decays), in float64."""
+    delta, A, B, C = (np.asarray(v, np.float64) for v in (delta, A, B, C))
+    b, t, c = delta.shape
+    alpha = np.zeros((b, c, t, t))
+    for q in range(t):
+        decay = np.ones((b, c, A.shape[1]))  # prod over k in (s, q], built from s = q down to 0
+        for s in range(q, -1, -1):
+            alpha[:, :, q, s] = np.einsum("bn,bcn,bc,bn->bc", C[:, q], decay, delta[:, s], B[:, s])
+            decay = decay * np.exp(delta[:, s, :, None] * A)
+    return alpha
+
+
+def test_mamba_implicit_attention_reproduces_the_scan():
+    """sum_s alpha[c, t, s] x_s[c] + D x_t is the layer's scan output (hook_ssm_out), with x
+    the SiLU'd conv output the scan reads (hook_conv); alpha matches its definition."""
+    model, params = small("hybrid")
+    tokens = random_tokens(model.cfg, 2, 9)
+    assert ssm.mamba_layers(model) == [0, 2]
+    alphas = ssm.layer_attention(model, params, tokens)
+    names = ssm.scan_cache_names(0) + ssm.scan_cache_names(2)
+    _, cached = compiling.run_with_cache(model, params, tokens, names)
+    for layer, alpha in alphas.items():
+        x, delta, B_, C, y = (cached[n] for n in ssm.scan_cache_names(layer))
+        A, D = ssm.ssm_parameters(params, layer)
+        assert alpha.shape == (2, model.cfg.d_inner, 9, 9) and alpha.dtype == jnp.float32
+        assert float(jnp.abs(jnp.triu(alpha, 1)).max()) == 0.0  # causal
+        np.testing.assert_allclose(ssm.unrolled_scan(alpha, x, D), y, atol=1e-5 * float(jnp.abs(y).max()))
+        np.testing.assert_allclose(alpha, implicit_attention_reference(delta, A, B_, C), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="not Mamba layers"):
+        ssm.layer_attention(model, params, tokens, layers=[1])
+
+
+def test_detectors_and_ablations_treat_mamba_layers_as_heads():
+    model, params = small("hybrid")
+    tokens = random_tokens(model.cfg, B, T)
+    pats = heads.patterns(model, params, tokens)
+    assert {l: p.shape for l, p in pats.items()} == {0: (B, 1, T, T), 1: (B, 4, T, T), 2: (B, 1, T, T)}
+    np.testing.assert_allclose(pats[0].sum(-1), 1.0, rtol=1e-5)  # rows are distributions, like softmax attention
+    alpha = ssm.layer_attention(model, params, tokens, layers=[0])[0]
+    mass = np.abs(np.asarray(alpha)).mean(1)
+    np.testing.assert_allclose(pats[0][:, 0], mass / mass.sum(-1, keepdims=True), rtol=1e-5)
+    grouped = ssm.implicit_patterns(model, params, tokens, groups=4)
+    assert grouped[2].shape == (B, 4, T, T) and 1 not in grouped
+    np.testing.assert_allclose(grouped[2].sum(-1), 1.0, rtol=1e-5)
+    # detectors on the Mamba layers are the formula applied to their patterns
+    scores = heads.head_scores(model, params, tokens)
+    mask = heads.previous_token_mask(T)[None, None]
+    np.testing.assert_allclose(scores["previous_token"][0], heads.detection_score(pats[0], mask), rtol=1e-6)
+    assert [r["head"] for r in heads.table(scores, top=None, model=model) if "ssm" in r["head"]] != []
+    assert heads.parse_label(heads.head_label(model, 2, 0)) == (2, 0) and heads.head_label(model, 2, 0) == "L2ssm"
+    # one zero-ablation per attention head and per Mamba mixer, in one call
+    metric = LogitDiff(jnp.array([1, 2, 3]), jnp.array([4, 5, 6]))
+    before, effects = ablation.head_ablation_effects(model, params, tokens, metric, include_mixers=True)
+    assert {l: e.shape for l, e in effects.items()} == {0: (1,), 1: (4,), 2: (1,)}
+    whole = ablation.ablate(model, params, tokens, metric, mixers=[2])
+    assert whole.before == pytest.approx(before, abs=1e-5) and effects[2][0] == pytest.approx(whole.after, abs=1e-5)
 
 
 # ---------------------------------------------------------------- head detectors

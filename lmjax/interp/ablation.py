@@ -10,18 +10,18 @@ mixer's and the MLP's writes together). How:
 - resample: the activation of a random reference row at the same position (keeps the
   distribution, removes the information; the reference needs the same length).
 
-`head_ablation_effects` runs every single-head ablation in one vmapped call.
+`head_ablation_effects` runs every single-head ablation (and, if asked, every single
+non-attention mixer's) in one vmapped call.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax.interp import weights
+from lmjax.interp import compiling, weights
 from lmjax.interp.metrics import as_metric, run_metric
 
 METHODS = ("zero", "mean", "resample")
@@ -78,7 +78,7 @@ def _replacements(model, params, names, tokens, method, reference, key):
         return {n: jnp.zeros(()) for n in names}
     if reference is None:
         raise ValueError(f"{method} ablation needs reference tokens")
-    _, cache = model.run_with_cache(params, jnp.asarray(reference), list(names))
+    _, cache = compiling.run_with_cache(model, params, reference, names)
     if method == "mean":
         return {n: cache[n].mean(axis=(0, 1), keepdims=True) for n in names}
     b = tokens.shape[0]
@@ -88,7 +88,7 @@ def _replacements(model, params, names, tokens, method, reference, key):
     return {n: cache[n][rows] for n in names}
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@compiling.jit(static_argnames=("model",))
 def _run(model, params, tokens, metric, interventions):
     return run_metric(model, params, tokens, metric), run_metric(model, params, tokens, metric, {
         n: (_mask_replace, payload) for n, payload in interventions.items()})
@@ -111,28 +111,39 @@ def ablate(model, params, tokens, metric, *, heads=(), neurons=(), mlps=(), mixe
     return Ablation(float(before), float(after), method, what)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layers"))
-def _head_effects(model, params, tokens, metric, layers):
-    n_head = model.cfg.n_head
+@compiling.jit(static_argnames=("model", "layers", "mixers"))
+def _unit_effects(model, params, tokens, metric, layers, mixers):
+    """Metric after zero-ablating each unit alone: every head of the attention `layers`,
+    then the whole mixer output of each of `mixers`; cells are one-hots, lax.map-ed."""
+    n_head, n_heads = model.cfg.n_head, len(layers) * model.cfg.n_head
+    zero = jnp.zeros(())
 
-    def one(layer_onehot, head_onehot):
-        interventions = {
-            f"blocks.{l}.attn.hook_z": (_mask_replace, (jnp.zeros(()), (layer_onehot[i] * head_onehot)[:, None]))
-            for i, l in enumerate(layers)
-        }
+    def one(cell):  # [n_heads + len(mixers)] one-hot
+        interventions = {f"blocks.{l}.attn.hook_z": (_mask_replace, (zero, cell[i * n_head:(i + 1) * n_head, None]))
+                         for i, l in enumerate(layers)}
+        interventions.update({weights.mixer_out(model, l): (_mask_replace, (zero, cell[n_heads + j, None]))
+                              for j, l in enumerate(mixers)})
         return run_metric(model, params, tokens, metric, interventions)
 
-    eye_l, eye_h = jnp.eye(len(layers)), jnp.eye(n_head)
-    cells_l = jnp.repeat(eye_l, n_head, axis=0)
-    cells_h = jnp.tile(eye_h, (len(layers), 1))
-    after = jax.lax.map(lambda c: one(*c), (cells_l, cells_h), batch_size=min(16, cells_l.shape[0]))
-    return run_metric(model, params, tokens, metric), after.reshape(len(layers), n_head)
+    cells = jnp.eye(n_heads + len(mixers))
+    after = jax.lax.map(one, cells, batch_size=min(16, cells.shape[0]))
+    return run_metric(model, params, tokens, metric), after
 
 
-def head_ablation_effects(model, params, tokens, metric) -> tuple[float, dict[int, np.ndarray]]:
-    """(metric before, {layer: [head] metric after zero-ablating that head alone}), one call."""
-    layers = tuple(l for l in range(model.cfg.n_layer) if weights.layer_point(model, l, "attn.hook_z"))
-    if not layers:
+def head_ablation_effects(model, params, tokens, metric, include_mixers: bool = False
+                          ) -> tuple[float, dict[int, np.ndarray]]:
+    """(metric before, {layer: [head] metric after zero-ablating that head alone}), one call.
+
+    With `include_mixers`, each non-attention layer (Mamba, LSTM, ...) counts as one "head"
+    too: {layer: [metric after zero-ablating its whole mixer output]} (a Mamba layer's
+    implicit attention is likewise one pattern, lmjax.interp.heads.patterns)."""
+    n_layer = model.cfg.n_layer
+    layers = tuple(l for l in range(n_layer) if weights.layer_point(model, l, "attn.hook_z"))
+    mixers = tuple(l for l in range(n_layer) if include_mixers and l not in layers)
+    if not layers and not mixers:
         return float("nan"), {}
-    before, after = _head_effects(model, params, jnp.asarray(tokens), as_metric(metric), layers)
-    return float(before), {l: np.asarray(after[i]) for i, l in enumerate(layers)}
+    before, after = _unit_effects(model, params, jnp.asarray(tokens), as_metric(metric), layers, mixers)
+    after, n_head = np.asarray(after), model.cfg.n_head
+    out = {l: after[i * n_head:(i + 1) * n_head] for i, l in enumerate(layers)}
+    out.update({l: after[len(layers) * n_head + j:][:1] for j, l in enumerate(mixers)})
+    return float(before), dict(sorted(out.items()))

@@ -11,12 +11,12 @@ softmax or LayerNorm far from linear), which is why it is checked against the re
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax.interp import compiling
 from lmjax.interp.metrics import as_metric, run_metric
 from lmjax.interp.patching import POINTS, point_name
 
@@ -25,7 +25,7 @@ def _add(x, delta):
     return x + delta.astype(x.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "names"))
+@compiling.jit(static_argnames=("model", "names"))
 def _attribute(model, params, clean_tokens, corrupt_tokens, metric, names):
     _, clean = model.run_with_cache(params, clean_tokens, names)
     m_clean = run_metric(model, params, clean_tokens, metric)

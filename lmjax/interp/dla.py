@@ -15,13 +15,12 @@ credit for that here (activation patching measures the total effect).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax.interp import weights
+from lmjax.interp import compiling, weights
 
 
 @dataclasses.dataclass
@@ -72,7 +71,7 @@ def component_labels(model) -> list[str]:
     return labels
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@compiling.jit(static_argnames=("model",))
 def components(model, params, tokens):
     """-> (writes [C, b, t, d_model] in component_labels order, final norm divisor [b, t, 1],
     the final residual stream [b, t, d_model], logits)."""
@@ -103,7 +102,7 @@ def logit_direction(model, params, target, contrast=None):
     return u
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@compiling.jit(static_argnames=("model",))
 def _dla(model, params, tokens, target, contrast, position):
     parts, scale, _, logits = components(model, params, tokens)
     b = tokens.shape[0]

@@ -11,18 +11,20 @@ triangle), averaged over the batch:
 
 `induction_score` is the standard probe on [BOS] + r + r, r uniformly random of length n:
 the mean over batch and second-half queries q of pattern[q, q - n + 1]. Patterns come from
-`hook_pattern`, or for a Mamba layer from its implicit attention (lmjax.interp.ssm), so
-the same tables rank every kind of mixer.
+`hook_pattern`, or for a Mamba layer from its implicit attention (lmjax.interp.ssm:
+|alpha| averaged over channels and normalised per query row, one "head" per layer or one
+per channel group), so the same tables rank every kind of mixer. Mamba "heads" are
+labelled `L{l}ssm` (`L{l}ssm{g}` with channel groups) where attention heads are `L{l}H{h}`.
 """
 from __future__ import annotations
 
-import functools
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax.interp import weights
+from lmjax.interp import compiling, ssm, weights
 
 KINDS = ("previous_token", "duplicate_token", "induction")
 
@@ -63,27 +65,50 @@ def detection_score(pattern, mask, exclude_bos: bool = False, exclude_current: b
     return score.mean(0)
 
 
-def patterns(model, params, tokens, layers=None) -> dict[int, jax.Array]:
-    """{layer: pattern [b, head, q, k]} for attention layers (and Mamba layers' implicit
-    attention, averaged over channels, when lmjax.interp.ssm supports the model)."""
-    from lmjax.interp import ssm  # late: ssm depends on the mixer being present
-
+def patterns(model, params, tokens, layers=None, ssm_groups: int = 1) -> dict[int, jax.Array]:
+    """{layer: pattern [b, head, q, k]} for attention layers and Mamba layers (their
+    implicit attention as `ssm_groups` "heads", lmjax.interp.ssm.as_pattern), from one
+    compiled run; layers with other mixers (LSTM, GRU, conv) have no pattern and are left out."""
     layers = range(model.cfg.n_layer) if layers is None else layers
-    att = tuple(l for l in layers if weights.is_attention(model, l))
-    out = dict(_patterns(model, params, jnp.asarray(tokens), att)) if att else {}
-    out.update(ssm.implicit_patterns(model, params, tokens, [l for l in layers if l not in att]))
-    return dict(sorted(out.items()))
+    att = tuple(int(l) for l in layers if weights.is_attention(model, int(l)))
+    mamba = tuple(ssm.mamba_layers(model, layers))
+    if not att and not mamba:
+        return {}
+    return dict(sorted(_patterns(model, params, jnp.asarray(tokens), att, mamba, ssm_groups).items()))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layers"))
-def _patterns(model, params, tokens, layers):
-    names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
+@compiling.jit(static_argnames=("model", "att", "mamba", "groups"))
+def _patterns(model, params, tokens, att, mamba, groups):
+    names = [f"blocks.{l}.attn.hook_pattern" for l in att] + [n for l in mamba for n in ssm.alpha_cache_names(l)]
     _, cache = model.run_with_cache(params, tokens, names)
-    return {l: cache[n] for l, n in zip(layers, names)}
+    out = {l: cache[f"blocks.{l}.attn.hook_pattern"] for l in att}
+    out.update({l: ssm.as_pattern(ssm.alpha_from_cache(params, cache, l), groups) for l in mamba})
+    return out
 
 
-def head_scores(model, params, tokens, exclude_bos: bool = False, exclude_current: bool = False) -> dict:
-    """{kind: {layer: [head] scores}} on `tokens` [b, t] for the three detectors."""
+def head_label(model, layer: int, head: int, ssm_groups: int = 1) -> str:
+    """"L1H3" for an attention head; "L0ssm" (or "L0ssm{g}" with channel groups) for a
+    Mamba layer; "L0lstm" (the mixer's name) for another mixer, which is one unit."""
+    if model is None or weights.is_attention(model, layer):
+        return f"L{layer}H{head}"
+    mixer = model.cfg.layer_mixers[layer]
+    if mixer == "mamba":
+        return f"L{layer}ssm" + (str(head) if ssm_groups > 1 else "")
+    return f"L{layer}{mixer}"
+
+
+def parse_label(label: str) -> tuple[int, int]:
+    """(layer, head) of a `head_label` ("L1H3" -> (1, 3), "L0ssm" -> (0, 0), "L0ssm2" -> (0, 2))."""
+    m = re.fullmatch(r"L(\d+)(?:H(\d+)|ssm(\d*)|[a-z]+)", label)
+    if m is None:
+        raise ValueError(f"not a head label: {label!r} (expected e.g. 'L1H3' or 'L0ssm')")
+    return int(m.group(1)), int(m.group(2) or m.group(3) or 0)
+
+
+def head_scores(model, params, tokens, exclude_bos: bool = False, exclude_current: bool = False,
+                ssm_groups: int = 1) -> dict:
+    """{kind: {layer: [head] scores}} on `tokens` [b, t] for the three detectors (Mamba
+    layers: their implicit attention, `ssm_groups` "heads" each)."""
     tokens = np.asarray(tokens)
     masks = {
         "previous_token": previous_token_mask(tokens.shape[1])[None, None],
@@ -91,7 +116,7 @@ def head_scores(model, params, tokens, exclude_bos: bool = False, exclude_curren
         "induction": induction_mask(tokens)[:, None],
     }
     out = {k: {} for k in KINDS}
-    for layer, pattern in patterns(model, params, tokens).items():
+    for layer, pattern in patterns(model, params, tokens, ssm_groups=ssm_groups).items():
         for kind in KINDS:
             out[kind][layer] = np.asarray(detection_score(pattern, masks[kind], exclude_bos, exclude_current))
     return out
@@ -115,27 +140,30 @@ def induction_stripe(pattern, n: int, offset: int = 1):
 
 
 def induction_score(model, params, n: int = 20, batch: int = 8, bos: int | None = None, seed: int = 0,
-                    vocab_range: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
+                    vocab_range: tuple[int, int] | None = None, ssm_groups: int = 1) -> dict[int, np.ndarray]:
     """{layer: [head]} induction scores on [BOS] + r + r (the DESIGN.md definition)."""
     low, high = vocab_range or (0, model.cfg.vocab_size)
     tokens = repeated_tokens(high, n, batch, bos, seed, low)
     return {l: np.asarray(induction_stripe(p, n, int(bos is not None)))
-            for l, p in patterns(model, params, tokens).items()}
+            for l, p in patterns(model, params, tokens, ssm_groups=ssm_groups).items()}
 
 
-def ranked(scores: dict[int, np.ndarray], top: int | None = None) -> list[tuple[str, float]]:
-    """[("L1H3", score), ...] from {layer: [head]}, highest first."""
-    rows = [(f"L{l}H{h}", float(v)) for l, s in scores.items() for h, v in enumerate(np.asarray(s))]
+def ranked(scores: dict[int, np.ndarray], top: int | None = None, model=None, ssm_groups: int = 1
+           ) -> list[tuple[str, float]]:
+    """[("L1H3", score), ...] from {layer: [head]}, highest first (with `model`, Mamba
+    layers are labelled "L0ssm": see `head_label`)."""
+    rows = [(head_label(model, l, h, ssm_groups), float(v)) for l, s in scores.items() for h, v in enumerate(np.asarray(s))]
     return sorted(rows, key=lambda r: -r[1])[:top]
 
 
-def table(all_scores: dict[str, dict[int, np.ndarray]], top: int = 10) -> list[dict]:
-    """Rows {head, previous_token, duplicate_token, induction, best} ranked by the best score."""
+def table(all_scores: dict[str, dict[int, np.ndarray]], top: int = 10, model=None, ssm_groups: int = 1) -> list[dict]:
+    """Rows {head, previous_token, duplicate_token, induction, best} ranked by the best score
+    (labels as in `head_label`)."""
     heads = {}
     for kind, scores in all_scores.items():
         for l, s in scores.items():
             for h, v in enumerate(np.asarray(s)):
-                heads.setdefault((l, h), {"head": f"L{l}H{h}"})[kind] = float(v)
+                heads.setdefault((l, h), {"head": head_label(model, l, h, ssm_groups)})[kind] = float(v)
     rows = list(heads.values())
     for r in rows:
         r["best"] = max((k for k in r if k != "head"), key=lambda k: r[k])

@@ -9,13 +9,12 @@ layer the lens is the model's own output (tested). Works for any mixer: it reads
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax.interp import weights
+from lmjax.interp import compiling, weights
 
 
 @dataclasses.dataclass
@@ -31,7 +30,7 @@ class LogitLens:
     logits: np.ndarray  # [b, t, vocab] the model's own
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@compiling.jit(static_argnames=("model",))
 def lens_logits(model, params, tokens):
     """-> (lens logits [P, b, t, vocab], model logits [b, t, vocab]). P = n_layer + 1."""
     names = [n for _, n in weights.residual_points(model)]
@@ -40,7 +39,7 @@ def lens_logits(model, params, tokens):
     return weights.unembed(model, params, weights.final_norm(model, params, resid)), logits
 
 
-@functools.partial(jax.jit, static_argnames=("model", "top_k"))
+@compiling.jit(static_argnames=("model", "top_k"))
 def _lens_summary(model, params, tokens, targets, top_k):
     lens, logits = lens_logits(model, params, tokens)
     logp = jax.nn.log_softmax(lens, axis=-1)

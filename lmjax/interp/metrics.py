@@ -53,18 +53,30 @@ class LogitDiff:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class NextTokenLoss:
-    """Mean next-token cross-entropy of `tokens` over predicting positions [start, stop)."""
+    """Mean next-token cross-entropy of `tokens` over predicting positions [start, stop)
+    (of the t - 1 predictions; stop None = all). The range is data, not structure: losses
+    over different ranges share one compiled analysis."""
 
     tokens: jax.Array
-    start: int = dataclasses.field(default=0, metadata=dict(static=True))
-    stop: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    start: int | jax.Array = 0
+    stop: int | jax.Array | None = None
 
     last_position_only = False
+
+    def __post_init__(self):  # also runs when JAX rebuilds the pytree: leaves are left as they come
+        if self.stop is None and hasattr(self.tokens, "shape"):
+            self.stop = self.tokens.shape[1] - 1
+        if isinstance(self.start, int):
+            self.start = jnp.asarray(self.start)
+        if isinstance(self.stop, int):
+            self.stop = jnp.asarray(self.stop)
 
     def __call__(self, logits):
         logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
         nll = -jnp.take_along_axis(logp, self.tokens[:, 1:, None], axis=-1)[..., 0]  # [b, t-1]
-        return nll[:, self.start:self.stop].mean(-1)
+        i = jnp.arange(nll.shape[1])
+        keep = (i >= self.start) & (i < (nll.shape[1] if self.stop is None else self.stop))
+        return (nll * keep).sum(-1) / keep.sum()
 
 
 def as_metric(metric):

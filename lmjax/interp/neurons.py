@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
+
+from lmjax.interp import compiling
 
 
 @dataclasses.dataclass
@@ -28,7 +29,7 @@ class Example:
     text: str | None = None  # decoded context, when a tokenizer was given
 
 
-@functools.partial(jax.jit, static_argnames=("model", "hook"))
+@compiling.jit(static_argnames=("model", "hook"))
 def _scores(model, params, tokens, hook, direction):
     _, cache = model.run_with_cache(params, tokens, [hook])
     act = cache[hook].astype(jnp.float32)
@@ -39,8 +40,8 @@ def activations_along(model, params, tokens, hook: str, neuron=None, direction=N
     """[N, T] the unit `neuron` (an index into the activation's non-batch/position axes, an
     int or a tuple) or the projection onto `direction` (same shape as those axes)."""
     tokens = np.asarray(tokens)
-    _, probe = model.run_with_cache(params, jnp.asarray(tokens[:1, :2]), [hook])  # shapes only (tiny run)
-    unit_shape = probe[hook].shape[2:]
+    probe = jax.eval_shape(lambda p, t: model.run_with_cache(p, t, [hook])[1], params, jnp.asarray(tokens[:1, :2]))
+    unit_shape = probe[hook].shape[2:]  # shapes only: traced, never run
     if direction is None:
         if neuron is None:
             raise ValueError("give a neuron index or a direction")
@@ -77,7 +78,7 @@ def _add_scaled(x, payload):
     return x + (scale * mask[None, :, None] * direction).astype(x.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "hook"))
+@compiling.jit(static_argnames=("model", "hook"))
 def _steered_logits(model, params, tokens, hook, direction, scale, mask):
     return model.run_with_hooks(params, tokens, {hook: (_add_scaled, (direction, scale, mask))})
 

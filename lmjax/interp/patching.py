@@ -15,13 +15,12 @@ average). Cells never loop in Python.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmjax.interp import weights
+from lmjax.interp import compiling, weights
 from lmjax.interp.metrics import as_metric, run_metric
 
 # point -> hook-name suffix under blocks.{l}.
@@ -75,14 +74,18 @@ def _cell_masks(act_shape, point: str, per: str) -> np.ndarray:
     return np.ones((1, t), bool) if per == "layer" else np.eye(t, dtype=bool)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "point", "per", "layers", "denoise", "batch_size"))
+@compiling.jit(static_argnames=("model", "point", "per", "layers", "batch_size"))
 def _heatmap(model, params, clean_tokens, corrupt_tokens, metric, point, per, layers, denoise, batch_size):
     names = [point_name(model, l, point) for l in layers]
     _, clean = model.run_with_cache(params, clean_tokens, names)
     _, corrupt = model.run_with_cache(params, corrupt_tokens, names)
     m_clean = run_metric(model, params, clean_tokens, metric)
     m_corrupt = run_metric(model, params, corrupt_tokens, metric)
-    base_tokens, base, source = (corrupt_tokens, corrupt, clean) if denoise else (clean_tokens, clean, corrupt)
+    # `denoise` is traced (a selection, not a branch): noising and denoising share one program.
+    pick = lambda a, b: jnp.where(denoise, a, b)  # noqa: E731
+    base_tokens = pick(corrupt_tokens, clean_tokens)
+    base = {n: pick(corrupt[n], clean[n]) for n in names}
+    source = {n: pick(clean[n], corrupt[n]) for n in names}
     rows = []
     for name in names:
         masks = jnp.asarray(_cell_masks(base[name].shape, point, per))
@@ -116,7 +119,7 @@ def activation_patching(model, params, clean_tokens, corrupt_tokens, metric, poi
     if clean_tokens.shape != corrupt_tokens.shape:
         raise ValueError(f"clean {clean_tokens.shape} and corrupted {corrupt_tokens.shape} tokens differ in shape")
     values, m_clean, m_corrupt = _heatmap(model, params, clean_tokens, corrupt_tokens, as_metric(metric),
-                                          point, per, layers, denoise, batch_size)
+                                          point, per, layers, jnp.asarray(bool(denoise)), batch_size)
     values = np.asarray(values)
     if point == "z" and per == "position":
         values = values.reshape(len(layers), clean_tokens.shape[1], -1)
@@ -128,27 +131,31 @@ def activation_patching(model, params, clean_tokens, corrupt_tokens, metric, poi
     return Patching(values, list(layers), point, m_clean, m_corrupt, normalize)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _patched_metric(model, params, tokens, metric, patches):
-    interventions = {name: (_replace, (source, base, mask)) for name, (source, base, mask) in patches.items()}
-    return run_metric(model, params, tokens, metric, interventions)
+def _write(x, payload):
+    """`value` where the position mask says, the run's own activation elsewhere."""
+    value, mask = payload
+    return jnp.where(mask.reshape(1, -1, *(1,) * (x.ndim - 2)), value.astype(x.dtype), x)
+
+
+@compiling.jit(static_argnames=("model",))
+def _patched_metric(model, params, tokens, metric, values, mask):
+    return run_metric(model, params, tokens, metric, {name: (_write, (v, mask)) for name, v in values.items()})
 
 
 def patch(model, params, tokens, patches: dict, metric, positions=None):
     """The metric on `tokens` with `patches` {hook name: activation} written at `positions`
-    (a list of ints; None = every position). Elsewhere the run's own activations stay."""
+    (a list of ints; None = every position). Elsewhere the run's own activations stay.
+    One compiled program per set of hook names."""
     tokens = jnp.asarray(tokens)
+    model.check_hook_names(list(patches))
     t = tokens.shape[1]
     mask = np.zeros(t, bool)
     mask[np.arange(t) if positions is None else np.asarray(positions)] = True
-    _, own = model.run_with_cache(params, tokens, list(patches))
-    full = {}
-    for name, value in patches.items():
-        m = np.broadcast_to(mask.reshape(t, *(1,) * (own[name].ndim - 3)), own[name].shape[1:-1])
-        full[name] = (jnp.asarray(value), own[name], jnp.asarray(m))
-    return float(_patched_metric(model, params, tokens, as_metric(metric), full))
+    values = {name: jnp.asarray(v) for name, v in patches.items()}
+    return float(_patched_metric(model, params, tokens, as_metric(metric), values, jnp.asarray(mask)))
 
 
 def metric_value(model, params, tokens, metric) -> float:
     """The metric on an unpatched run (the same compiled path as `patch`)."""
-    return float(_patched_metric(model, params, jnp.asarray(tokens), as_metric(metric), {}))
+    tokens = jnp.asarray(tokens)
+    return float(_patched_metric(model, params, tokens, as_metric(metric), {}, jnp.ones(tokens.shape[1], bool)))

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from lmjax.interp import weights
+from lmjax.interp import compiling, weights
 
 UPOS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN",
         "PUNCT", "SCONJ", "SYM", "VERB", "X")
@@ -62,7 +62,7 @@ def _fit(x, y, n_classes, steps, lr, l2):
     return params
 
 
-@functools.partial(jax.jit, static_argnames=("n_classes", "steps"))
+@compiling.jit(static_argnames=("n_classes", "steps"))
 def _train_all(x_train, x_test, y_train, y_test, n_classes, steps, lr, l2):
     """x_* [P, N, d]; y_* [2, N] (real, shuffled) -> accuracies [P, 2] and weights."""
     mean = x_train.mean(1, keepdims=True)
@@ -183,7 +183,7 @@ def _token_lengths(tokenizer):
         return np.asarray(tokenizer.token_bytes(), np.int64)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "names"))
+@compiling.jit(static_argnames=("model", "names"))
 def _resid(model, params, tokens, names):
     _, cache = model.run_with_cache(params, tokens, names)
     return jnp.stack([cache[n] for n in names])

@@ -10,7 +10,8 @@ URIs (no network, opens from disk or an email attachment). Sections:
 4. direct logit attribution by component (embeddings, heads, MLPs / mixers);
 5. heads that matter: by |DLA| and by the effect of zero-ablating each head (one vmapped
    call), with their attention patterns and the previous-token / duplicate / induction
-   detector scores on this prompt;
+   detector scores on this prompt. A Mamba layer is one "head" here: its implicit
+   attention (lmjax.interp.ssm) is the pattern, its whole mixer output what is ablated;
 6. activation patching against a corrupted prompt (when given): residual stream layer x
    position, and each head.
 """
@@ -69,10 +70,18 @@ def explain(model, params, tokenizer, prompt: str, target: str | None = None, co
         raise ValueError(f"the prompt is {len(ids)} tokens, the model's context is {model.cfg.max_len}")
     if not ids:
         raise ValueError("empty prompt and no BOS token: nothing to explain")
+    c_ids = None
+    if corrupt is not None:  # checked before anything compiles
+        c_ids = bos + tokenizer.encode(corrupt)
+        if len(c_ids) != len(ids):
+            raise ValueError(f"the corrupted prompt is {len(c_ids)} tokens and the prompt {len(ids)}: "
+                             "patching needs prompts of the same length")
     tokens = jnp.asarray([ids], jnp.int32)
     strs = plots.token_labels(tokenizer, ids)
 
-    ll = lens.logit_lens(model, params, tokens, top_k=top_k)
+    # Both lens calls share one compiled program (same shapes, top-k and target type).
+    top_k = max(top_k, 5)
+    ll = lens.logit_lens(model, params, tokens, targets=np.zeros(tokens.shape, np.int32), top_k=top_k)
     final = ll.logits[0, -1].astype(np.float64)
     probs = np.exp(final - final.max())
     probs /= probs.sum()
@@ -82,32 +91,35 @@ def explain(model, params, tokenizer, prompt: str, target: str | None = None, co
     if c_id == t_id:
         raise ValueError("the target and the contrast are the same token")
     top = [(plots.token_labels(tokenizer, [i])[0], float(probs[i])) for i in order[:top_k]]
-    ll = lens.logit_lens(model, params, tokens, targets=np.full(tokens.shape, t_id), top_k=5)
+    ll = lens.logit_lens(model, params, tokens, targets=np.full(tokens.shape, t_id, np.int32), top_k=top_k)
+    ll.top_ids, ll.top_probs = ll.top_ids[..., :5], ll.top_probs[..., :5]
 
     attribution = dla.direct_logit_attribution(model, params, tokens, t_id, c_id)
     head_dla = [(label, value) for label, value in attribution.ranked()
                 if label.startswith("L") and "H" in label and " " not in label]
     metric = LogitDiff(jnp.asarray(t_id), jnp.asarray(c_id))
-    before, effects = ablation.head_ablation_effects(model, params, tokens, metric)
-    head_abl = sorted(((f"L{l}H{h}", float(v)) for l, e in effects.items() for h, v in enumerate(e)),
+    # Every head, and every non-attention mixer as one unit, zero-ablated alone: one call.
+    before, effects = ablation.head_ablation_effects(model, params, tokens, metric, include_mixers=True)
+    head_abl = sorted(((heads.head_label(model, l, h), float(v)) for l, e in effects.items() for h, v in enumerate(e)),
                       key=lambda r: -abs(r[1] - before))
-    detectors = heads.table(heads.head_scores(model, params, tokens), top=8) if effects else []
+    pats = heads.patterns(model, params, tokens)  # attention layers and Mamba layers' implicit attention
+    detectors = heads.table(_detector_scores(pats, ids), top=8, model=model) if pats else []
 
     shown = []
     for label, _ in head_abl[:n_heads_shown] + head_dla[:n_heads_shown]:
         if label not in shown:
             shown.append(label)
     shown = shown[:n_heads_shown + 1]
-    pats = heads.patterns(model, params, tokens, layers=sorted({int(s[1:s.index("H")]) for s in shown}))
-    patterns = {s: np.asarray(pats[int(s[1:s.index("H")])][0, int(s[s.index("H") + 1:])]) for s in shown
-                if int(s[1:s.index("H")]) in pats}
+    mamba = [label for label, _ in head_abl if label.endswith("ssm") and label not in shown]
+    shown += mamba[:max(0, 2 - sum(s.endswith("ssm") for s in shown))]  # a hybrid shows its Mamba layers too
+    patterns = {}
+    for label in shown:
+        layer, head = heads.parse_label(label)
+        if layer in pats:
+            patterns[label] = np.asarray(pats[layer][0, head])
 
     patch = None
     if corrupt is not None:
-        c_ids = bos + tokenizer.encode(corrupt)
-        if len(c_ids) != len(ids):
-            raise ValueError(f"the corrupted prompt is {len(c_ids)} tokens and the prompt {len(ids)}: "
-                             "patching needs prompts of the same length")
         c_tokens = jnp.asarray([c_ids], jnp.int32)
         resid = patching.activation_patching(model, params, tokens, c_tokens, metric, "resid_pre")
         per_head = None
@@ -124,6 +136,16 @@ def explain(model, params, tokenizer, prompt: str, target: str | None = None, co
     ex.summary = summarize(ex, before)
     ex.seconds = time.time() - start
     return ex
+
+
+def _detector_scores(pats: dict, ids: list[int]) -> dict:
+    """{kind: {layer: [head]}} detector scores of already computed patterns on one prompt."""
+    tokens = np.asarray([ids])
+    masks = {"previous_token": heads.previous_token_mask(len(ids))[None, None],
+             "duplicate_token": heads.duplicate_token_mask(tokens)[:, None],
+             "induction": heads.induction_mask(tokens)[:, None]}
+    return {kind: {l: np.asarray(heads.detection_score(p, mask)) for l, p in pats.items()}
+            for kind, mask in masks.items()}
 
 
 def summarize(ex: Explanation, before: float) -> list[str]:
@@ -152,13 +174,13 @@ def summarize(ex: Explanation, before: float) -> list[str]:
         out.append("Directly pushing against it: " + ", ".join(down) + ".")
     if ex.head_ablation:
         h, after = ex.head_ablation[0]
-        out.append(f"The head whose zero-ablation changes the logit difference most is {h}: "
+        out.append(f"The head{' (or Mamba layer)' if any(k.endswith('ssm') for k, _ in ex.head_ablation) else ''} "
+                   f"whose zero-ablation changes the logit difference most is {h}: "
                    f"{before:+.2f} -> {after:+.2f}.")
     if ex.patching is not None and abs(ex.patching["resid"].clean - ex.patching["resid"].corrupt) < 0.05:
         r = ex.patching["resid"]
-        body = (f'<p class="note">The corrupted prompt barely changes the logit difference ({r.clean:+.3f} vs '
-                f"{r.corrupt:+.3f}), so the normalised patching heatmap would say little here: choose a corruption "
-                "that flips the choice.</p>")
+        out.append(f"The corrupted prompt barely changes the logit difference ({r.clean:+.2f} vs {r.corrupt:+.2f}): "
+                   "patching says little here.")
     elif ex.patching is not None:
         r = ex.patching["resid"]
         l, pos = np.unravel_index(np.nanargmax(r.values), r.values.shape)
@@ -265,9 +287,15 @@ def render_html(ex: Explanation, title: str = "lmjax explain") -> str:
             _table(["component", "contribution"], ex.dla.ranked(0, top=12)))
     sections.append(_section("dla", "Direct logit attribution", body))
 
-    figs = "".join(_img(plots.attention_pattern(p, ex.token_strs, title=f"{h} attention"), f"{h} attention pattern")
+    figs = "".join(_img(plots.attention_pattern(p, ex.token_strs, title=_pattern_title(h)), f"{h} attention pattern")
                    for h, p in ex.patterns.items())
-    body = ('<div class="figs">' + figs + "</div>" +
+    ssm_note = ""
+    if any(h.endswith("ssm") for h, _ in ex.head_ablation):
+        ssm_note = ('<p class="note">Mamba layers (<span class="tok">L{l}ssm</span>) count as one head each: their '
+                    "implicit attention alpha[t, s] = C_t . prod exp(delta A) . delta_s B_s (Ali et al. 2024), "
+                    "|alpha| averaged over channels with each row normalised, is the pattern shown and scored; "
+                    "ablating one zeroes the whole mixer output.</p>")
+    body = ('<div class="figs">' + figs + "</div>" + ssm_note +
             "<p>By direct logit attribution:</p>" + _table(["head", "DLA"], ex.head_dla[:8]) +
             "<p>Zero-ablating one head at a time (logit difference after; before: "
             f"{ex.logit_diff:+.3f}):</p>" + _table(["head", "after ablation"], ex.head_ablation[:8]) +
@@ -308,6 +336,10 @@ def render_html(ex: Explanation, title: str = "lmjax explain") -> str:
             f"'{html.escape(ex.target_str)}'?</h1><div class=\"prompt\">{html.escape(ex.prompt)}</div></header>"
             f"<nav>{nav}</nav><main>{''.join(sections)}"
             f'<p class="note">lmjax {html.escape(jax.__version__)} (jax) - {ex.seconds:.1f} s.</p></main></body></html>')
+
+
+def _pattern_title(label: str) -> str:
+    return f"{label} implicit attention (mean |alpha|)" if label.endswith("ssm") else f"{label} attention"
 
 
 def plots_label(ex: Explanation, token_id) -> str:
