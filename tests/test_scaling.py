@@ -60,6 +60,32 @@ def test_approach2_recovers_the_optimal_size_exponent():
     assert abs(allocation.n_law.exponent + allocation.d_law.exponent - 1) < 1e-6  # C = 6 N D
     envelope = fits.fit_envelope(N, D, law(N, D), bins_per_decade=1)
     assert abs(envelope.n_law.exponent - expected) < 0.1
+    windowed = fits.fit_isoflop(N, D, law(N, D), window=5)  # the 5 sizes around each budget's best
+    assert abs(windowed.n_law.exponent - expected) < 0.02
+    one_sided = N > np.repeat(allocation.N_opt, 7) * 1.5  # only sizes above each optimum
+    with pytest.raises(ValueError, match="outside the sizes fitted|not convex"):
+        fits.fit_isoflop(N[one_sided], D[one_sided], law(N, D)[one_sided])
+    spread = fits.isoflop_leave_one_out(N, D, law(N, D))
+    assert spread["refits"] == len(N)  # 7 sizes per budget: any one can go
+    assert spread["a"][0] <= allocation.n_law.exponent <= spread["a"][1]
+    assert spread["a"][1] - spread["a"][0] < 0.02
+
+
+def test_approach2_reads_d_opt_from_the_runs_when_c_is_not_6nd():
+    """With C counting more than 6N per token (attention, the head), D = C / flops(N), not
+    C / (6N): D_opt must be the tokens the optimal run would really get."""
+    def flops(n):
+        return 6 * n + 3e3 * np.sqrt(n)  # an extra term that shrinks relative to 6N with size
+
+    N, D, C = [], [], []
+    for budget in np.logspace(11, 13, 3):
+        for n in np.logspace(3, 5.5, 9):
+            N.append(n), D.append(budget / flops(n)), C.append(budget)
+    N, D, C = map(np.array, (N, D, C))
+    allocation = fits.fit_isoflop(N, D, law(N, D, {**TRUE, "A": 20.0, "B": 200.0}), C)
+    for budget, n_opt, d_opt in zip(allocation.C, allocation.N_opt, allocation.D_opt):
+        assert np.isclose(d_opt, budget / flops(n_opt), rtol=0.02), (d_opt, budget / flops(n_opt))
+        assert budget / (6 * n_opt) > 1.2 * d_opt  # what C / 6N would have said
 
 
 def test_kaplan_power_law():
@@ -150,6 +176,9 @@ def test_sweep_runner_skips_finished_runs_and_resumes_an_interrupted_one(tmp_pat
         table = list(csv.DictReader(f))
     assert [r["name"] for r in table] == [r["name"] for r in runs]
     assert all(float(r["final_val_loss"]) > 0 and float(r["best_val_loss"]) <= float(r["final_val_loss"]) for r in table)
+    for r in table:  # every run finished by the runner carries its emergence probes
+        assert 0 <= float(r["induction_score"]) <= 1 and r["induction_head"].startswith("L")
+        assert np.isfinite(float(r["icl_score"])) and np.isfinite(float(r["copy_gain"]))
 
 
 def test_isoflop_plan_and_launch_commands():
@@ -163,6 +192,30 @@ def test_isoflop_plan_and_launch_commands():
         for r in members:  # compute within one step's rounding of the budget
             assert abs(r["C"] / budget - 1) < 6 * r["N"] * 2048 / budget + 1e-9
             assert r["d_model"] % r["n_head"] == 0 and r["n_layer"] >= 2
+    # PaLM FLOPs: each run's C is what lmjax train counts for its shape, D = C / that
+    from lmjax.config import load_config, model_config
+    from lmjax.scaling.accounting import flops_per_token
+    from lmjax.scaling.cli import _palm_flops
+
+    config = load_config("configs/scaling/cpu_isoflop.py", [])
+    palm = sweeps.isoflop_plan([1e12], 5, tokens_per_step=4096, spread=16, tokens_per_param=300,
+                               flops_per_token=_palm_flops(config))
+    assert len({r["d_model"] for r in palm}) == 5 and min(r["d_model"] for r in palm) < 64  # head dim 8 widths
+    for r in palm:
+        config.model.n_layer, config.model.d_model, config.model.n_head = r["n_layer"], r["d_model"], r["n_head"]
+        fpt = flops_per_token(model_config(config, 65), config.model.max_len)
+        assert fpt > 6 * r["N"] and np.isclose(r["C"], fpt * r["D"])
+        assert abs(r["C"] / 1e12 - 1) < fpt * 4096 / 1e12 + 1e-9
+
+    # explicit widths per budget: the shape rule's heads at each width, D from the budget
+    explicit = sweeps.isoflop_plan_widths([1e12, 3e12], [[8, 16, 24], [16, 24, 64]], tokens_per_step=4096)
+    assert [(r["d_model"], r["n_head"]) for r in explicit] == [(8, 1), (16, 2), (24, 3), (16, 2), (24, 3), (64, 4)]
+    assert sweeps.shape_for(12 * 2 * 63**2) == sweeps.shape_of_width(64)  # one shape per width
+    with pytest.raises(ValueError, match="multiple of the head dimension"):
+        sweeps.shape_of_width(20)
+    with pytest.raises(ValueError, match="at least 3 distinct widths"):
+        sweeps.isoflop_plan_widths([1e12], [[8, 16, 16]], tokens_per_step=4096)
+
     plan = {"config": "configs/x.py", "overrides": ["data.source=gs://b/c.txt"], "runs": runs[:1]}
     (plain,) = sweeps.launch_commands(plan, "gs://b/sweep")
     assert plain.startswith("lmjax train --config configs/x.py --workdir gs://b/sweep/" + runs[0]["name"])
@@ -170,3 +223,40 @@ def test_isoflop_plan_and_launch_commands():
     (pod,) = sweeps.launch_commands(plan, "gs://b/sweep", "python launch/tpu_pod.py run --name s --zone z")
     assert pod.startswith("python launch/tpu_pod.py run --name s --zone z --workdir gs://b/sweep/")
     assert " -- --config." in pod
+
+
+class _Copier:
+    """A stub model whose logits put all mass on the token `lag` positions back from the
+    one it predicts (a perfect copier for sequences of period `lag`), uniform before that."""
+
+    def __init__(self, vocab: int, lag: int):
+        import types
+
+        self.cfg, self.lag = types.SimpleNamespace(vocab_size=vocab), lag
+
+    def apply(self, variables, tokens):
+        import jax
+        import jax.numpy as jnp
+
+        t = tokens.shape[1]
+        src = np.arange(t) + 1 - self.lag  # position i predicts token i + 1 = token i + 1 - lag
+        copied = 20.0 * jax.nn.one_hot(tokens[:, np.clip(src, 0, None)], self.cfg.vocab_size)
+        return jnp.where((src >= 0)[None, :, None], copied, 0.0)
+
+
+def test_probes_measure_what_context_buys():
+    """A copier of period-40 text gains log(vocab) late in the context (ICL score), and on
+    r + r predicts the second copy perfectly (copy gain log(vocab)); a context-blind
+    (uniform) model scores 0 on both. An off-by-one in the positions would break both."""
+    from lmjax.scaling import probes
+
+    vocab, period = 50, 40
+    stream = np.tile(np.random.RandomState(0).randint(0, vocab, period), 100)
+    uniform = np.log(vocab)
+    assert np.isclose(probes.icl_score(_Copier(vocab, period), {}, stream, seq_len=128), -uniform, atol=1e-3)
+    assert np.isclose(probes.copy_gain(_Copier(vocab, 30), {}, n=30, vocab_range=(0, vocab)), uniform, atol=1e-3)
+    blind = _Copier(vocab, 10_000)  # nothing to copy: uniform everywhere
+    assert abs(probes.icl_score(blind, {}, stream, seq_len=128)) < 1e-6
+    assert abs(probes.copy_gain(blind, {}, n=30, vocab_range=(0, vocab))) < 1e-6
+    with pytest.raises(ValueError, match="seq_len must be >= 32"):
+        probes.icl_score(blind, {}, stream, seq_len=16)

@@ -4,6 +4,7 @@
     lmjax scaling sweep --config configs/quickstart.py --isoflop 1e13,3e13,1e14 --out sweep.json
     lmjax scaling run sweep.json --workdir runs/sweep [--emit]
     lmjax scaling fit runs.csv --approach 3 --out fit.json [--n N --d D --loss loss --plots DIR]
+    lmjax scaling emergence runs.csv --out emergence.png
     lmjax scaling chinchilla --data ../shared/data/chinchilla_epoch/svg_extracted_data.csv --out runs/chinchilla
 """
 from __future__ import annotations
@@ -34,6 +35,8 @@ def add_parser(sub):
     f.add_argument("--d", default="D", help="column of training tokens")
     f.add_argument("--loss", default="loss", help="column of losses")
     f.add_argument("--c", default="", help="column of compute (default 6 N D)")
+    f.add_argument("--window", type=int, default=0,
+                   help="approach 2: fit each parabola to this many runs around the budget's best (0: all)")
     f.add_argument("--bootstrap", type=int, default=100, help="approach 3: bootstrap resamples for intervals")
     f.add_argument("--out", default="fit.json")
     f.add_argument("--plots", default="", help="a directory for PNG figures")
@@ -44,6 +47,12 @@ def add_parser(sub):
     w.add_argument("--tokens_per_param", type=float, default=20.0,
                    help="IsoFLOP: the sizes are centred where a run sees this many tokens per parameter")
     w.add_argument("--spread", type=float, default=4.0, help="IsoFLOP: largest / smallest size per budget")
+    w.add_argument("--flops", default="6N", choices=("6N", "palm"),
+                   help="IsoFLOP: FLOPs per token that set D = C / FLOPs: 6N (N = block matrices), or PaLM's "
+                        "6 N_matmul (with the head) + 12 n_layer d_model seq_len, as lmjax train reports")
+    w.add_argument("--widths", default="",
+                   help="IsoFLOP: explicit d_model values per budget instead of the centring rule, "
+                        "comma-separated, budgets separated by '/': e.g. 8,16,24/16,24,32/24,32,48")
     w.add_argument("--grid_sizes", default="", help="target parameter counts, comma-separated: a grid plan")
     w.add_argument("--grid_tokens", default="", help="token budgets for the grid, comma-separated")
     w.add_argument("--out", default="sweep.json")
@@ -53,6 +62,10 @@ def add_parser(sub):
     r.add_argument("--emit", action="store_true", help="print one `lmjax train` command per run instead")
     r.add_argument("--launcher", default="", help="with --emit: a launcher prefix, e.g. "
                    "'python launch/tpu_pod.py run --name NAME --zone ZONE --accelerator-type TYPE'")
+    e = ssub.add_parser("emergence", help="plot a sweep's emergence probes (ICL, induction, copy gain) against N")
+    e.add_argument("csv", help="a sweep's runs.csv (from `lmjax scaling run`)")
+    e.add_argument("--loss", default="final_val_loss")
+    e.add_argument("--out", default="emergence.png")
     c = ssub.add_parser("chinchilla", help="reproduce approach 3 on Epoch AI's extraction of Chinchilla's data")
     c.add_argument("--data", default="../shared/data/chinchilla_epoch/svg_extracted_data.csv")
     c.add_argument("--bootstrap", type=int, default=200)
@@ -60,7 +73,8 @@ def add_parser(sub):
 
 
 def run(args, overrides):
-    commands = {"size": cmd_size, "fit": cmd_fit, "sweep": cmd_sweep, "run": cmd_run, "chinchilla": cmd_chinchilla}
+    commands = {"size": cmd_size, "fit": cmd_fit, "sweep": cmd_sweep, "run": cmd_run, "chinchilla": cmd_chinchilla,
+                "emergence": cmd_emergence}
     commands[args.scaling_command](args, overrides)
 
 
@@ -79,9 +93,14 @@ def cmd_sweep(args, overrides):
     tokens_per_step = config.train.batch_size * (config.data.seq_len or config.model.max_len)
     if bool(args.isoflop) == bool(args.grid_sizes):
         raise ValueError("give either --isoflop BUDGETS or --grid_sizes SIZES --grid_tokens TOKENS")
-    if args.isoflop:
+    flops = _palm_flops(config) if args.flops == "palm" else sweeps.six_n
+    if args.isoflop and args.widths:
+        widths = [[int(w) for w in _floats(group, "--widths")] for group in args.widths.split("/")]
+        runs = sweeps.isoflop_plan_widths(_floats(args.isoflop, "--isoflop"), widths, tokens_per_step,
+                                          flops_per_token=flops)
+    elif args.isoflop:
         runs = sweeps.isoflop_plan(_floats(args.isoflop, "--isoflop"), args.sizes_per_budget, tokens_per_step,
-                                   spread=args.spread, tokens_per_param=args.tokens_per_param)
+                                   spread=args.spread, tokens_per_param=args.tokens_per_param, flops_per_token=flops)
     else:
         tokens = _floats(args.grid_tokens, "--grid_tokens")
         if not tokens:
@@ -92,6 +111,24 @@ def cmd_sweep(args, overrides):
         print(f"{run['name']:28s} {run['n_layer']:3d} x {run['d_model']:5d}  N {run['N']:9.3g}  "
               f"D {run['D']:9.3g}  C {run['C']:9.3g}  {run['steps']} steps")
     print(f"{len(runs)} runs -> {args.out}")
+
+
+def _palm_flops(config):
+    """shape -> the training FLOPs per token lmjax train counts for the config at that shape."""
+    from lmjax.config import model_config
+    from lmjax.scaling import accounting
+
+    def flops(shape):
+        c = config.copy_and_resolve_references()
+        c.model.n_layer, c.model.d_model, c.model.n_head = shape.n_layer, shape.d_model, shape.n_head
+        cfg = model_config(c, _vocab(c))
+        return accounting.flops_per_token(cfg, c.data.seq_len or cfg.max_len)
+
+    return flops
+
+
+def _vocab(config) -> int:
+    return config.model.vocab_size or {"byte": 259, "char": 65}.get(config.data.tokenizer, config.data.spm_vocab_size)
 
 
 def cmd_run(args, overrides):
@@ -132,7 +169,7 @@ def cmd_size(args, overrides):
     from lmjax.scaling import accounting
 
     config = load_config(args.config, overrides)
-    vocab = config.model.vocab_size or {"byte": 259, "char": 65}.get(config.data.tokenizer, config.data.spm_vocab_size)
+    vocab = _vocab(config)
     cfg = model_config(config, vocab)
     seq = config.data.seq_len or cfg.max_len
     print(json.dumps({"vocab_size": vocab, "seq_len": seq, **size_report(cfg, seq)}, indent=2))
@@ -167,16 +204,18 @@ def cmd_fit(args, overrides):
 
     names = {"N": args.n, "D": args.d, "loss": args.loss, **({"C": args.c} if args.c else {})}
     cols = read_columns(args.csv, names)
+    extra = {}
     N, D, L, C = cols["N"], cols["D"], cols["loss"], cols.get("C")
     if args.approach == "3":
         fit = fits.fit_parametric(N, D, L, bootstrap=args.bootstrap)
     elif args.approach == "2":
-        fit = fits.fit_isoflop(N, D, L, C)
+        fit = fits.fit_isoflop(N, D, L, C, window=args.window)
+        extra = {"window": args.window, "leave_one_out": fits.isoflop_leave_one_out(N, D, L, C, window=args.window)}
     elif args.approach == "1":
         fit = fits.fit_envelope(N, D, L, C)
     else:
         fit = fits.fit_kaplan(N if args.approach == "kaplan_n" else D, L)
-    result = {"approach": args.approach, "csv": args.csv, "columns": names, **fits.summarise(fit)}
+    result = {"approach": args.approach, "csv": args.csv, "columns": names, **fits.summarise(fit), **extra}
     _write_json(args.out, result)
     if args.plots:
         os.makedirs(args.plots, exist_ok=True)
@@ -185,8 +224,27 @@ def cmd_fit(args, overrides):
         elif args.approach in ("1", "2"):
             plots.plot_optimal_allocation(fit, os.path.join(args.plots, "optimal_allocation.png"))
             if args.approach == "2":
-                plots.plot_isoflops(N, D, L, fit, path=os.path.join(args.plots, "isoflops.png"))
+                plots.plot_isoflops(N, D, L, fit, path=os.path.join(args.plots, "isoflops.png"), C=C,
+                                    window=args.window)
     print(json.dumps(result, indent=2))
+
+
+PROBE_TITLES = {"icl_score": "ICL score (late - early loss)", "induction_score": "best induction score",
+                "copy_gain": "copy gain on r + r (nats)"}
+
+
+def cmd_emergence(args, overrides):
+    from lmjax.scaling import plots
+
+    cols = read_columns(args.csv, {"N": "N", "C": "C", "loss": args.loss, **{k: k for k in PROBE_TITLES}})
+    path = plots.plot_emergence(cols["N"], cols["C"], cols["loss"], {t: cols[k] for k, t in PROBE_TITLES.items()},
+                                path=args.out)
+    order = np.lexsort((cols["N"], np.round(np.log10(cols["C"]), 1)))  # budget (to ~25%), then size
+    print(f"{'C':>9s} {'N':>9s} {'loss':>7s} {'ICL':>7s} {'induct':>7s} {'copy':>7s}")
+    for i in order:
+        print(f"{cols['C'][i]:9.3g} {cols['N'][i]:9.3g} {cols['loss'][i]:7.4f} {cols['icl_score'][i]:+7.3f} "
+              f"{cols['induction_score'][i]:7.3f} {cols['copy_gain'][i]:+7.3f}")
+    print(f"wrote {path}")
 
 
 def epoch_points(path: str):

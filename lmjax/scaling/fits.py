@@ -6,7 +6,8 @@ and losses L, all positive.
 - Approach 1 (`fit_envelope`): the lowest loss reached at each compute, then power laws
   N_opt ~ C^a and D_opt ~ C^b through the runs on that envelope.
 - Approach 2 (`fit_isoflop`): at each compute budget a parabola of L in log N; its
-  minimum is N_opt(C); then N_opt ~ C^a and D_opt ~ C^b across budgets.
+  minimum is N_opt(C); then N_opt ~ C^a and D_opt ~ C^b across budgets
+  (`isoflop_leave_one_out`: the exponents' range when each run is left out in turn).
 - Approach 3 (`fit_parametric`): L = E + A / N^alpha + B / D^beta, fitted in log space by
   minimising sum_i Huber_delta(LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i)
   (A = e^a, B = e^b, E = e^e; delta = 1e-3) with L-BFGS from every start of a grid,
@@ -193,9 +194,16 @@ class OptimalAllocation:
         return out
 
 
-def fit_isoflop(N, D, L, C=None, *, budgets=None, rtol: float = 0.05) -> OptimalAllocation:
+def fit_isoflop(N, D, L, C=None, *, budgets=None, rtol: float = 0.05, window: int = 0) -> OptimalAllocation:
     """Chinchilla approach 2. Runs belong to the budget their compute is within `rtol` of
-    (budgets: the distinct C values when not given); each budget needs 3 or more sizes."""
+    (budgets: the distinct C values when not given); each budget needs 3 or more sizes.
+
+    window > 0 fits each parabola to only the `window` runs nearest (in log N) to the
+    budget's lowest loss: a profile spanning a wide range of sizes is not a parabola far
+    from its minimum. A minimum outside the sizes fitted is an error: the runs do not
+    bracket the optimum."""
+    if window and window < 3:
+        raise ValueError(f"window: a parabola needs at least 3 runs, got {window}")
     n = len(np.atleast_1d(L))
     cols = check_points(n, 6, N=N, D=D, loss=L, **({"C": C} if C is not None else {}))
     compute = cols.get("C", 6 * cols["N"] * cols["D"])
@@ -206,15 +214,47 @@ def fit_isoflop(N, D, L, C=None, *, budgets=None, rtol: float = 0.05) -> Optimal
         members = np.abs(compute / budget - 1) <= rtol
         if members.sum() < 3:
             raise ValueError(f"compute budget {budget:.3g} has {int(members.sum())} run(s); a parabola needs >= 3")
-        x, y = np.log(cols["N"][members]), cols["loss"][members]
+        x, y, log_d = np.log(cols["N"][members]), cols["loss"][members], np.log(cols["D"][members])
+        if window:
+            near = np.argsort(np.abs(x - x[np.argmin(y)]))[:window]
+            x, y, log_d = x[near], y[near], log_d[near]
         c2, c1, c0 = np.polyfit(x, y, 2)
         if c2 <= 0:
             raise ValueError(f"compute budget {budget:.3g}: loss is not convex in log N (no minimum); "
                              "add sizes on both sides of the optimum")
         x_opt = -c1 / (2 * c2)
-        n_opt = float(np.exp(x_opt))
-        rows.append((budget, n_opt, budget / (6 * n_opt), float(c0 + c1 * x_opt + c2 * x_opt**2)))
+        if not x.min() <= x_opt <= x.max():
+            raise ValueError(f"compute budget {budget:.3g}: the parabola's minimum N = {np.exp(x_opt):.3g} lies "
+                             f"outside the sizes fitted ({np.exp(x.min()):.3g} to {np.exp(x.max()):.3g}); "
+                             "add sizes on that side or fit a narrower window")
+        # D_opt from the runs' own tokens (log D against log N, interpolated): C / (6 N_opt)
+        # when C = 6ND, and right too when C counts more than 6N per token
+        log_d_opt = np.polyval(np.polyfit(x, log_d, 2), x_opt)
+        rows.append((budget, float(np.exp(x_opt)), float(np.exp(log_d_opt)), float(c0 + c1 * x_opt + c2 * x_opt**2)))
     return _allocation(rows)
+
+
+def isoflop_leave_one_out(N, D, L, C=None, *, rtol: float = 0.05, window: int = 0) -> dict:
+    """How much approach 2's exponents depend on single runs: refit without each run in turn
+    (a budget left with < 3 runs or no minimum skips that refit) and report the range of
+    a (N_opt ~ C^a), b (D_opt ~ C^b) and the tokens-per-parameter ratios over the refits.
+    With a handful of budgets a bootstrap or a regression interval says little; this range
+    is the honest spread."""
+    N, D, L = (np.asarray(x, float) for x in (N, D, L))
+    compute = np.asarray(C, float) if C is not None else 6 * N * D
+    budgets = _cluster(compute, rtol)
+    a, b, tpp = [], [], []
+    for i in range(len(L)):
+        keep = np.arange(len(L)) != i
+        try:
+            fit = fit_isoflop(N[keep], D[keep], L[keep], compute[keep], budgets=budgets, rtol=rtol, window=window)
+        except ValueError:
+            continue
+        a.append(fit.n_law.exponent), b.append(fit.d_law.exponent), tpp.extend(fit.tokens_per_parameter)
+    if not a:
+        raise ValueError("no leave-one-out refit succeeded: every run is needed for a minimum")
+    return {"refits": len(a), "of": len(L), "a": (min(a), max(a)), "b": (min(b), max(b)),
+            "tokens_per_parameter": (min(tpp), max(tpp))}
 
 
 def fit_envelope(N, D, L, C=None, *, bins_per_decade: int = 4) -> OptimalAllocation:
@@ -264,5 +304,5 @@ def summarise(fit) -> dict:
     return fit.as_dict() if hasattr(fit, "as_dict") else dict(fit)
 
 
-__all__: Sequence[str] = ("fit_parametric", "fit_isoflop", "fit_envelope", "fit_kaplan", "fit_power_law",
+__all__: Sequence[str] = ("fit_parametric", "fit_isoflop", "isoflop_leave_one_out", "fit_envelope", "fit_kaplan", "fit_power_law",
                           "ParametricFit", "OptimalAllocation", "PowerLaw", "check_points", "DEFAULT_GRID")

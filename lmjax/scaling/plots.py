@@ -4,7 +4,9 @@
   frontier of an approach-3 fit;
 - `plot_isoflops`: loss against N for each compute budget, with the approach-2 parabolas
   and their minima;
-- `plot_optimal_allocation`: compute-optimal N and D against C with their power laws.
+- `plot_optimal_allocation`: compute-optimal N and D against C with their power laws;
+- `plot_emergence`: a sweep's emergence probes (ICL score, best induction score, copy
+  gain) and its loss against N, one colour per compute budget.
 """
 from __future__ import annotations
 
@@ -42,15 +44,20 @@ def plot_loss_vs_compute(N, D, L, fit=None, path="loss_vs_compute.png"):
     return _save(plt, fig, ax, path)
 
 
-def plot_isoflops(N, D, L, allocation, rtol: float = 0.05, path="isoflops.png"):
+def plot_isoflops(N, D, L, allocation, rtol: float = 0.05, path="isoflops.png", C=None, window: int = 0):
+    """C: each run's compute as the fit grouped it (default 6 N D); window: as the fit's
+    (each parabola drawn through the runs it was fitted to)."""
     plt, fig, ax = _figure()
     N, D, L = (np.asarray(x, float) for x in (N, D, L))
-    C = 6 * N * D
+    C = 6 * N * D if C is None else np.asarray(C, float)
     colors = plt.cm.plasma(np.linspace(0, 0.85, len(allocation.C)))
     for budget, n_opt, l_opt, color in zip(allocation.C, allocation.N_opt, allocation.L_opt, colors):
         members = np.abs(C / budget - 1) <= rtol
         x, y = np.log(N[members]), L[members]
         ax.scatter(N[members], y, color=color, s=14)
+        if window:
+            near = np.argsort(np.abs(x - x[np.argmin(y)]))[:window]
+            x, y = x[near], y[near]
         curve = np.linspace(x.min(), x.max(), 50)
         ax.plot(np.exp(curve), np.polyval(np.polyfit(x, y, 2), curve), color=color, label=f"C = {budget:.2g}")
         ax.plot([n_opt], [l_opt], "k*", ms=9)
@@ -69,3 +76,33 @@ def plot_optimal_allocation(allocation, path="optimal_allocation.png"):
     ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="N_opt, D_opt",
            title="Compute-optimal allocation")
     return _save(plt, fig, ax, path)
+
+
+def plot_emergence(N, C, L, probes: dict[str, np.ndarray], rtol: float = 0.05, path="emergence.png"):
+    """Loss and each probe (name -> values per run) against N, one line per compute budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lmjax.scaling.fits import _cluster
+
+    N, C, L = (np.asarray(x, float) for x in (N, C, L))
+    panels = {"final val loss (nats/token)": L, **probes}
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), dpi=120)
+    budgets = _cluster(C, rtol)
+    colors = plt.cm.plasma(np.linspace(0, 0.85, len(budgets)))
+    for ax, (name, values) in zip(np.atleast_1d(axes), panels.items()):
+        values = np.asarray(values, float)
+        for budget, color in zip(budgets, colors):
+            members = np.flatnonzero(np.abs(C / budget - 1) <= rtol)
+            members = members[np.argsort(N[members])]
+            ax.plot(N[members], values[members], "o-", color=color, ms=4, label=f"C = {budget:.2g}")
+        ax.set(xscale="log", xlabel="parameters N", title=name)
+        ax.title.set_fontsize(9)
+        ax.grid(True, which="both", alpha=0.3)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -8,13 +8,16 @@ Plans (JSON files, one entry per run with its config overrides):
 Shape rule (`shape_for`): for a target of block parameters N = 12 n_layer d_model^2, the
 depth n_layer = round((N / (12 * 64^2))^(1/3)) (at least 2), i.e. an aspect ratio
 d_model / n_layer of about 64 (GPT-2 small and nanoGPT's shakespeare model have 64), then
-d_model the multiple of the head dimension (64; 32 below 256 wide; 16 below 128) closest to
-sqrt(N / (12 n_layer)); heads = d_model / head dimension.
+d_model the multiple of the head dimension (64; 32 below 256 wide; 16 below 128; 8 below 64,
+so that CPU-sized sweeps get sizes a factor < 2 apart) closest to sqrt(N / (12 n_layer));
+heads = d_model / head dimension.
 
 `run_sweep` trains the runs one after another in DIR/<run name>: a run whose result file
 exists is skipped, an interrupted one resumes from its checkpoint (lmjax train resumes by
 itself); each finished run's N, D, C, final and best val loss, bits per byte and wall time
-go to DIR/runs.csv, rewritten atomically after every run.
+go to DIR/runs.csv, rewritten atomically after every run, with the emergence probes of the
+trained model (lmjax/scaling/probes.py: in-context-learning score, best induction-head
+score, copy gain on repeated random tokens) unless `probes=False`.
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ from typing import Callable
 
 ASPECT = 64  # d_model / n_layer of the shape rule
 SWEEP_COLUMNS = ("name", "N", "D", "C", "n_layer", "d_model", "n_head", "steps", "final_val_loss",
-                 "best_val_loss", "val_bpb", "wall_s")
+                 "best_val_loss", "val_bpb", "wall_s", "icl_score", "induction_score", "induction_head",
+                 "copy_gain", "probe_s")
 
 
 @dataclasses.dataclass
@@ -46,20 +50,29 @@ class Shape:
 def shape_for(target_params: float) -> Shape:
     """The transformer shape for a target of block parameters 12 n_layer d_model^2: depth
     from an aspect ratio d_model / n_layer of 64, then the width that hits the target."""
-    if target_params < 12 * 2 * 16**2:
-        raise ValueError(f"target size {target_params:.3g} is below the smallest shape (2 layers x 16 wide)")
+    if target_params < 12 * 2 * 8**2:
+        raise ValueError(f"target size {target_params:.3g} is below the smallest shape (2 layers x 8 wide)")
     n_layer = max(2, round((target_params / (12 * ASPECT**2)) ** (1 / 3)))
     exact = math.sqrt(target_params / (12 * n_layer))
-    head = 64 if exact >= 256 else 32 if exact >= 128 else 16
+    head = _head_dim(exact)
     d_model = max(head, head * round(exact / head))
-    return Shape(n_layer, d_model, d_model // head)
+    return Shape(n_layer, d_model, d_model // _head_dim(d_model))  # 63 -> 64 wide: head dim 16, as for 64
 
 
-def _run(name: str, shape: Shape, tokens: float, tokens_per_step: int) -> dict:
+def _head_dim(width: float) -> int:
+    return 64 if width >= 256 else 32 if width >= 128 else 16 if width >= 64 else 8
+
+
+def six_n(shape: Shape) -> float:
+    """Kaplan's / Chinchilla's approximation of training FLOPs per token: 6 N."""
+    return 6.0 * shape.matmul_params
+
+
+def _run(name: str, shape: Shape, tokens: float, tokens_per_step: int, flops_per_token=six_n) -> dict:
     steps = max(1, round(tokens / tokens_per_step))
     D = steps * tokens_per_step
     return {"name": name, "n_layer": shape.n_layer, "d_model": shape.d_model, "n_head": shape.n_head,
-            "steps": steps, "N": shape.matmul_params, "D": D, "C": 6 * shape.matmul_params * D,
+            "steps": steps, "N": shape.matmul_params, "D": D, "C": flops_per_token(shape) * D,
             "overrides": {"model.n_layer": shape.n_layer, "model.d_model": shape.d_model,
                           "model.n_head": shape.n_head, "train.steps": steps}}
 
@@ -73,10 +86,39 @@ def grid_plan(sizes, token_budgets, tokens_per_step: int) -> list[dict]:
     return runs
 
 
+def shape_of_width(d_model: int) -> Shape:
+    """The shape rule at a given width: depth from the aspect ratio, the rule's head dimension."""
+    head = _head_dim(d_model)
+    if d_model % head:
+        raise ValueError(f"width {d_model} is not a multiple of the head dimension {head} the shape rule uses there")
+    n_layer = max(2, round(d_model / ASPECT))
+    return Shape(n_layer, d_model, d_model // head)
+
+
+def isoflop_plan_widths(budgets, widths_per_budget, tokens_per_step: int, *,
+                        flops_per_token: Callable[[Shape], float] = six_n) -> list[dict]:
+    """An IsoFLOP plan with the widths of every budget given (a list of widths per budget):
+    to bracket an optimum that a first sweep located."""
+    if len(budgets) != len(widths_per_budget):
+        raise ValueError(f"{len(budgets)} budgets but {len(widths_per_budget)} lists of widths")
+    runs = []
+    for C, widths in zip(budgets, widths_per_budget):
+        if len(set(widths)) < 3:
+            raise ValueError(f"budget {C:.3g}: an IsoFLOP profile needs at least 3 distinct widths, got {widths}")
+        for shape in map(shape_of_width, sorted(set(widths))):
+            runs.append(_run(f"C{C:.2g}_L{shape.n_layer}_d{shape.d_model}", shape,
+                             C / flops_per_token(shape), tokens_per_step, flops_per_token))
+    return runs
+
+
 def isoflop_plan(budgets, sizes_per_budget: int, tokens_per_step: int, *, spread: float = 4.0,
-                 tokens_per_param: float = 20.0) -> list[dict]:
+                 tokens_per_param: float = 20.0, flops_per_token: Callable[[Shape], float] = six_n) -> list[dict]:
     """Per compute budget, `sizes_per_budget` sizes log-spaced over a factor `spread`
-    around the size that would see `tokens_per_param` tokens per parameter."""
+    around the size that would see `tokens_per_param` tokens per parameter (at 6N FLOPs per
+    token); each run gets D = C / flops_per_token(shape) tokens. The default 6N leaves out
+    attention's 12 n_layer d_model seq_len and the output head, which for models a few
+    dozen wide are most of the compute: pass the PaLM count (lmjax.scaling.accounting) so
+    that an IsoFLOP profile is one of equal real compute."""
     if sizes_per_budget < 3:
         raise ValueError(f"an IsoFLOP profile needs at least 3 sizes per budget, got {sizes_per_budget}")
     runs = []
@@ -91,7 +133,7 @@ def isoflop_plan(budgets, sizes_per_budget: int, tokens_per_step: int, *, spread
             raise ValueError(f"budget {C:.3g}: only {len(shapes)} distinct shapes; raise the budget or the spread")
         for shape in shapes:
             runs.append(_run(f"C{C:.2g}_L{shape.n_layer}_d{shape.d_model}", shape,
-                             C / (6 * shape.matmul_params), tokens_per_step))
+                             C / flops_per_token(shape), tokens_per_step, flops_per_token))
     return runs
 
 
@@ -125,7 +167,8 @@ def launch_commands(plan: dict, workdir: str, launcher: str = "") -> list[str]:
     return out
 
 
-def run_sweep(plan: dict, workdir: str, *, say: Callable[[str], None] = print, train_fn=None) -> list[dict]:
+def run_sweep(plan: dict, workdir: str, *, say: Callable[[str], None] = print, train_fn=None,
+              probes: bool = True) -> list[dict]:
     """Train every run not finished yet; returns the rows of DIR/runs.csv."""
     from lmjax.config import load_config
 
@@ -151,13 +194,32 @@ def run_sweep(plan: dict, workdir: str, *, say: Callable[[str], None] = print, t
             say(f"  {run['name']} stopped at step {summary.get('end_step')} (preempted): rerun to resume")
             break
         row = _row(run, summary, os.path.join(workdir, run["name"]), wall)
+        if probes:
+            row.update(probe_run(summary))
         _atomic_write(result_path, json.dumps(row))
         rows.append(row)
         spent, flops_done = spent + wall, flops_done + run["C"]
-        say(f"  val loss {row['final_val_loss']:.4f} (best {row['best_val_loss']:.4f}), {wall:.0f} s")
+        probed = (f"; ICL score {row['icl_score']:+.3f}, induction {row['induction_score']:.2f} "
+                  f"({row['induction_head']})") if probes else ""
+        say(f"  val loss {row['final_val_loss']:.4f} (best {row['best_val_loss']:.4f}), {wall:.0f} s{probed}")
         write_csv(os.path.join(workdir, "runs.csv"), rows)
+        if summary.get("preempted"):  # SIGTERM during the last step or the final eval: the run
+            say("  stopped by SIGTERM after this run: rerun to continue")  # is done, the sweep stops
+            break
     write_csv(os.path.join(workdir, "runs.csv"), rows)
     return rows
+
+
+def probe_run(summary: dict) -> dict:
+    """The emergence probes of a run that `train` just finished (its summary holds the run
+    and the final state)."""
+    from lmjax.scaling.probes import emergence_probes
+
+    run, t0 = summary["run"], time.perf_counter()
+    seq_len = run.config.data.seq_len or run.model.cfg.max_len
+    out = emergence_probes(run.model, summary["state"]["params"], run.data.val, seq_len,
+                           vocab_range=(0, run.tokenizer.vocab_size))
+    return {**out, "probe_s": time.perf_counter() - t0}
 
 
 def _result_path(workdir: str, run: dict) -> str:
