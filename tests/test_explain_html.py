@@ -1,14 +1,21 @@
-"""`lmjax explain` end to end: train a tiny model with `lmjax train`, explain a prompt with a
-corrupted twin, and open the report in a real headless Chromium (Debian's `chromium`,
-installed by .ci/run): no console errors, every section and figure in the DOM, the
-page's own script ran (it marks <body data-rendered="ok"> and counts decoded images).
+"""`lmjax explain` end to end: train a tiny hybrid model (a Mamba layer, then attention) with
+`lmjax train`, explain a prompt against a corrupted twin that flips the answer, and open
+the report in a real headless Chromium (Debian's `chromium`, installed by .ci/run): no
+console errors, every section and figure in the DOM, the page's own script ran (it marks
+<body data-rendered="ok"> and counts decoded images).
+
+The commands run through lmjax.cli.main in one subprocess on one CPU device: without the 8
+simulated devices of the test session, training compiles (and checkpoints) several times
+faster, and one process lets `explain` reuse what `train` compiled.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -20,46 +27,81 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage
 SECTIONS = ["summary", "prediction", "logit-lens", "dla", "heads", "patching"]
 
 
+# One process runs the commands in turn (so they share compiled programs), with lmjax.interp
+# compiling at -O0 as in test_interp, and prints their exit codes last.
+DRIVER = """
+import json, sys
+from lmjax.cli import main
+from lmjax.interp import compiling
+compiling.COMPILER_OPTIONS.update({"xla_backend_optimization_level": 0})
+codes = []
+for args in json.loads(sys.argv[1]):
+    codes.append(main(args))
+    print("lmjax exited", codes[-1], file=sys.stderr, flush=True)
+print(json.dumps(codes))
+"""
+
+
+def run_lmjax(*commands):
+    """-> (exit codes, stdout, stderr) of `lmjax COMMAND...` run in one Python process on one CPU device."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).strip()
+    env = {**os.environ, "XLA_FLAGS": flags}
+    run = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(commands)], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1]), run.stdout, run.stderr
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("explain")
     corpus = tmp / "text.txt"
     corpus.write_text("".join(f"The cat sat on the mat {i % 7}. The dog sat on the log {i % 5}.\n" for i in range(300)))
     cfg = tmp / "cfg.py"
-    cfg.write_text(
+    cfg.write_text(  # layers: Mamba then attention; the associative scan compiles fastest
         "def get_config(arg=None):\n"
-        "    return {'model': dict(n_layer=2, d_model=32, n_head=4, max_len=32),\n"
+        "    return {'model': dict(n_layer=2, d_model=32, n_head=4, max_len=32, layer_pattern='MA', d_state=4,\n"
+        "                          ssm_scan='associative'),\n"
         f"            'data': dict(source={str(corpus)!r}),\n"
-        "            'train': dict(steps=30, batch_size=8, eval_every=30, eval_batches=1, sample_tokens=0)}\n")
-    workdir = str(tmp / "w")
-    assert cli.main(["train", "--config", str(cfg), "--workdir", workdir, "--no_progress"]) == 0
-    out = str(tmp / "report.html")
-    assert cli.main(["explain", "--workdir", workdir, "--prompt", "The cat sat on the m", "--corrupt",
-                     "The dog sat on the m", "--target", "a", "--contrast", "o", "--out", out]) == 0
-    return out
+        "            'optimizer': dict(lr=1e-2, warmup_steps=10),\n"
+        "            'train': dict(steps=40, batch_size=16, eval_every=40, eval_batches=1, sample_tokens=0)}\n")
+    workdir, out = str(tmp / "w"), str(tmp / "report.html")
+    codes, stdout, stderr = run_lmjax(
+        ["train", "--config", str(cfg), "--workdir", workdir, "--no_progress"],
+        # "m" -> "a" (mat) and "l" -> "o" (log): the corruption flips the answer.
+        ["explain", "--workdir", workdir, "--prompt", "The dog sat on the m", "--corrupt", "The dog sat on the l",
+         "--target", "a", "--contrast", "o", "--out", out],
+        ["explain", "--workdir", workdir, "--prompt", "The cat", "--corrupt", "A", "--out", str(tmp / "x.html")])
+    assert codes[:2] == [0, 0], stderr[-3000:]
+    assert "wrote" in stdout
+    return {"path": out, "error_code": codes[2], "stderr": stderr}
 
 
-def test_report_is_self_contained(report, capsys):
-    text = open(report, encoding="utf-8").read()
+def test_report_is_self_contained(report):
+    text = open(report["path"], encoding="utf-8").read()
     for sid in SECTIONS:
         assert f'<section id="{sid}">' in text
     # no network: nothing fetched from anywhere (images are data: URIs, CSS and JS inline)
     assert not re.search(r'(src|href)="(https?:)?//', text)
-    assert text.count('src="data:image/png;base64,') >= 5
-    assert "restoring" in text.lower() or "patching" in text.lower()
+    assert text.count('src="data:image/png;base64,') >= 6
+    # the corruption matters, so both patching heatmaps are drawn
+    assert 'alt="patching heatmap"' in text and 'alt="head patching heatmap"' in text
+    # the Mamba layer is a "head": its implicit attention drawn and scored, its ablation listed
+    assert 'alt="L0ssm attention pattern"' in text and "implicit attention" in text
+    assert text.count("<td>L0ssm</td>") >= 2  # ablation and detector tables
+    assert 'alt="L1H' in text  # and attention heads of the attention layer
 
 
 def test_explain_errors_are_one_line(report, tmp_path, capsys):
-    workdir = os.path.dirname(report) + "/w"
-    assert cli.main(["explain", "--workdir", workdir, "--prompt", "The cat", "--corrupt", "A", "--out",
-                     str(tmp_path / "x.html")]) == 2
-    assert "same length" in capsys.readouterr().err
+    last = report["stderr"].split("lmjax exited 0")[-1]  # the third command's output
+    assert report["error_code"] == 2 and "same length" in last and "Traceback" not in last
     assert cli.main(["explain", "--workdir", str(tmp_path / "none"), "--prompt", "x"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (CI installs Debian's chromium in .ci/run)")
 def test_report_renders_in_headless_chromium(report, tmp_path):
-    url = "file://" + os.path.abspath(report)
+    url = "file://" + os.path.abspath(report["path"])
     run = subprocess.run([CHROMIUM, *FLAGS, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
@@ -67,7 +109,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     dom = run.stdout
     assert 'data-rendered="ok"' in dom, dom[:500]
     total, decoded = map(int, re.search(r'data-images="(\d+)/(\d+)"', dom).groups())
-    assert total >= 5 and decoded == total
+    assert total >= 6 and decoded == total
     assert f'data-sections="{len(SECTIONS)}"' in dom
     for sid in SECTIONS:
         assert f'id="{sid}"' in dom
