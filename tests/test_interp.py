@@ -105,6 +105,13 @@ def test_patching_layer0_with_either_cache(kind):
                                           denoise=False)
     np.testing.assert_allclose(noised.values, 0.0, atol=1e-4)
     assert heat.clean == pytest.approx(m_clean, abs=1e-5) and heat.corrupt == pytest.approx(m_corrupt, abs=1e-5)
+    if kind == "hybrid":  # attribution patching reads mixer outputs too; rows of layers without a point are NaN
+        approx = attribution.attribution_patching(model, params, clean, corrupt, metric,
+                                                  points=("resid_pre", "attn_out", "mixer_out"))
+        assert approx["clean"] == pytest.approx(m_clean, abs=1e-4) and approx["resid_pre"].shape == (3, T)
+        assert np.isnan(approx["attn_out"][[0, 2]]).all() and np.isfinite(approx["attn_out"][1]).all()
+        assert np.isnan(approx["mixer_out"][1]).all() and np.isfinite(approx["mixer_out"][[0, 2]]).all()
+        assert np.isfinite(approx["resid_pre"]).all() and np.abs(approx["mixer_out"][[0, 2]]).max() > 0
 
 
 def test_heatmap_cells_match_single_patches():

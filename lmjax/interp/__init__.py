@@ -12,6 +12,7 @@ residual-stream points and `hook_attn_out` / `hook_mixer_out`, so they work on e
     neurons     top-activating examples, steering       probes       linear probes, CoNLL-U alignment
     ssm         implicit attention of Mamba layers      plots        matplotlib figures
     report      `lmjax explain`: a self-contained HTML report
+    compiling   jax.jit with optional XLA options (e.g. -O0 where compiling dominates)
 """
 from lmjax.interp.ablation import ablate, head_ablation_effects
 from lmjax.interp.attribution import attribution_patching
@@ -22,9 +23,10 @@ from lmjax.interp.metrics import LogitDiff, NextTokenLoss
 from lmjax.interp.neurons import steer, top_activating
 from lmjax.interp.patching import activation_patching, patch
 from lmjax.interp.probes import train_probes
+from lmjax.interp.ssm import implicit_attention, implicit_patterns, layer_attention
 
 __all__ = [
     "ablate", "head_ablation_effects", "attribution_patching", "direct_logit_attribution", "head_scores",
     "induction_score", "logit_lens", "LogitDiff", "NextTokenLoss", "steer", "top_activating",
-    "activation_patching", "patch", "train_probes",
+    "activation_patching", "patch", "train_probes", "implicit_attention", "implicit_patterns", "layer_attention",
 ]

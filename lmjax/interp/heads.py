@@ -152,7 +152,8 @@ def ranked(scores: dict[int, np.ndarray], top: int | None = None, model=None, ss
            ) -> list[tuple[str, float]]:
     """[("L1H3", score), ...] from {layer: [head]}, highest first (with `model`, Mamba
     layers are labelled "L0ssm": see `head_label`)."""
-    rows = [(head_label(model, l, h, ssm_groups), float(v)) for l, s in scores.items() for h, v in enumerate(np.asarray(s))]
+    rows = [(head_label(model, l, h, ssm_groups), float(v))
+            for l, s in scores.items() for h, v in enumerate(np.asarray(s))]
     return sorted(rows, key=lambda r: -r[1])[:top]
 
 
