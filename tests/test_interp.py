@@ -381,9 +381,8 @@ def test_attribution_patching_agrees_with_activation_patching(induction_model):
     wrong = (answer + 1) % IV
     corrupt[0, q - IN + 1] = wrong
     metric = LogitDiff(jnp.asarray(answer), jnp.asarray(wrong))
-    exact = {p: patching.activation_patching(model, params, clean, corrupt, metric, p).values
-             for p in ("resid_pre", "attn_out")}
-    exact["z"] = patching.activation_patching(model, params, clean, corrupt, metric, "z", per="position").values
+    exact = {p: r.values for p, r in patching.activation_patching_points(
+        model, params, clean, corrupt, metric, ("resid_pre", "attn_out", "z")).items()}  # one compiled call
     approx = attribution.attribution_patching(model, params, clean, corrupt, metric, points=("resid_pre", "attn_out", "z"))
     assert approx["clean"] - approx["corrupt"] > 1.0  # the corruption matters
     a = np.concatenate([approx[p].ravel() for p in exact])

@@ -74,27 +74,33 @@ def _cell_masks(act_shape, point: str, per: str) -> np.ndarray:
     return np.ones((1, t), bool) if per == "layer" else np.eye(t, dtype=bool)
 
 
-@compiling.jit(static_argnames=("model", "point", "per", "layers", "batch_size"))
-def _heatmap(model, params, clean_tokens, corrupt_tokens, metric, point, per, layers, denoise, batch_size):
-    names = [point_name(model, l, point) for l in layers]
-    _, clean = model.run_with_cache(params, clean_tokens, names)
-    _, corrupt = model.run_with_cache(params, corrupt_tokens, names)
+@compiling.jit(static_argnames=("model", "plan", "per", "batch_size"))
+def _heatmap(model, params, clean_tokens, corrupt_tokens, metric, plan, per, denoise, batch_size):
+    """plan: ((point, layers), ...) -> ({point: [L, cells]}, clean metric, corrupted metric)."""
+    names = {point: [point_name(model, l, point) for l in layers] for point, layers in plan}
+    every = sorted({n for ns in names.values() for n in ns})
+    _, clean = model.run_with_cache(params, clean_tokens, every)
+    _, corrupt = model.run_with_cache(params, corrupt_tokens, every)
     m_clean = run_metric(model, params, clean_tokens, metric)
     m_corrupt = run_metric(model, params, corrupt_tokens, metric)
     # `denoise` is traced (a selection, not a branch): noising and denoising share one program.
     pick = lambda a, b: jnp.where(denoise, a, b)  # noqa: E731
     base_tokens = pick(corrupt_tokens, clean_tokens)
-    base = {n: pick(corrupt[n], clean[n]) for n in names}
-    source = {n: pick(clean[n], corrupt[n]) for n in names}
-    rows = []
-    for name in names:
-        masks = jnp.asarray(_cell_masks(base[name].shape, point, per))
+    base = {n: pick(corrupt[n], clean[n]) for n in every}
+    source = {n: pick(clean[n], corrupt[n]) for n in every}
+    out = {}
+    for point, point_names in names.items():
+        rows = []
+        for name in point_names:
+            masks = jnp.asarray(_cell_masks(base[name].shape, point, per))
 
-        def cell(mask, name=name):
-            return run_metric(model, params, base_tokens, metric, {name: (_replace, (source[name], base[name], mask))})
+            def cell(mask, name=name):
+                return run_metric(model, params, base_tokens, metric,
+                                  {name: (_replace, (source[name], base[name], mask))})
 
-        rows.append(jax.lax.map(cell, masks, batch_size=min(batch_size, masks.shape[0])))
-    return jnp.stack(rows), m_clean, m_corrupt
+            rows.append(jax.lax.map(cell, masks, batch_size=min(batch_size, masks.shape[0])))
+        out[point] = jnp.stack(rows)
+    return out, m_clean, m_corrupt
 
 
 def activation_patching(model, params, clean_tokens, corrupt_tokens, metric, point: str = "resid_pre", *,
@@ -107,28 +113,43 @@ def activation_patching(model, params, clean_tokens, corrupt_tokens, metric, poi
     that has the point (e.g. attention layers of a hybrid for "z"). `batch_size` cells run
     vmapped at a time (memory: batch_size x one forward's activations).
     """
+    return activation_patching_points(model, params, clean_tokens, corrupt_tokens, metric, (point,), per=per,
+                                      layers=layers, denoise=denoise, normalize=normalize,
+                                      batch_size=batch_size)[point]
+
+
+def activation_patching_points(model, params, clean_tokens, corrupt_tokens, metric, points, *,
+                               per: str = "position", layers=None, denoise: bool = True, normalize: bool = True,
+                               batch_size: int = 32) -> dict[str, Patching]:
+    """{point: Patching} for several points (e.g. resid_pre, attn_out, z), all from one
+    compiled call (the clean and corrupted runs shared). Arguments as `activation_patching`."""
     if per not in PER:
         raise ValueError(f"per must be one of {PER}, got {per!r}")
-    if layers is None:
-        layers = [l for l in range(model.cfg.n_layer) if point_name(model, l, point)]
-    layers = tuple(int(l) for l in layers)
-    missing = [l for l in layers if point_name(model, l, point) is None]
-    if not layers or missing:
-        raise ValueError(f"point {point!r} is not in layer(s) {missing or 'any'} of this model")
+    plan = []
+    for point in points:
+        chosen = [l for l in range(model.cfg.n_layer) if point_name(model, l, point)] if layers is None else layers
+        chosen = tuple(int(l) for l in chosen)
+        missing = [l for l in chosen if point_name(model, l, point) is None]
+        if not chosen or missing:
+            raise ValueError(f"point {point!r} is not in layer(s) {missing or 'any'} of this model")
+        plan.append((point, chosen))
     clean_tokens, corrupt_tokens = jnp.asarray(clean_tokens), jnp.asarray(corrupt_tokens)
     if clean_tokens.shape != corrupt_tokens.shape:
         raise ValueError(f"clean {clean_tokens.shape} and corrupted {corrupt_tokens.shape} tokens differ in shape")
     values, m_clean, m_corrupt = _heatmap(model, params, clean_tokens, corrupt_tokens, as_metric(metric),
-                                          point, per, layers, jnp.asarray(bool(denoise)), batch_size)
-    values = np.asarray(values)
-    if point == "z" and per == "position":
-        values = values.reshape(len(layers), clean_tokens.shape[1], -1)
-    if per == "layer":
-        values = values[:, 0]
+                                          tuple(plan), per, jnp.asarray(bool(denoise)), batch_size)
     m_clean, m_corrupt = float(m_clean), float(m_corrupt)
-    if normalize:
-        values = (values - m_corrupt) / (m_clean - m_corrupt)
-    return Patching(values, list(layers), point, m_clean, m_corrupt, normalize)
+    out = {}
+    for point, chosen in plan:
+        v = np.asarray(values[point])
+        if point == "z" and per == "position":
+            v = v.reshape(len(chosen), clean_tokens.shape[1], -1)
+        if per == "layer":
+            v = v[:, 0]
+        if normalize:
+            v = (v - m_corrupt) / (m_clean - m_corrupt)
+        out[point] = Patching(v, list(chosen), point, m_clean, m_corrupt, normalize)
+    return out
 
 
 def _write(x, payload):
