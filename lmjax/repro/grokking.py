@@ -7,10 +7,21 @@ of the pairs, AdamW with weight decay 1.0, first memorises (train accuracy 100% 
 is sparse in the Fourier basis: a handful of key frequencies carry nearly all its norm
 (Nanda et al. Fig. 3).
 
-lmjax: RESULTS_PLACEHOLDER
+lmjax (configs/repro/grokking.py: 1 layer, d_model 64, 4 heads, d_mlp 256 -- half Nanda
+et al.'s width -- AdamW lr 2e-3 (theirs 1e-3), weight decay 1.0, betas (0.9, 0.98),
+3,831 training pairs full batch, 2,000 steps; lmjax's block keeps its LayerNorms):
+train accuracy >= 99.9% at step 119 while test accuracy is 27%; test accuracy creeps to
+46% by step 650, then jumps: 50% at step 700, 99% at step 800, 100% at the end. After
+training, 6 of the 56 frequencies (28, 55, 48, 47, 50, 24) hold 85% of the embedding's
+non-constant Fourier norm (13% at init). The memorise-then-generalise gap is ~7x in steps
+(Nanda et al.: ~1.4k -> ~10k at lr 1e-3); at lr 2e-3 Adam's loss spikes ("slingshots")
+show in both curves. Wall time 14 min 21 s for the command on the shared 2-core CPU under
+heavy load from other jobs (load average ~9); docs/repro/grokking_{curves,fourier}.png.
 
 Command: `lmjax repro grokking --out runs/repro/grokking` (figures grokking_curves.png,
-grokking_fourier.png and results.json).
+grokking_fourier.png and results.json). Nanda et al.'s exact size and rate:
+`--config.model.d_model=128 --config.model.d_mlp=512 --config.optimizer.lr=1e-3
+--config.steps=15000` (not run here: ~0.34 s a step on this CPU).
 """
 from __future__ import annotations
 
@@ -107,8 +118,10 @@ def train(config, progress: bool = True) -> dict:
     evals = {k: [] for k in ("step", "train_loss", "train_acc", "test_loss", "test_acc")}
     n_chunks = -(-config.steps // config.eval_every)
     t0 = time.perf_counter()
-    for i in tqdm(range(n_chunks), desc="grokking", disable=not progress, mininterval=2.0):
+    bar = tqdm(range(n_chunks), desc="grokking", disable=not progress, mininterval=2.0)
+    for i in bar:
         carry, loss, acc, test_loss, test_acc = chunk(carry)
+        bar.set_postfix(train_acc=f"{float(acc[-1]):.3f}", test_acc=f"{float(test_acc):.3f}")
         curves["train_loss"] += np.asarray(loss).tolist()
         curves["train_acc"] += np.asarray(acc).tolist()
         evals["step"].append((i + 1) * config.eval_every)
@@ -138,8 +151,9 @@ def summarize(config, run) -> dict:
     _, share_init = key_frequencies(spectrum_init, config.key_frequencies)
     return {
         "p": p, "n_train": run["n_train"], "n_test": run["n_test"], "steps": config.steps,
-        "train_acc_100_step": first_step(curve_steps, run["curves"]["train_acc"], 1.0),
-        "test_acc_at_train_100": _value_at(ev, first_step(curve_steps, run["curves"]["train_acc"], 1.0)),
+        # "100%": at least 99.9% (on 3,830 pairs weight decay can leave 1-3 of them wrong for a while)
+        "train_acc_100_step": first_step(curve_steps, run["curves"]["train_acc"], 0.999),
+        "test_acc_at_train_100": _value_at(ev, first_step(curve_steps, run["curves"]["train_acc"], 0.999)),
         "test_acc_50_step": first_step(ev["step"], ev["test_acc"], 0.5),
         "test_acc_99_step": first_step(ev["step"], ev["test_acc"], 0.99),
         "final_train_acc": ev["train_acc"][-1], "final_test_acc": ev["test_acc"][-1],

@@ -94,7 +94,12 @@ def bigram_rows(rng, n: int, t: int, bos: int, vocab: int, keep: float = 0.7) ->
 
 def make_rows(config, tokens, rng, n, t, bos, n_chars):
     """Training (or held-out) rows: text windows, a `repeat_fraction` share of them with a
-    repeated chunk; `repeat_source` "random" draws those rows from random characters."""
+    repeated chunk; `repeat_source` "random" draws those rows from random characters,
+    "bigram" makes them in-context bigram rows."""
+    if config.repeat_fraction >= 1 and config.repeat_source == "bigram":
+        return bigram_rows(rng, n, t, bos, config.repeat_vocab or n_chars)
+    if config.repeat_fraction >= 1 and config.repeat_source == "random":
+        return repeat_rows(tokens, rng, n, t, bos, config.repeat_vocab or n_chars)
     rows = text_rows(tokens, rng, n, t, bos)
     if config.repeat_fraction > 0:
         which = rng.rand(n) < config.repeat_fraction
@@ -131,15 +136,18 @@ def _icl_metric(early, late, window, tokens, logits):
 
 
 def setup(config):
+    if config.repeat_fraction >= 1 and config.repeat_source != "text" and config.repeat_vocab:
+        # all rows synthetic: the vocabulary is the symbols + BOS, no text at all (unused
+        # vocabulary rows slow the circuit's formation several-fold: measured)
+        n_sym = config.repeat_vocab
+        empty = np.zeros(0, np.int32)
+        return n_sym, n_sym, empty, empty, Transformer(ModelConfig(vocab_size=n_sym + 1, **config.model))
     text = load_text(config.data)
     tokenizer = CharTokenizer.from_texts([text])
     ids = np.asarray(tokenizer.encode_array(text), np.int32)
     split = int(len(ids) * (1 - config.val_fraction))
-    synthetic = config.repeat_fraction >= 1 and config.repeat_source != "text" and config.repeat_vocab
-    # all-synthetic rows: the vocabulary is the synthetic symbols + BOS, no text at all
-    n_sym, bos = (config.repeat_vocab, config.repeat_vocab) if synthetic else (len(tokenizer.chars), tokenizer.bos_id)
-    cfg = ModelConfig(vocab_size=n_sym + 1 if synthetic else tokenizer.vocab_size, **config.model)
-    return bos, n_sym, ids[:split], ids[split:], Transformer(cfg)
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **config.model)
+    return tokenizer.bos_id, len(tokenizer.chars), ids[:split], ids[split:], Transformer(cfg)
 
 
 def train(config, progress: bool = True) -> dict:
@@ -201,19 +209,25 @@ def train(config, progress: bool = True) -> dict:
                 first_losses=first_losses, last_losses=last_losses, train_time_s=time.perf_counter() - t0)
 
 
-def phase_change(log) -> dict:
-    """Where the ICL score falls fastest, and how much of its total fall happens within
-    +-10% of training around that point."""
+def phase_change(log, width: float = 0.25) -> dict:
+    """The window of `width` x the run over which the ICL score falls most, and that fall's
+    share of the whole fall (from step 0 to the score's minimum): a phase change puts most
+    of the fall into a short window."""
     steps, icl = np.asarray(log["step"]), np.asarray(log["icl"])
-    drop = icl[0] - icl.min()
-    if len(steps) < 3 or drop <= 0:
-        return {"step": None, "share_of_drop_in_window": None}
-    smooth = np.convolve(icl, np.ones(3) / 3, mode="same")
-    i = int(np.argmin(np.diff(smooth[1:-1]))) + 1
-    span = 0.1 * steps[-1]
-    inside = (steps >= steps[i] - span) & (steps <= steps[i] + span)
-    within = icl[inside].max() - icl[inside].min()
-    return {"step": int(steps[i]), "share_of_drop_in_window": float(within / drop)}
+    total = icl[0] - icl.min()
+    if len(steps) < 3 or total <= 0:
+        return {"step": None, "window": None, "share_of_drop_in_window": None}
+    span = width * steps[-1]
+    best = (0.0, 0, 0)
+    for i in range(len(steps)):
+        j = int(np.searchsorted(steps, steps[i] + span, side="right")) - 1
+        if j > i and icl[i] - icl[j] > best[0]:
+            best = (icl[i] - icl[j], i, j)
+    fall, i, j = best
+    mid = icl[i] - fall / 2  # the step where the fall within the window is half done
+    k = i + int(np.argmax(icl[i:j + 1] <= mid))
+    return {"step": int(steps[k]), "window": [int(steps[i]), int(steps[j])],
+            "share_of_drop_in_window": float(fall / total)}
 
 
 def ablations(config, run) -> dict:
@@ -286,10 +300,10 @@ def plot(results, out: str) -> list[str]:
     ax2.plot(steps, log["icl"], color="C3")
     ax2.set(xlabel="step", ylabel=f"loss@{results['late']} - loss@{results['early']} (nats)",
             title="in-context-learning score")
-    pc = results["phase_change"]["step"]
+    window = results["phase_change"]["window"]
     for ax in (ax1, ax2):
-        if pc is not None:
-            ax.axvline(pc, color="0.6", ls="--", lw=0.8)
+        if window is not None:
+            ax.axvspan(*window, color="0.9", zorder=0)
     ax3.plot(results["position_loss_start"], color="0.6", label="step 0")
     ax3.plot(results["position_loss_end"], color="C0", label=f"step {results['steps']}")
     ax3.set(xlabel="token index", ylabel="val loss (nats)", title="loss by position in the context",
