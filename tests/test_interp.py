@@ -9,7 +9,6 @@ exactly nothing) trained for a few seconds for the circuit tests.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
