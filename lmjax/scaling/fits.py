@@ -263,7 +263,8 @@ def fit_envelope(N, D, L, C=None, *, bins_per_decade: int = 4) -> OptimalAllocat
     n = len(np.atleast_1d(L))
     cols = check_points(n, 3, N=N, D=D, loss=L, **({"C": C} if C is not None else {}))
     compute = cols.get("C", 6 * cols["N"] * cols["D"])
-    bins = np.floor(np.log10(compute) * bins_per_decade)
+    # bins centred on round budgets (1e12 +- half a bin): a budget of 9.99e11 and one of 1e12 share one
+    bins = np.round(np.log10(compute) * bins_per_decade)
     rows = []
     for b in np.unique(bins):
         i = np.flatnonzero(bins == b)
