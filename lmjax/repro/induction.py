@@ -7,10 +7,27 @@ learning score (loss at token 500 minus loss at token 50) drops sharply, then st
 one-layer models show neither. Ablating the induction heads removes most of the in-context
 gain (Olsson et al. Figs. 1, 3, "Argument 2/3").
 
-lmjax: RESULTS_PLACEHOLDER
+lmjax (configs/repro/induction.py): a 2-layer attention-only model (d_model 64, 2 heads
+per layer, context 65, MLPs held at zero) on sequences with repeats: in-context bigrams
+over 12 symbols (each row has its own random successor map, followed with probability
+0.7), Adam lr 3e-3, batch 64, 1,500 steps. Phase change: the ICL score (loss at token 60
+minus token 6, held-out rows) sits near -0.12..-0.26 until step ~200 and falls to -0.65 by
+step 300 (-0.70 at the end); in the same 100 steps both layer-1 heads' induction scores
+(on [BOS] + r + r, r of 32 random symbols) jump from 0.11 to 0.26 (layer-0 heads: <= 0.02;
+with 12 symbols r repeats tokens, so a head's attention splits between earlier copies and
+0.25 is near the ceiling). Mean-ablating the two induction heads: ICL score -0.701 ->
+-0.003 (99.6% of the in-context gain gone); loss on the repeated half of [BOS] + r + r
+1.82 -> 2.49 nats, equal to the first half's 2.49 (100% of the repeat gain gone). Wall
+time 1 min 55 s on the shared 2-core CPU under load (load average ~8);
+docs/repro/induction_{phase,ablation}.png.
+
+On text the circuit did not form in this budget: the `text` variant (tinyshakespeare
+characters, context 256, d_model 128, 4 heads, 25% of rows repeating a text chunk of
+random length, 2,000 steps, 5.6 min) ended at val loss 2.09 nats/char with every head's
+induction score <= 0.01 and an ICL score of +0.07 (later tokens no better than early ones).
 
 Command: `lmjax repro induction --out runs/repro/induction` (figures induction_phase.png,
-induction_ablation.png and results.json).
+induction_ablation.png and results.json); `--variant text` for the text run.
 """
 from __future__ import annotations
 
@@ -298,8 +315,7 @@ def plot(results, out: str) -> list[str]:
     ax1.set(xlabel="step", ylabel="induction score", title="induction score of every head")
     ax1.legend(fontsize=7, ncol=2)
     ax2.plot(steps, log["icl"], color="C3")
-    ax2.set(xlabel="step", ylabel=f"loss@{results['late']} - loss@{results['early']} (nats)",
-            title="in-context-learning score")
+    ax2.set(xlabel="step", ylabel="nats", title=f"ICL score: loss@{results['late']} - loss@{results['early']}")
     window = results["phase_change"]["window"]
     for ax in (ax1, ax2):
         if window is not None:
@@ -318,7 +334,9 @@ def plot(results, out: str) -> list[str]:
     ax1.bar(x - 0.2, [r["icl_before"] for _, r in rows], 0.4, label="intact", color="0.6")
     ax1.bar(x + 0.2, [r["icl_after"] for _, r in rows], 0.4, label="ablated")
     ax1.set_xticks(x, [f"{k.replace('_', ' ')}\n{','.join(r['heads'])}" for k, r in rows], fontsize=8)
-    ax1.set(ylabel="ICL score (nats)", title="mean-ablation: ICL score on text")
+    for i, (_, r) in enumerate(rows):
+        ax1.annotate(f"{r['icl_after']:.3f}", (i + 0.2, r["icl_after"]), ha="center", va="top", fontsize=8)
+    ax1.set(ylabel="ICL score (nats)", title="mean-ablation: ICL score on held-out rows")
     ax1.legend()
     labels = ["first half", "repeated half"]
     for i, (k, r) in enumerate(rows):
@@ -328,7 +346,7 @@ def plot(results, out: str) -> list[str]:
     ax2.bar(np.arange(2) - 0.27, [r0["first_half_loss_before"], r0["repeat_half_loss_before"]], 0.27,
             label="intact", color="0.6")
     ax2.set_xticks(np.arange(2), labels)
-    ax2.set(ylabel="loss (nats)", title="[BOS] + r + r, r random characters")
+    ax2.set(ylabel="loss (nats)", title="[BOS] + r + r, r random symbols")
     ax2.legend(fontsize=8)
     paths.append(_common.savefig(fig, out, "induction_ablation.png"))
     return paths
