@@ -6,7 +6,16 @@ probes on a randomly initialised model of the same architecture (Hewitt & Liang 
 Tenney et al. 2019; Belinkov 2022's survey: the random-init control is the baseline that
 separates what training added from what the architecture and the token identities give).
 
-lmjax: RESULTS_PLACEHOLDER
+lmjax (configs/repro/upos.py): a byte-level model (4 layers, d_model 128, 0.84M params,
+context 128) trained for 1,500 steps of 16 x 128 bytes on tinyshakespeare (val 1.73
+nats/byte = 2.50 bits/byte); probes at each word's last byte on the first 1,500 sentences
+of EWT dev (17,952 words, a random 25% held out). Test accuracy by point (embeddings,
+after layers 0-3): trained 0.444, 0.691, 0.712, 0.715, 0.712 (best after layer 2); the
+same architecture at random init 0.433, 0.448, 0.456, 0.453, 0.455; majority class
+(NOUN) 0.158; shuffled-label probes 0.147-0.154. At the embeddings (the last byte's
+identity and position) trained and random agree; every layer of the trained model adds
+~0.26 over the random one. Wall time 8 min 56 s for the command (training 1,500 steps
+included) on the shared 2-core CPU under load (load average ~8); docs/repro/upos_by_layer.png.
 
 Command: `lmjax repro upos --out runs/repro/upos` (figure upos_by_layer.png and
 results.json; the trained model's checkpoint stays in OUT/lm).
