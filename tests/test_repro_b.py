@@ -1,7 +1,7 @@
 """Reproductions recall and shakespeare (lmjax/repro) in their reduced settings.
 
-- recall (`small`: d_model 32, up to 8 key-value pairs, 300 steps): the MQAR rows are what
-  they claim to be; at 4 pairs every model recalls far above chance, and at 8 pairs the
+- recall (`small`: d_model 64, up to 8 key-value pairs, vocabulary 64, 500 steps): the
+  MQAR rows are what they claim to be; at 4 pairs every model recalls far above chance, and at 8 pairs the
   conv + attention model and the Mamba + attention hybrid beat the small-state Mamba model;
 - shakespeare (`small`): a few steps of lmjax's training loop through the repro entry point
   lower the loss, and results.json / the figure are written.

@@ -18,7 +18,8 @@ def get_config(arg=None):
     variant = arg or "cpu"
     if variant not in ("cpu", "gpu", "small"):
         raise ValueError(f"unknown variant {arg!r}; allowed: 'cpu' (default), 'gpu' or 'small'")
-    spec = importlib.util.spec_from_file_location("lmjax_shakespeare_char", os.path.join(ROOT, "configs", "shakespeare_char.py"))
+    path = os.path.join(ROOT, "configs", "shakespeare_char.py")
+    spec = importlib.util.spec_from_file_location("lmjax_shakespeare_char", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config(None if variant == "gpu" else "cpu")
