@@ -14,8 +14,8 @@ over 12 symbols (each row has its own random successor map, followed with probab
 minus token 6, held-out rows) sits near -0.12..-0.26 until step ~200 and falls to -0.65 by
 step 300 (-0.70 at the end); in the same 100 steps both layer-1 heads' induction scores
 (on [BOS] + r + r, r of 32 random symbols) jump from 0.11 to 0.26 (layer-0 heads: <= 0.02;
-with 12 symbols r repeats tokens, so a head's attention splits between earlier copies and
-0.25 is near the ceiling). Mean-ablating the two induction heads: ICL score -0.701 ->
+over 12 symbols each token of r has several earlier copies, so even a perfect induction
+head's attention is split and the stripe score stays well below 1). Mean-ablating the two induction heads: ICL score -0.701 ->
 -0.003 (99.6% of the in-context gain gone); loss on the repeated half of [BOS] + r + r
 1.82 -> 2.49 nats, equal to the first half's 2.49 (100% of the repeat gain gone). Wall
 time 1 min 55 s on the shared 2-core CPU under load (load average ~8);
