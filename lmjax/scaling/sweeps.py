@@ -2,15 +2,17 @@
 
 Plans (JSON files, one entry per run with its config overrides):
 - `grid_plan`: every model size x every token budget;
-- `isoflop_plan`: at each compute budget C, several sizes N with D = C / (6 N) tokens
-  (Chinchilla approach 2).
+- `isoflop_plan`: at each compute budget C, several sizes N with D = C / (FLOPs per
+  token) tokens, 6 N by default (Chinchilla approach 2);
+- `isoflop_plan_widths`: the same with the widths of each budget given.
 
 Shape rule (`shape_for`): for a target of block parameters N = 12 n_layer d_model^2, the
 depth n_layer = round((N / (12 * 64^2))^(1/3)) (at least 2), i.e. an aspect ratio
 d_model / n_layer of about 64 (GPT-2 small and nanoGPT's shakespeare model have 64), then
 d_model the multiple of the head dimension (64; 32 below 256 wide; 16 below 128; 8 below 64,
 so that CPU-sized sweeps get sizes a factor < 2 apart) closest to sqrt(N / (12 n_layer));
-heads = d_model / head dimension.
+heads = d_model / the head dimension at that width. `shape_of_width` applies the rule to a
+given width (depth d_model / 64, at least 2).
 
 `run_sweep` trains the runs one after another in DIR/<run name>: a run whose result file
 exists is skipped, an interrupted one resumes from its checkpoint (lmjax train resumes by
