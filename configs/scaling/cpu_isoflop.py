@@ -26,7 +26,8 @@ end: d8 at 1e12 and d16 at 3e12 were added, d64/d80 at 3e12 dropped. C1e+12_L2_d
 
 Measured (2-core shared CPU, load average ~8-12 from other jobs), seed 0 as above and seed 1
 with --config.train.seed=1 (results: docs/isoflop_cpu_runs.csv, docs/isoflop_cpu_runs_seed1.csv,
-their mean docs/isoflop_cpu_runs_mean.csv; figures docs/isoflop_cpu*.png):
+their mean docs/isoflop_cpu_runs_mean.csv, fitted with `--loss loss`; figures
+docs/isoflop_cpu*.png, the IsoFLOP and allocation plots from the mean):
 - every budget has an interior minimum in both seeds; the two seeds' losses differ by
   0.020 nats (sd; at most 0.043), as much as neighbouring widths do near the optimum.
 - approach 2 (a parabola per budget over all its runs) on the mean of the 2 seeds:
