@@ -138,11 +138,11 @@ def main():
     scale = float(np.abs(tl_heat).max())
     log(f"heatmap: lmjax {lm_heat_s:.2f} s (first call {lmjax_heat_first:.1f} s), TL {tl_heat_s:.1f} s; max diff {diff:.2e}")
 
-    import transformer_lens
+    from importlib.metadata import version  # transformer_lens 4 has no __version__
 
     print(json.dumps({
         "machine": f"{os.cpu_count()} CPU cores, jax {jax.__version__}, torch {torch.__version__}, "
-                   f"transformer_lens {transformer_lens.__version__}",
+                   f"transformer_lens {version('transformer_lens')}",
         "model": "GPT-2 small shape (12x768, vocab 50257), random weights, float32",
         "centred_logits_max_abs_diff": float(check),
         "cache": {"hooks": NAMES, "batch": list(tokens.shape),
