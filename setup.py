@@ -34,8 +34,8 @@ setup(
         # Hugging Face import/export (lmjax.hf, `lmjax convert`): tokenizer.json files.
         # Safetensors are read and written by lmjax itself (NumPy + mmap), without PyTorch.
         "hf": ["tokenizers>=0.19"],
-        # The PyTorch baselines that bench/ compares against; matplotlib draws bench/mixers.py's plot.
-        "bench": ["torch", "transformers", "matplotlib"],
+        # The PyTorch baselines that bench/ compares against.
+        "bench": ["torch", "transformers"],
         # Workdirs, token caches and corpora on Google Cloud Storage (gs://...).
         "gcs": ["gcsfs"],
     },
