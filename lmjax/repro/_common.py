@@ -83,6 +83,18 @@ def parse_args(name: str, argv, doc: str | None = None):
     return config, args.out
 
 
+def reproduce(name: str, argv, doc: str | None, experiment) -> tuple[dict, str]:
+    """The shape of every reproduction's main: parse the command line, run
+    `experiment(config, out) -> results` under a stopwatch (`wall_time_s`), write
+    results.json. -> (results, out)."""
+    config, out = parse_args(name, argv, doc)
+    results = {}
+    with stopwatch(results):
+        results.update(experiment(config, out))
+    write_results(out, results, config)
+    return results, out
+
+
 def to_jsonable(x):
     if isinstance(x, dict):
         return {str(k): to_jsonable(v) for k, v in x.items()}

@@ -205,14 +205,14 @@ def plot(results, out: str) -> list[str]:
     return paths
 
 
+def experiment(config, out: str) -> dict:
+    results = summarize(config, train(config))
+    results["figures"] = plot(results, out)
+    return results
+
+
 def main(argv=None) -> dict:
-    config, out = _common.parse_args("grokking", argv, __doc__)
-    results = {}
-    with _common.stopwatch(results):
-        run = train(config)
-        results.update(summarize(config, run))
-        results["figures"] = plot(results, out)
-    _common.write_results(out, results, config)
+    results, out = _common.reproduce("grokking", argv, __doc__, experiment)
     print(f"train acc 100% at step {results['train_acc_100_step']} (test acc then {results['test_acc_at_train_100']}), "
           f"test acc 99% at step {results['test_acc_99_step']}; final test acc {results['final_test_acc']:.4f}; "
           f"key frequencies {results['key_frequencies']} hold {results['key_frequency_share']:.1%} of the embedding "

@@ -352,15 +352,16 @@ def plot(results, out: str) -> list[str]:
     return paths
 
 
+def experiment(config, out: str) -> dict:
+    run = train(config)
+    results = summarize(config, run)
+    results["ablation"] = ablations(config, run)
+    results["figures"] = plot(results, out)
+    return results
+
+
 def main(argv=None) -> dict:
-    config, out = _common.parse_args("induction", argv, __doc__)
-    results = {}
-    with _common.stopwatch(results):
-        run = train(config)
-        results.update(summarize(config, run))
-        results["ablation"] = ablations(config, run)
-        results["figures"] = plot(results, out)
-    _common.write_results(out, results, config)
+    results, out = _common.reproduce("induction", argv, __doc__, experiment)
     ab = results["ablation"]
     print(f"ICL score {results['icl_score_start']:.3f} -> {results['icl_score_end']:.3f} nats; "
           f"{results['best_head']} induction score {results['best_head_induction_end']:.2f}; phase change at step "

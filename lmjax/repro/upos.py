@@ -98,13 +98,14 @@ def plot(results, out: str) -> list[str]:
     return [_common.savefig(fig, out, "upos_by_layer.png")]
 
 
+def experiment(config, out: str) -> dict:
+    results = run(config, out)
+    results["figures"] = plot(results, out)
+    return results
+
+
 def main(argv=None) -> dict:
-    config, out = _common.parse_args("upos", argv, __doc__)
-    results = {}
-    with _common.stopwatch(results):
-        results.update(run(config, out))
-        results["figures"] = plot(results, out)
-    _common.write_results(out, results, config)
+    results, out = _common.reproduce("upos", argv, __doc__, experiment)
     acc = lambda a: " ".join(f"{v:.3f}" for v in a)  # noqa: E731
     print(f"UPOS probe accuracy by layer ({', '.join(results['layers'])}): trained {acc(results['trained_test_acc'])}; "
           f"random init {acc(results['random_init_test_acc'])}; majority {results['majority_baseline']:.3f}; "
