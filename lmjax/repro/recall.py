@@ -239,13 +239,14 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    config, out = _common.parse_args("recall", argv, __doc__)
-    results = {}
-    with _common.stopwatch(results):
-        results.update(run(config))
+def experiment(config, out: str) -> dict:
+    results = run(config)
     _common.savefig(plot(results), out, "recall.png")
-    _common.write_results(out, results, config)
+    return results
+
+
+def main(argv=None) -> dict:
+    results, out = _common.reproduce("recall", argv, __doc__, experiment)
     print(table(results))
     print(f"chance {results['chance']:.4f}; wall {results['wall_time_s']:.0f} s; wrote {out}/recall.png, results.json")
     return results
