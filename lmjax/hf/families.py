@@ -102,6 +102,12 @@ def _same(name, shape):
     return Link(name, tuple(shape), tuple(shape), tuple(range(len(shape))))
 
 
+def _mismatches(cfg: ModelConfig, family: str, **wants) -> list[str]:
+    """One line per config field that differs from what `family`'s checkpoints need."""
+    return [f"{field}={getattr(cfg, field)!r} ({family} needs {want!r})"
+            for field, want in wants.items() if getattr(cfg, field) != want]
+
+
 def _attention_only(cfg: ModelConfig) -> list[str]:
     mixers = set(getattr(cfg, "layer_mixers", ("attention",)))
     return [] if mixers == {"attention"} else [f"layers are {sorted(mixers)} (needs attention in every layer)"]
@@ -147,9 +153,7 @@ class GPT2:
     def problems(cfg: ModelConfig) -> list[str]:
         """Why `cfg` cannot be written as GPT-2 (empty: it can)."""
         out = _attention_only(cfg)
-        for field, want in (("pos_embedding", "learned"), ("norm", "layernorm"), ("use_bias", True)):
-            if getattr(cfg, field) != want:
-                out.append(f"{field}={getattr(cfg, field)!r} (GPT-2 needs {want!r})")
+        out += _mismatches(cfg, "GPT-2", pos_embedding="learned", norm="layernorm", use_bias=True)
         if cfg.mlp not in _GPT2_ACTS_OUT:
             out.append(f"mlp={cfg.mlp!r} (GPT-2 needs one of {sorted(_GPT2_ACTS_OUT)})")
         if cfg.kv_heads != cfg.n_head:
@@ -259,9 +263,7 @@ class Llama:
     @staticmethod
     def problems(cfg: ModelConfig) -> list[str]:
         out = _attention_only(cfg)
-        for field, want in (("pos_embedding", "rope"), ("norm", "rmsnorm"), ("mlp", "swiglu")):
-            if getattr(cfg, field) != want:
-                out.append(f"{field}={getattr(cfg, field)!r} (Llama needs {want!r})")
+        out += _mismatches(cfg, "Llama", pos_embedding="rope", norm="rmsnorm", mlp="swiglu")
         return out
 
     @staticmethod
@@ -354,9 +356,7 @@ class Mamba:
         mixers = set(getattr(cfg, "layer_mixers", ("attention",)))
         if mixers != {"mamba"}:
             return [f"layers are {sorted(mixers)} (Mamba needs mamba in every layer)"]
-        for field, want in (("pos_embedding", "none"), ("norm", "rmsnorm"), ("mamba_mlp", False)):
-            if getattr(cfg, field) != want:
-                out.append(f"{field}={getattr(cfg, field)!r} (Mamba needs {want!r})")
+        out += _mismatches(cfg, "Mamba", pos_embedding="none", norm="rmsnorm", mamba_mlp=False)
         return out
 
     @staticmethod
