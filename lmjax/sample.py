@@ -143,7 +143,7 @@ def _untied_for_decoding(model: Transformer, params):
 
     Every decode step reads the whole output matrix; XLA:CPU reads a [vocab, d_model]
     matrix through a transposed matrix-vector product at about half the memory bandwidth
-    of the [d_model, vocab] layout (measured: 154 MB at 14 vs 23 GB/s for two rows). The
+    of the [d_model, vocab] layout (measured: 154 MB at 14 vs 23 GB/s). The
     copy is kept for as long as the embedding lives: made inside every call it cost GPT-2
     small ~180 ms (fresh pages for 154 MB, twice), 1.4 ms per token of a 128-token call.
     """
@@ -198,12 +198,6 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
     """
     check_request(model, prompts, max_new_tokens, temperature, top_k, top_p)
     n_rows = len(prompts)
-    if n_rows == 1:
-        # XLA:CPU copies a loop-carried KV cache that feeds a batch-one dot, the whole cache
-        # on every step. A second (discarded) row avoids that, and is nearly free since
-        # decoding is bound by reading the weights (measured: even at 128 new tokens, and
-        # 7% faster at 600, where the cache has grown to 1024 positions).
-        prompts = [prompts[0], prompts[0]]
     longest = max(len(p) for p in prompts)
     bucket = _bucket(longest, model.cfg.max_len)
     batch = np.zeros((len(prompts), bucket), np.int32)

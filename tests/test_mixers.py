@@ -435,7 +435,7 @@ def test_grow_cache_pads_kv_only():
     cfg, _, _ = model_setup("hybrid")
     cache = init_cache(cfg, 2, length=8)
     grown = grow_cache(cache, 16)
-    assert grown[1]["k"].shape[2] == 16 and grown[1]["v"].shape[3] == 16
+    assert grown[1]["k"].shape[1] == 16 and grown[1]["v"].shape[2] == 16
     for layer in (0, 2, 3):
         assert jax.tree.map(jnp.shape, grown[layer]) == jax.tree.map(jnp.shape, cache[layer])
     # a recurrent model's decoding state does not depend on the context at all

@@ -1,8 +1,8 @@
 """Decoding state: one entry per layer.
 
-An attention layer keeps keys "k" as [batch, kv_heads, length, d_head] and values "v"
-transposed, [batch, kv_heads, d_head, length]: the layouts in which attention reads them
-without a copy. The slot of a token is its position; the cache is preallocated to
+An attention layer keeps keys "k" as [batch * kv_heads, length, d_head] and values "v"
+transposed, [batch * kv_heads, d_head, length] (rows and heads merged, row-major): the
+layouts in which attention reads them without a copy (lmjax.model.attention._write). The slot of a token is its position; the cache is preallocated to
 `length` positions and `grow_cache` pads it to longer spans.
 
 Other mixers keep their recurrent state in the same per-layer tuple (lmjax/model/mixers.py:
@@ -26,8 +26,8 @@ def layer_cache(cfg: ModelConfig, batch: int, length: int | None = None, dtype=N
     length, dtype = length or cfg.max_len, dtype or cfg.compute_dtype
     if mixer != "attention":
         return mixer_class(mixer).init_state(cfg, batch, dtype)
-    return {"k": jnp.zeros((batch, cfg.kv_heads, length, cfg.head_dim), dtype),
-            "v": jnp.zeros((batch, cfg.kv_heads, cfg.head_dim, length), dtype)}
+    return {"k": jnp.zeros((batch * cfg.kv_heads, length, cfg.head_dim), dtype),
+            "v": jnp.zeros((batch * cfg.kv_heads, cfg.head_dim, length), dtype)}
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int | None = None, dtype=None):
