@@ -72,8 +72,17 @@ def choose(logits, key, temperature, top_k, top_p):
         )
         return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
 
-    greedy = lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return jax.lax.cond(temperature > 0, sampled, greedy, logits)
+
+
+def greedy(logits):
+    """argmax over the last axis (the first index on ties), as two plain reductions: XLA:CPU
+    runs argmax's paired (value, index) reduction unvectorised, ~210 us over GPT-2's 50257
+    logits against ~30 us for these two (measured), on every decoding step."""
+    vocab = logits.shape[-1]
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    first = jnp.min(jnp.where(logits >= best, jnp.arange(vocab), vocab), axis=-1)
+    return jnp.minimum(first, vocab - 1).astype(jnp.int32)  # NaN logits: no index matched
 
 
 def _spans(bucket: int, max_len: int) -> list[int]:

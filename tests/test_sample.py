@@ -7,7 +7,7 @@ import pytest
 from lmjax import sharding
 from lmjax.model import ModelConfig, Transformer
 from lmjax.model.cache import init_cache
-from lmjax.sample import _generate, filter_logits, generate
+from lmjax.sample import _generate, filter_logits, generate, greedy
 from lmjax.train.steps import init_params, param_shardings
 
 # init_std 0.3 makes a random model's next-token distributions varied (not one repeated token)
@@ -214,3 +214,13 @@ def test_decoding_across_cache_growth_matches_full_model(monkeypatch):
     prompts = [[1, 2, 3, 4, 5], [6, 7]]
     out = generate(model, params, prompts, max_new_tokens=30, temperature=0.0)
     assert out == [reference(p, 30) for p in prompts]
+
+
+def test_greedy_is_argmax_with_first_index_on_ties():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 5, 97)).astype(np.float32)
+    logits[0, 0, [4, 9, 60]] = 10.0  # a three-way tie: the first index wins
+    logits[1, 2, :] = -np.inf
+    logits[1, 2, 50] = 0.0
+    logits[2, 4] = np.round(logits[2, 4])  # many ties at the maximum
+    np.testing.assert_array_equal(np.asarray(jax.jit(greedy)(logits)), np.argmax(logits, axis=-1))
