@@ -10,7 +10,7 @@ Prints ONE JSON object on stdout (progress goes to stderr):
   backward, clipped AdamW update) of
     * lmjax: the real training code (init_state / make_train_step / make_optimizer);
     * transformers.GPT2LMHeadModel (PyTorch, loss via labels=);
-    * nanogpt_torch: a minimal nanoGPT-style PyTorch model written below (fused qkv,
+    * nanogpt_torch: a minimal nanoGPT-style PyTorch model (bench/_torch_gpt.py: fused qkv,
       F.scaled_dot_product_attention(is_causal=True), tied head), AdamW fused/foreach.
   MFU uses one FLOP formula for all three (lmjax.scaling.accounting.flops_per_token:
   6 N + 12 L d T, the PaLM / nanoGPT convention). `mlp_matmul_flops` times the model's
@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
 import sys
 import time
+
+from _torch_gpt import torch_gpt  # bench/, on sys.path when run as a script
 
 
 def log(*args):
@@ -241,65 +242,6 @@ def torch_adamw(torch, params, **kw):
     return torch.optim.AdamW(params, **kw), "for-loop"
 
 
-def _nanogpt_module(torch):
-    """A minimal nanoGPT-style GPT in PyTorch (our own code): the "nanoGPT" baseline."""
-    nn = torch.nn
-    F = torch.nn.functional
-
-    class SelfAttention(nn.Module):
-        def __init__(self, d, h):
-            super().__init__()
-            self.h = h
-            self.qkv = nn.Linear(d, 3 * d)  # fused q, k, v
-            self.proj = nn.Linear(d, d)
-
-        def forward(self, x):
-            b, t, d = x.shape
-            q, k, v = self.qkv(x).split(d, dim=2)
-            q, k, v = (z.view(b, t, self.h, d // self.h).transpose(1, 2) for z in (q, k, v))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.proj(y.transpose(1, 2).reshape(b, t, d))
-
-    class Block(nn.Module):
-        def __init__(self, d, h):
-            super().__init__()
-            self.ln1 = nn.LayerNorm(d)
-            self.attn = SelfAttention(d, h)
-            self.ln2 = nn.LayerNorm(d)
-            self.fc = nn.Linear(d, 4 * d)
-            self.fc_out = nn.Linear(4 * d, d)
-
-        def forward(self, x):
-            x = x + self.attn(self.ln1(x))
-            return x + self.fc_out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
-
-    class GPT(nn.Module):
-        def __init__(self, vocab, seq, n_layer, d, h):
-            super().__init__()
-            self.wte = nn.Embedding(vocab, d)
-            self.wpe = nn.Embedding(seq, d)
-            self.blocks = nn.ModuleList([Block(d, h) for _ in range(n_layer)])
-            self.ln_f = nn.LayerNorm(d)
-            self.head = nn.Linear(d, vocab, bias=False)
-            self.head.weight = self.wte.weight  # tied
-            for name, p in self.named_parameters():
-                if p.dim() >= 2:
-                    residual = name.endswith(("proj.weight", "fc_out.weight"))
-                    nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer) if residual else 0.02)
-                elif name.endswith("bias") and ".ln" not in name and not name.startswith("ln"):
-                    nn.init.zeros_(p)
-
-        def forward(self, idx, targets):
-            t = idx.shape[1]
-            x = self.wte(idx) + self.wpe(torch.arange(t, device=idx.device))
-            for block in self.blocks:
-                x = block(x)
-            logits = self.head(self.ln_f(x))
-            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
-
-    return GPT
-
-
 def _torch_batches(torch, batches):
     return [(torch.from_numpy(x).long(), torch.from_numpy(y).long()) for x, y in batches]
 
@@ -343,7 +285,7 @@ def setup_nanogpt_torch(n_layer, d_model, n_head, args, total_steps, batches):
     import torch
 
     torch.manual_seed(0)
-    model = _nanogpt_module(torch)(args.vocab, args.seq, n_layer, d_model, n_head)
+    model = torch_gpt(torch)(args.vocab, args.seq, n_layer, d_model, n_head)
     model.train()
     params = list(model.parameters())
     groups = [
