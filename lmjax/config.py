@@ -162,7 +162,7 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
         raise ConfigError(f"{dotted} is a section; set its keys ({sorted(current.keys())}), e.g. {dotted}.KEY=VALUE")
     field_type = parent.get_type(key) if hasattr(parent, "get_type") else type(current)
     if isinstance(value, str) and field_type is not str:
-        value = _parse(value)
+        value = parse_value(value)
     if value is not None and field_type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if value is not None and field_type not in (type(None), object) and not isinstance(value, field_type):
@@ -175,7 +175,9 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
         raise ConfigError(f"{dotted}: {e}") from None
 
 
-def _parse(text: str):
+def parse_value(text: str):
+    """A command-line override's text as a Python literal (number, bool, tuple, None ...);
+    true/false in any case as bools; anything else as the string itself."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

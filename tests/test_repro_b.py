@@ -77,6 +77,10 @@ def test_shakespeare_small_lowers_the_loss(tmp_path):
     assert train[-1] < train[0] - 0.2
     assert r["final_val_loss"] < np.log(65) - 0.2  # below uniform over the 65 characters
     assert r["steps"] == 20 and r["wall_time_s"] > 0
+    # nanoGPT's random-window estimate and the whole-split loss measure the same expectation
+    estimate = r["nanogpt_estimate"]
+    assert len(estimate["draws"]) == 100 and estimate["std"] > 0
+    assert abs(estimate["mean"] - r["final_val_loss"]) < 3 * estimate["std"] + 0.02
     saved = json.load(open(out / "results.json"))
     assert saved["final_val_loss"] == pytest.approx(r["final_val_loss"])
     assert os.path.getsize(out / "shakespeare.png") > 1000

@@ -11,6 +11,8 @@ the reduced setting of tests/test_repro_b.py (a few steps, a tiny model).
 import importlib.util
 import os
 
+from lmjax.config import default_config, merge
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -31,4 +33,5 @@ def get_config(arg=None):
         c.model.update(n_layer=1, d_model=32, n_head=2, max_len=32)
         c.train.update(steps=20, batch_size=8, log_every=5, eval_every=20, eval_batches=4, sample_tokens=0)
         c.optimizer.update(warmup_steps=5)
-    return c
+    # Over lmjax's defaults, so that every key of `lmjax train` (train.seed, ...) can be overridden.
+    return merge(default_config(), c.to_dict(), where=path)

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lmjax.config import ConfigError, _parse
+from lmjax.config import ConfigError, parse_value
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -61,7 +61,7 @@ def set_override(config: ml_collections.ConfigDict, dotted: str, value: str) -> 
     current = node[key]
     if isinstance(current, ml_collections.ConfigDict):
         raise ConfigError(f"{dotted} is a section; set its keys: {sorted(current.keys())}")
-    parsed = value if isinstance(current, str) else _parse(value)
+    parsed = value if isinstance(current, str) else parse_value(value)
     if isinstance(current, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
         parsed = float(parsed)
     if current is not None and type(parsed) is not type(current):
