@@ -304,8 +304,9 @@ def test_conllu_words_align_to_first_and_last_subtokens():
 # random token), so a token's successor is predictable only from its earlier occurrence
 # in the same row: exactly the previous-token + induction circuit. (Repeating r + r with a
 # fixed length is solved by a positional layer-0 head instead; measured.) The circuit forms
-# between steps ~1000 and ~1250 with these settings (deterministic on CPU).
-IV, IN, ISTEPS = 24, 16, 1500
+# between steps ~1250 and ~1500 with these settings (deterministic on CPU, but the step
+# moves with the float rounding of the attention core: 2000 steps leave a margin).
+IV, IN, ISTEPS = 24, 16, 2000
 
 
 def _induction_batches(steps, batch=64, keep=0.7, seed=0):
@@ -361,10 +362,12 @@ def test_induction_circuit_detected_and_ablated(induction_model):
     assert heads.ranked(induction, top=1)[0][0] == f"L1H{h1}"
     second = NextTokenLoss(jnp.asarray(tokens), IN + 1)  # predicting the repeated half
     first = NextTokenLoss(jnp.asarray(tokens), 1, IN)  # predicting the first half (after the first token)
-    ablated = ablation.ablate(model, params, tokens, second, heads=[(1, h1)])
-    first_half = ablation.ablate(model, params, tokens, first, heads=[(1, h1)]).before
+    # both layer-1 heads may have become induction heads: ablate every one that scores as such
+    induction_heads = [(1, h) for h in range(len(induction[1])) if induction[1][h] > 0.4]
+    ablated = ablation.ablate(model, params, tokens, second, heads=induction_heads)
+    first_half = ablation.ablate(model, params, tokens, first, heads=induction_heads).before
     assert ablated.before < 0.5 * first_half  # the repeated half is predicted in context
-    # zero-ablating the induction head gives back a good part of the gap to the first half
+    # zero-ablating the induction heads gives back a good part of the gap to the first half
     assert ablated.after - ablated.before > 0.3 * (first_half - ablated.before)
 
 
