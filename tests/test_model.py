@@ -442,3 +442,28 @@ def test_fast_and_explicit_attention_cores_agree(name):
     np.testing.assert_allclose(plain, observed, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(plain, positioned, rtol=1e-5, atol=1e-5)
     assert cache["blocks.0.attn.hook_pattern"].shape[-2:] == (tokens.shape[1], tokens.shape[1])
+
+
+@pytest.mark.parametrize("center, with_bias", [(True, True), (True, False), (False, False)])
+def test_normalize_backward_matches_autodiff(center, with_bias):
+    """The hand-written LayerNorm / RMSNorm backward = autodiff of the same forward."""
+    from lmjax.model.normalize import affine, centered, divide, divisor, normalize
+
+    keys = jax.random.split(jax.random.key(3), 4)
+    x = 3.0 * jax.random.normal(keys[0], (2, 5, 16)) + 1.5
+    weight = 1.0 + 0.3 * jax.random.normal(keys[1], (16,))
+    bias = 0.2 * jax.random.normal(keys[2], (16,)) if with_bias else None
+    g = jax.random.normal(keys[3], (2, 5, 16))
+
+    def autodiff(x, weight, bias):
+        xc = centered(x, center)
+        return affine(divide(xc, divisor(xc, 1e-5)), weight, bias)
+
+    want_y, want_vjp = jax.vjp(autodiff, x, weight, bias)
+    got_y, got_vjp = jax.vjp(lambda x, w, b: normalize(x, w, b, 1e-5, center), x, weight, bias)
+    np.testing.assert_array_equal(got_y, want_y)  # the same forward, op for op
+    for got, want in zip(got_vjp(g), want_vjp(g)):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)

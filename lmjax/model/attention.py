@@ -67,10 +67,7 @@ class Attention(nn.Module):
             q = point("hook_rot_q", rotary(q, positions, cfg.rope_theta))
             k = point("hook_rot_k", rotary(k, positions, cfg.rope_theta))
 
-        pattern_hooked = hooks is not None and any(
-            f"{p}.{n}" in hooks.names or hooks.wants_cache(f"{p}.{n}") or hooks.layer_interventions(f"{p}.{n}")
-            for n in _PATTERN_POINTS
-        )
+        pattern_hooked = hooks is not None and any(hooks.touches(f"{p}.{n}") for n in _PATTERN_POINTS)
         attention_dropout = cfg.dropout > 0 and not deterministic
         if in_order and cache is None and not attention_dropout:
             z = attention_core(q, k, v)

@@ -70,6 +70,10 @@ class Hooks:
             return name in self.cache
         return any(_scanned_name(n) == name for n in self.cache)
 
+    def touches(self, name: str) -> bool:
+        """Whether the hook point `name` (or, scanned, `blocks.*.` name) is cached or changed."""
+        return name in self.names or self.wants_cache(name) or bool(self.layer_interventions(name))
+
     def layer_interventions(self, name: str):
         """(layer, fn, payload) for every intervention matching a scanned `blocks.*.` name."""
         out = []

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from lmjax.model.config import ModelConfig
 from lmjax.model.hooks import Hooks, hook
+from lmjax.model.normalize import affine, centered, divide, divisor, normalize
 
 
 def param(module: nn.Module, name: str, init, shape, axes, dtype):
@@ -50,17 +51,19 @@ class Norm(nn.Module):
     def __call__(self, x, hooks: Hooks | None = None, layer_index=None):
         cfg = self.cfg
         d = x.shape[-1]
+        center = cfg.norm == "layernorm"
+        weight = param(self, "scale", nn.initializers.ones, (d,), ("embed",), cfg.params_dtype)
+        bias = None
+        if center and cfg.use_bias:
+            bias = param(self, "bias", nn.initializers.zeros, (d,), ("embed",), cfg.params_dtype)
         x32 = x.astype(jnp.float32)
-        if cfg.norm == "layernorm":
-            x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
-        scale = jnp.sqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + cfg.norm_eps)
-        scale = hook(self, hooks, f"{self.name_prefix}.hook_scale", scale, layer_index)
-        # The barrier keeps the arithmetic identical whether or not hook_scale is observed
-        # (otherwise XLA turns x / sqrt(v) into x * rsqrt(v) only when sqrt has no other use).
-        y = x32 / jax.lax.optimization_barrier(scale)
-        y = y * param(self, "scale", nn.initializers.ones, (d,), ("embed",), cfg.params_dtype)
-        if cfg.norm == "layernorm" and cfg.use_bias:
-            y = y + param(self, "bias", nn.initializers.zeros, (d,), ("embed",), cfg.params_dtype)
+        scale_point = f"{self.name_prefix}.hook_scale"
+        if hooks is None or not hooks.touches(scale_point):
+            y = normalize(x32, weight, bias, cfg.norm_eps, center)  # hand-written backward
+        else:
+            xc = centered(x32, center)
+            scale = hook(self, hooks, scale_point, divisor(xc, cfg.norm_eps), layer_index)
+            y = affine(divide(xc, scale), weight, bias)
         y = y.astype(cfg.compute_dtype)
         return hook(self, hooks, f"{self.name_prefix}.hook_normalized", y, layer_index)
 
