@@ -194,7 +194,9 @@ def _write(cache, k, v, starts):
     """
     b, t, kvh, d = k.shape
     rows = jnp.arange(b * kvh)[:, None]  # [b * kv_head, 1]
-    slots = (jnp.repeat(starts, kvh)[:, None] + jnp.arange(t)[None, :])  # [b * kv_head, t]
+    slots = jnp.repeat(starts, kvh)[:, None] + jnp.arange(t)[None, :]  # [b * kv_head, t]
+    # In bounds by construction: the sampler sizes the cache to the prompt bucket and grows
+    # it before a row's position reaches its end (lmjax.sample._generate).
     new_k = k.transpose(0, 2, 1, 3).reshape(b * kvh, t, d).astype(cache["k"].dtype)
     new_v = v.transpose(0, 2, 1, 3).reshape(b * kvh, t, d).astype(cache["v"].dtype)
     return {"k": cache["k"].at[rows, slots].set(new_k, mode="promise_in_bounds"),

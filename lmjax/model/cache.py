@@ -2,7 +2,8 @@
 
 An attention layer keeps keys "k" as [batch * kv_heads, length, d_head] and values "v"
 transposed, [batch * kv_heads, d_head, length] (rows and heads merged, row-major): the
-layouts in which attention reads them without a copy (lmjax.model.attention._write). The slot of a token is its position; the cache is preallocated to
+layouts in which attention reads them without a copy (lmjax.model.attention._write).
+The slot of a token is its position; the cache is preallocated to
 `length` positions and `grow_cache` pads it to longer spans.
 
 Other mixers keep their recurrent state in the same per-layer tuple (lmjax/model/mixers.py:
