@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from _torch_gpt import torch_gpt  # bench/, on sys.path when run as a script
+from lmjax.repro.shakespeare import nanogpt_estimates
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,44 +45,25 @@ def log(*args):
 
 
 def lmjax_config(data: str, steps: int, seed: int):
-    from lmjax.config import default_config, merge, validate
-    import importlib.util
+    """configs/shakespeare_char.py:cpu as `lmjax repro shakespeare` runs it, one eval at the end."""
+    from lmjax.repro._common import load_repro_config
+    from lmjax.repro.shakespeare import training_config
 
-    spec = importlib.util.spec_from_file_location("shakespeare_char", os.path.join(ROOT, "configs", "shakespeare_char.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = merge(default_config(), module.get_config("cpu").to_dict(), where="configs/shakespeare_char.py:cpu")
-    c.data.source = data
-    c.train.steps = steps
-    c.train.seed = seed
-    c.train.sample_tokens = 0
-    c.train.eval_every = steps
-    c.checkpoint.every = steps  # one save, at the end
-    validate(c)
-    return c
-
-
-def estimates(window_losses, val: np.ndarray, seq_len: int, batch: int, draws: int = 100, iters: int = 20,
-              seed: int = 0) -> np.ndarray:
-    """nanoGPT's estimate_loss, `draws` times: mean loss over `iters` x `batch` random windows."""
-    rng = np.random.default_rng(seed)
-    offsets = rng.integers(0, len(val) - seq_len, size=(draws, iters * batch))
-    span = np.arange(seq_len + 1)
-    return np.array([window_losses(np.asarray(val[row[:, None] + span], np.int64)).mean() for row in offsets])
+    overrides = [f"data.source={data}", f"train.steps={steps}", f"train.seed={seed}", "train.sample_tokens=0",
+                 f"train.eval_every={steps}", f"checkpoint.every={steps}"]
+    return training_config(load_repro_config("shakespeare", "cpu", overrides))
 
 
 def whole_split(window_losses, val: np.ndarray, seq_len: int) -> float:
     """Mean loss over consecutive windows covering the val split (every token predicted once)."""
     n = (len(val) - 1) // seq_len
     starts = np.arange(n) * seq_len
-    windows = np.asarray(val[starts[:, None] + np.arange(seq_len + 1)], np.int64)
+    windows = np.asarray(val[starts[:, None] + np.arange(seq_len + 1)], np.int32)
     return float(np.concatenate([window_losses(windows[i:i + 256]) for i in range(0, n, 256)]).mean())
 
 
-def run_lmjax(data: str, steps: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray, int]:
-    import jax
-    import optax
-
+def run_lmjax(data: str, steps: int, seed: int):
+    from lmjax.repro.shakespeare import jax_window_losses
     from lmjax.train.loop import train
 
     config = lmjax_config(data, steps, seed)
@@ -90,16 +72,8 @@ def run_lmjax(data: str, steps: int, seed: int) -> tuple[dict, np.ndarray, np.nd
         summary = train(config, workdir, progress=False, quiet=True)
         wall = time.perf_counter() - start
     run = summary["run"]
-    params, model = summary["state"]["params"], run.model
-
-    @jax.jit
-    def losses(windows):
-        logits = model.apply({"params": params}, windows[:, :-1]).astype(jax.numpy.float32)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean(axis=-1)
-
-    window_losses = lambda w: np.asarray(losses(w.astype(np.int32)))
     result = {"train_wall_s": round(wall, 1), "val_loss_lmjax_eval": summary["val_loss"]}
-    return result, window_losses, run.data, model.cfg.vocab_size
+    return result, jax_window_losses(run.model, summary["state"]["params"]), run.data, run.model.cfg.vocab_size
 
 
 def run_torch(train_tokens: np.ndarray, vocab: int, steps: int, seed: int, threads: int):
@@ -139,7 +113,7 @@ def run_torch(train_tokens: np.ndarray, vocab: int, steps: int, seed: int, threa
 
     @torch.no_grad()
     def window_losses(windows):
-        w = torch.from_numpy(windows)
+        w = torch.from_numpy(np.asarray(windows, np.int64))
         logits = model.logits(w[:, :-1])
         return torch.nn.functional.cross_entropy(logits.transpose(1, 2), w[:, 1:], reduction="none").mean(-1).numpy()
 
@@ -170,7 +144,7 @@ def main(argv=None):
         tr, tr_losses = run_torch(np.asarray(data.train), vocab, args.steps, seed, args.torch_threads)
         val = np.asarray(data.val)
         for name, row, losses in (("lmjax", lm, lm_losses), ("torch_nanogpt_recipe", tr, tr_losses)):
-            draws = estimates(losses, val, 64, 12)
+            draws = nanogpt_estimates(losses, val, seq_len=64, batch_size=12)
             row.update(seed=seed, val_loss=whole_split(losses, val, 64), estimate_mean=float(draws.mean()),
                        estimate_std=float(draws.std(ddof=1)), estimate_at_or_below_1_886=float((draws <= 1.886).mean()))
             rows[name].append(row)

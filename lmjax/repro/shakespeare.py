@@ -64,31 +64,35 @@ def curves(records: list[dict]) -> dict[str, list]:
     return {"train": train, "val": val}
 
 
-def nanogpt_estimates(params, model, val_tokens, *, seq_len: int, batch_size: int = 12, iters: int = 20,
+def nanogpt_estimates(window_losses, val_tokens, *, seq_len: int, batch_size: int = 12, iters: int = 20,
                       draws: int = 100, seed: int = 0) -> np.ndarray:
     """`draws` independent repeats of nanoGPT's estimate_loss on the val split: each is the
     mean loss of `iters` batches of `batch_size` windows at uniformly random offsets.
+    `window_losses(windows [n, seq_len + 1] int) -> [n]` is the model's mean next-token
+    loss per window (any framework: bench/shakespeare_parity.py passes a PyTorch one).
 
     nanoGPT prints one such draw (20 x 12 windows of 64 characters with its CPU settings);
     the spread of these draws is the noise on that single figure, which the whole-split
     val loss does not have.
     """
+    rng = np.random.default_rng(seed)
+    offsets = rng.integers(0, len(val_tokens) - seq_len, size=(draws, iters * batch_size))
+    span = np.arange(seq_len + 1)
+    return np.array([float(np.mean(window_losses(np.asarray(val_tokens[row[:, None] + span], np.int32))))
+                     for row in offsets])
+
+
+def jax_window_losses(model, params):
+    """Mean next-token loss per window of an lmjax model: windows [n, t + 1] -> [n]."""
     import jax
     import optax
 
     @jax.jit
-    def window_losses(inputs, targets):
-        logits = model.apply({"params": params}, inputs).astype(jax.numpy.float32)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(axis=-1)
+    def losses(windows):
+        logits = model.apply({"params": params}, windows[:, :-1]).astype(jax.numpy.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean(axis=-1)
 
-    rng = np.random.default_rng(seed)
-    offsets = rng.integers(0, len(val_tokens) - seq_len, size=(draws, iters * batch_size))
-    span = np.arange(seq_len + 1)
-    out = []
-    for row in offsets:
-        windows = np.asarray(val_tokens[row[:, None] + span], np.int32)
-        out.append(float(window_losses(windows[:, :-1], windows[:, 1:]).mean()))
-    return np.array(out)
+    return lambda windows: np.asarray(losses(np.asarray(windows, np.int32)))
 
 
 def run(config, workdir: str, *, progress: bool = True) -> dict:
@@ -109,7 +113,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
                         max_new_tokens=min(config.train.sample_tokens, run_.model.cfg.max_len - 1),
                         temperature=config.train.sample_temperature, seed=config.train.seed)
     seq_len = config.data.seq_len or run_.model.cfg.max_len
-    draws = nanogpt_estimates(summary["state"]["params"], run_.model, run_.data.val, seq_len=seq_len,
+    draws = nanogpt_estimates(jax_window_losses(run_.model, summary["state"]["params"]), run_.data.val, seq_len=seq_len,
                               batch_size=config.train.batch_size, draws=NANOGPT_ESTIMATE_DRAWS)
     return {
         "final_val_loss": summary["val_loss"],
