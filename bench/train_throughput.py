@@ -8,7 +8,10 @@ Prints ONE JSON object on stdout (progress goes to stderr):
 - For each model size (GPT-2-shaped: LayerNorm, GELU(tanh), biases, learned positions,
   tied embeddings, dropout 0), steady-state tokens/s of a full training step (forward,
   backward, clipped AdamW update) of
-    * lmjax: the real training code (init_state / make_train_step / make_optimizer);
+    * lmjax: the real training code (init_state / make_train_step / make_optimizer), with
+      lmjax's default micro-batching (train.grad_accum = 0, auto: on CPU the batch runs as
+      micro-batches of <= 512 tokens, here 4 of 2 rows; one optimizer step on the whole
+      batch), and again as one pass over the batch (`lmjax_grad_accum1`);
     * transformers.GPT2LMHeadModel (PyTorch, loss via labels=);
     * nanogpt_torch: a minimal nanoGPT-style PyTorch model (bench/_torch_gpt.py: fused qkv,
       F.scaled_dot_product_attention(is_causal=True), tied head), AdamW fused/foreach.
@@ -182,7 +185,7 @@ class Runner:
         self.quiet_starts = 0
 
 
-def setup_lmjax(n_layer, d_model, n_head, args, total_steps, batches):
+def setup_lmjax(n_layer, d_model, n_head, args, total_steps, batches, grad_accum="auto"):
     import jax
     import ml_collections
 
@@ -190,7 +193,7 @@ def setup_lmjax(n_layer, d_model, n_head, args, total_steps, batches):
     from lmjax.model import ModelConfig, Transformer
     from lmjax.scaling.accounting import count_params, flops_per_token
     from lmjax.train.optimizer import make_optimizer
-    from lmjax.train.steps import init_state, make_train_step
+    from lmjax.train.steps import auto_grad_accum, init_state, make_train_step
 
     cfg = ModelConfig(
         vocab_size=args.vocab,
@@ -217,7 +220,10 @@ def setup_lmjax(n_layer, d_model, n_head, args, total_steps, batches):
 
     holder = {"state": init_state(model, optimizer, mesh, seed=0)}
     n_params = count_params(holder["state"]["params"])
-    train_step = make_train_step(model, optimizer)
+    # "auto" is what `lmjax train` does by default (train.grad_accum = 0)
+    name = "lmjax" if grad_accum == "auto" else f"lmjax_grad_accum{grad_accum}"
+    grad_accum = auto_grad_accum(args.batch, args.seq) if grad_accum == "auto" else int(grad_accum)
+    train_step = make_train_step(model, optimizer, grad_accum=grad_accum)
 
     t0 = time.perf_counter()
     compiled = train_step.lower(holder["state"], dev_batches[0]).compile()
@@ -228,8 +234,8 @@ def setup_lmjax(n_layer, d_model, n_head, args, total_steps, batches):
         holder["state"], metrics = compiled(holder["state"], dev_batches[i % len(dev_batches)])
         return float(metrics["loss"].block_until_ready())
 
-    info = {"compile_s": compile_s, "n_params": n_params}
-    return Runner("lmjax", step, info), flops_per_token(cfg, args.seq)
+    info = {"compile_s": compile_s, "n_params": n_params, "grad_accum": grad_accum}
+    return Runner(name, step, info), flops_per_token(cfg, args.seq)
 
 
 def torch_adamw(torch, params, **kw):
@@ -356,12 +362,20 @@ def main(argv=None):
     p.add_argument("--quiet_wait", type=float, default=2.0,
                    help="before each timed step / probe, wait up to this many seconds for other processes "
                         "to go idle (0 = don't wait)")
+    p.add_argument("--grad_accum", default="auto,1",
+                   help="lmjax micro-batches per step to time, one runner each: 'auto' (runner 'lmjax') is "
+                        "lmjax's default, micro-batches of <= 512 tokens on CPU; N (runner 'lmjax_grad_accumN') "
+                        "forces N. Same batch and optimizer step either way")
     p.add_argument("--skip_torch", action="store_true", help="time lmjax only")
     args = p.parse_args(argv)
 
     sizes = parse_sizes(args.sizes)
     steps = parse_steps(args.steps, len(sizes))
     peak_sizes = [int(n) for n in args.peak_sizes.split(",")]
+    accums = args.grad_accum.split(",")
+    bad = [a for a in accums if a != "auto" and not (a.isdigit() and int(a) >= 1 and args.batch % int(a) == 0)]
+    if bad:
+        p.error(f"--grad_accum {bad}: each must be 'auto' or an integer >= 1 that divides --batch={args.batch}")
 
     import jax
 
@@ -418,10 +432,13 @@ def main(argv=None):
         name = f"{n_layer}x{d_model}"
         total = args.warmup + n_steps + -(-n_steps // args.block)
         batches = make_batches(total, args.batch, args.seq, args.vocab)
-        log(f"[{name}] lmjax: init + compile")
-        lm, fpt = setup_lmjax(n_layer, d_model, n_head, args, total, batches)
-        log(f"[{name}]   compiled in {lm.info['compile_s']:.1f}s")
-        runners = [lm]
+        runners = []
+        for accum in accums:
+            log(f"[{name}] lmjax, grad_accum={accum}: init + compile")
+            lm, fpt = setup_lmjax(n_layer, d_model, n_head, args, total, batches, accum)
+            log(f"[{name}]   compiled in {lm.info['compile_s']:.1f}s")
+            runners.append(lm)
+        lmjax_names = [r.name for r in runners]
         if torch is not None:
             runners += [setup_gpt2lmhead(n_layer, d_model, n_head, args, total, batches),
                         setup_nanogpt_torch(n_layer, d_model, n_head, args, total, batches)]
@@ -448,9 +465,10 @@ def main(argv=None):
                 f"MFU ~{row[r.name]['tokens_per_s'] * fpt / peak:.1%}  "
                 f"(best step {row[r.name]['tokens_per_s_best']:.0f} tok/s)")
         if torch is not None:
-            for other in ("gpt2lmheadmodel", "nanogpt_torch"):
-                row[f"lmjax_vs_{other}"] = row["lmjax"]["tokens_per_s"] / row[other]["tokens_per_s"]
-                row[f"lmjax_vs_{other}_best"] = row["lmjax"]["tokens_per_s_best"] / row[other]["tokens_per_s_best"]
+            for mine in lmjax_names:
+                for other in ("gpt2lmheadmodel", "nanogpt_torch"):
+                    row[f"{mine}_vs_{other}"] = row[mine]["tokens_per_s"] / row[other]["tokens_per_s"]
+                    row[f"{mine}_vs_{other}_best"] = row[mine]["tokens_per_s_best"] / row[other]["tokens_per_s_best"]
         # Is the square probe a fair peak for this model? The MLP's first matmul at this
         # batch: [batch*seq, d_model] @ [d_model, 4*d_model].
         m, k, n = args.batch * args.seq, d_model, 4 * d_model
@@ -474,8 +492,8 @@ def main(argv=None):
         out["torch_matmul_peak_flops"] = max(tpeak.values())
         out["torch_matmul_peak_flops_by_n"] = {str(n): v for n, v in tpeak.items()}
     for row in results.values():
-        for key in ("lmjax", "gpt2lmheadmodel", "nanogpt_torch"):
-            if key in row:
+        for key, entry in row.items():
+            if isinstance(entry, dict) and "tokens_per_s" in entry:
                 row[key]["mfu"] = row[key]["tokens_per_s"] * row["flops_per_token"] / peak
                 row[key]["mfu_best"] = row[key]["tokens_per_s_best"] * row["flops_per_token"] / peak
     print(json.dumps(out, indent=2))

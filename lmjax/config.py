@@ -50,7 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # optimizer steps
     c.train.batch_size = 16  # sequences per optimizer step (global, over all devices)
-    c.train.grad_accum = 1  # micro-batches per step (batch_size must divide evenly)
+    # micro-batches per step (batch_size must divide evenly); 0 = auto: on CPU enough that each
+    # device's micro-batch is <= 512 tokens (faster there), elsewhere 1 (train.steps.auto_grad_accum)
+    c.train.grad_accum = 0
     c.train.seed = 0
     c.train.log_every = 10
     c.train.eval_every = 200
@@ -211,8 +213,9 @@ def validate(config) -> None:
     check(0 < d.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
     check(0 <= d.seq_len <= config.model.max_len, "data.seq_len",
           f"{d.seq_len} must be in [0, model.max_len={config.model.max_len}] (0 = model.max_len)")
-    for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every"):
+    for name in ("steps", "batch_size", "log_every", "eval_every"):
         check(t[name] > 0, f"train.{name}", f"must be positive, got {t[name]}")
+    check(t.grad_accum >= 0, "train.grad_accum", f"must be >= 0 (0 = auto), got {t.grad_accum}")
     check(t.eval_batches >= 0 and t.sample_tokens >= 0, "train.eval_batches/sample_tokens", "must be >= 0")
     check(t.batch_size % max(t.grad_accum, 1) == 0, "train.batch_size",
           f"{t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")

@@ -42,6 +42,7 @@ def test_overrides_are_parsed_to_the_field_type():
         ("train.batch_size=10", "train.batch_size"),  # not divisible by grad_accum=4 below
         ("data.seq_len=4096", "data.seq_len"),
         ("model.dropout=1.5", "model.dropout"),
+        ("train.grad_accum=-1", "train.grad_accum"),
     ],
 )
 def test_bad_values_name_the_field(override, field):

@@ -15,6 +15,7 @@ from lmjax import cli
 from lmjax.config import ConfigError, config_from_dict
 from lmjax.train.checkpoint import Checkpointer
 from lmjax.train.loop import NonFiniteLossError, train
+from lmjax.train.steps import CPU_MICRO_BATCH_TOKENS, auto_grad_accum
 
 TEXT = "".join(
     f"The {a} {b} jumps over the {c} dog {n} times.\n"
@@ -144,13 +145,30 @@ def test_resume_with_a_different_model_is_an_error(corpus, tmp_path):
 
 
 def test_grad_accumulation_matches_one_big_batch(corpus, tmp_path):
-    a = train(tiny(corpus, train=dict(steps=5, eval_every=5)), str(tmp_path / "a"), progress=False, quiet=True)
+    a = train(tiny(corpus, train=dict(steps=5, eval_every=5, grad_accum=1)), str(tmp_path / "a"),
+              progress=False, quiet=True)
     b = train(tiny(corpus, train=dict(steps=5, eval_every=5, grad_accum=2)), str(tmp_path / "b"),
               progress=False, quiet=True)
     pa, pb = final_params(tmp_path / "a")[1], final_params(tmp_path / "b")[1]
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         np.testing.assert_allclose(x, y, atol=2e-5)
     assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+
+
+
+@pytest.mark.parametrize("data_parallel", [1, 2, 8])
+def test_auto_grad_accum_takes_the_fewest_micro_batches_within_the_cpu_budget(data_parallel):
+    budget = CPU_MICRO_BATCH_TOKENS
+    for rows in (1, 8, 12, 16, 64):  # per device
+        for seq in (32, 64, 256, 1024):
+            batch = rows * data_parallel
+            a = auto_grad_accum(batch, seq, data_parallel, platform="cpu")
+            assert rows % a == 0, (batch, seq, a)  # micro-batches split evenly over the devices
+            micro_tokens = rows // a * seq
+            assert micro_tokens <= budget or rows // a == 1, (batch, seq, a)
+            fewer = [k for k in range(1, a) if rows % k == 0]
+            assert all(rows // k * seq > budget for k in fewer), (batch, seq, a)
+            assert auto_grad_accum(batch, seq, data_parallel, platform="gpu") == 1
 
 
 def test_cli_train_eval_sample(corpus, tmp_path, capsys):

@@ -32,7 +32,8 @@ from lmjax.scaling.accounting import count_params, flops_per_token
 from lmjax.train import mfu as mfu_lib
 from lmjax.train.checkpoint import Checkpointer
 from lmjax.train.optimizer import learning_rate_schedule, make_optimizer
-from lmjax.train.steps import init_state, make_eval_step, make_train_step, param_shardings, state_shardings
+from lmjax.train.steps import (auto_grad_accum, init_state, make_eval_step, make_train_step, param_shardings,
+                                state_shardings)
 from lmjax.train.writers import JsonlWriter, MultiWriter, TensorBoardWriter
 
 
@@ -260,7 +261,12 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, progress: bo
     if start:
         say(f"resuming from step {start} in {workdir}")
 
-    train_step = make_train_step(model, run.optimizer, grad_accum=c.train.grad_accum, seed=c.train.seed,
+    grad_accum = c.train.grad_accum or auto_grad_accum(c.train.batch_size, seq_len,
+                                                       sharding.batch_divisor(run.mesh, run.rules))
+    if grad_accum > 1:
+        say(f"{grad_accum} micro-batches of {c.train.batch_size // grad_accum} rows per optimizer step"
+            f"{' (train.grad_accum=0: auto)' if not c.train.grad_accum else ''}")
+    train_step = make_train_step(model, run.optimizer, grad_accum=grad_accum, seed=c.train.seed,
                                  mesh=run.mesh, rules=run.rules)
     eval_step = make_eval_step(model, run.mesh, jax.tree.map(lambda x: x.sharding, state["params"]), run.rules)
     writer = _MetricsWriter(workdir) if lead else _NullWriter()
