@@ -1,12 +1,13 @@
 """shakespeare_char:cpu trained by lmjax and by a nanoGPT-recipe PyTorch model, same run.
 
     python bench/shakespeare_parity.py [--seeds 0,1,2] [--steps 2000] [--data ../shared/data/tinyshakespeare/input.txt]
+        [--nanogpt PATH/TO/nanoGPT] [--skip_recipe]
 
 The issue's reference is one number, nanoGPT's 1.886, which is one draw of nanoGPT's
 estimate_loss (20 batches of 12 random windows) for one seed. Whether lmjax trains as well
 as nanoGPT is a question about the mean over seeds of one measurement, so this script
 trains both implementations from several seeds on the same tokens and measures both the
-same two ways:
+same two ways (and, with --nanogpt PATH, nanoGPT's own code from a checkout of it):
 
 - lmjax: `lmjax.train.loop.train` on configs/shakespeare_char.py:cpu (4 layers, d_model
   128, context 64, batch 12, AdamW lr 1e-3 -> 1e-4 cosine, warmup 100, beta2 0.99, weight
@@ -27,6 +28,8 @@ import contextlib
 import json
 import math
 import os
+import pickle
+import shutil
 import statistics
 import sys
 import tempfile
@@ -73,7 +76,7 @@ def run_lmjax(data: str, steps: int, seed: int):
         wall = time.perf_counter() - start
     run = summary["run"]
     result = {"train_wall_s": round(wall, 1), "val_loss_lmjax_eval": summary["val_loss"]}
-    return result, jax_window_losses(run.model, summary["state"]["params"]), run.data, run.model.cfg.vocab_size
+    return result, jax_window_losses(run.model, summary["state"]["params"]), run.data, run.tokenizer
 
 
 def run_torch(train_tokens: np.ndarray, vocab: int, steps: int, seed: int, threads: int):
@@ -120,6 +123,74 @@ def run_torch(train_tokens: np.ndarray, vocab: int, steps: int, seed: int, threa
     return {"train_wall_s": round(wall, 1)}, window_losses
 
 
+NANOGPT_CPU_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
+                     "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"]
+
+
+def run_nanogpt(nanogpt_dir: str, text_path: str, steps: int, seed: int, threads: int):
+    """nanoGPT's own code, its README's CPU command, on a copy of a nanoGPT checkout.
+
+    The copy differs from the checkout in one line: the seed, 1337 + `seed` instead of the
+    fixed 1337, so that seed 0 is exactly the README run. The final model is always saved
+    (always_save_checkpoint, no effect on training) and then measured here like lmjax's.
+    -> (row, window_losses, nanoGPT's character -> id map)
+    """
+    import subprocess
+
+    import torch
+
+    torch.set_num_threads(threads)
+    work = tempfile.mkdtemp(prefix="nanogpt_")
+    for name in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py",
+                 "data/shakespeare_char/prepare.py"):
+        os.makedirs(os.path.join(work, os.path.dirname(name)), exist_ok=True)
+        with open(os.path.join(nanogpt_dir, name)) as f:
+            text = f.read()
+        if name == "train.py":
+            fixed = "torch.manual_seed(1337 + seed_offset)"
+            if fixed not in text:
+                raise SystemExit(f"{nanogpt_dir}/train.py has no '{fixed}' line to vary the seed in")
+            text = text.replace(fixed, f"torch.manual_seed({1337 + seed} + seed_offset)")
+        with open(os.path.join(work, name), "w") as f:
+            f.write(text)
+    data_dir = os.path.join(work, "data", "shakespeare_char")
+    with open(text_path) as src, open(os.path.join(data_dir, "input.txt"), "w") as dst:
+        dst.write(src.read())  # present, so prepare.py does not download it
+    subprocess.run([sys.executable, "prepare.py"], cwd=data_dir, check=True, stdout=subprocess.DEVNULL)
+    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_CPU_FLAGS,
+           f"--max_iters={steps}", f"--lr_decay_iters={steps}", f"--eval_interval={min(250, steps)}",
+           "--always_save_checkpoint=True", "--out_dir=out"]  # eval_interval: the config's 250, or one at the end
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=work, check=True, capture_output=True, text=True).stdout
+    wall = time.perf_counter() - start
+    printed = [line for line in out.splitlines() if line.startswith(f"step {steps}:")]
+
+    sys.path.insert(0, work)
+    try:
+        from model import GPT, GPTConfig  # nanoGPT's model.py
+    finally:
+        sys.path.remove(work)
+        sys.modules.pop("model", None)
+    ckpt = torch.load(os.path.join(work, "out", "ckpt.pt"), map_location="cpu", weights_only=False)
+    with contextlib.redirect_stdout(sys.stderr):  # it prints its parameter count; stdout is the JSON
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+    model.eval()
+
+    @torch.no_grad()
+    def window_losses(windows):
+        w = torch.from_numpy(np.asarray(windows, np.int64))
+        logits, _ = model(w[:, :-1].contiguous(), w[:, 1:].contiguous())  # with targets: every position
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), w[:, 1:], reduction="none").mean(-1).numpy()
+
+    with open(os.path.join(data_dir, "meta.pkl"), "rb") as f:
+        stoi = pickle.load(f)["stoi"]
+    shutil.rmtree(work)
+    row = {"train_wall_s": round(wall, 1), "iter": int(ckpt["iter_num"]),
+           "printed": printed[0] if printed else None, "command": " ".join(cmd[1:])}
+    return row, window_losses, stoi
+
+
 def summarise(rows: list[dict], key: str) -> dict:
     values = [r[key] for r in rows]
     return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
@@ -132,18 +203,38 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare", "input.txt"))
     p.add_argument("--torch_threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--nanogpt", default="",
+                   help="a checkout of github.com/karpathy/nanoGPT: also train with nanoGPT's own code (its "
+                        "README's CPU command; seed 0 = its fixed seed 1337) and measure it the same way")
+    p.add_argument("--skip_recipe", action="store_true", help="do not train the nanoGPT-recipe PyTorch model")
     args = p.parse_args(argv)
     if not os.path.exists(args.data):
         raise SystemExit(f"no tinyshakespeare text at {args.data}; pass --data PATH")
+    if args.nanogpt and not os.path.exists(os.path.join(args.nanogpt, "train.py")):
+        raise SystemExit(f"--nanogpt {args.nanogpt}: no train.py there (want a karpathy/nanoGPT checkout)")
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = {"lmjax": [], "torch_nanogpt_recipe": []}
+    rows = {"lmjax": []}
+    if not args.skip_recipe:
+        rows["torch_nanogpt_recipe"] = []
+    if args.nanogpt:
+        rows["nanogpt"] = []
     for seed in seeds:
         log(f"seed {seed}: lmjax ...")
-        lm, lm_losses, data, vocab = run_lmjax(args.data, args.steps, seed)
-        log(f"seed {seed}: torch ...")
-        tr, tr_losses = run_torch(np.asarray(data.train), vocab, args.steps, seed, args.torch_threads)
+        lm, lm_losses, data, tokenizer = run_lmjax(args.data, args.steps, seed)
         val = np.asarray(data.val)
-        for name, row, losses in (("lmjax", lm, lm_losses), ("torch_nanogpt_recipe", tr, tr_losses)):
+        runs = [("lmjax", lm, lm_losses, val)]
+        if not args.skip_recipe:
+            log(f"seed {seed}: torch ...")
+            runs.append(("torch_nanogpt_recipe", *run_torch(np.asarray(data.train), tokenizer.vocab_size, args.steps,
+                                                             seed, args.torch_threads), val))
+        if args.nanogpt:
+            log(f"seed {seed}: nanoGPT ...")
+            ng, ng_losses, stoi = run_nanogpt(args.nanogpt, args.data, args.steps, seed, args.torch_threads)
+            # lmjax's val text in nanoGPT's character ids. (nanoGPT's own val split starts one
+            # character earlier: lmjax ends the text with EOS, which moves its 90% cut by one.)
+            ng_val = np.array([stoi[c] for c in tokenizer.decode(val.tolist())], np.int32)
+            runs.append(("nanogpt", ng, ng_losses, ng_val))
+        for name, row, losses, val in runs:
             draws = nanogpt_estimates(losses, val, seq_len=64, batch_size=12)
             row.update(seed=seed, val_loss=whole_split(losses, val, 64), estimate_mean=float(draws.mean()),
                        estimate_std=float(draws.std(ddof=1)), estimate_at_or_below_1_886=float((draws <= 1.886).mean()))
@@ -157,8 +248,10 @@ def main(argv=None):
         "summary": {name: {"val_loss": summarise(r, "val_loss"), "train_wall_s": summarise(r, "train_wall_s")}
                     for name, r in rows.items()},
     }
-    a, b = (result["summary"][n]["val_loss"]["mean"] for n in rows)
-    result["summary"]["lmjax_minus_torch_val_loss"] = a - b
+    mine = result["summary"]["lmjax"]["val_loss"]["mean"]
+    for name in rows:
+        if name != "lmjax":
+            result["summary"][f"lmjax_minus_{name}_val_loss"] = mine - result["summary"][name]["val_loss"]["mean"]
     print(json.dumps(result, indent=2))
     return result
 

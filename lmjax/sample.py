@@ -8,9 +8,11 @@ position, and the cache slot of a token is its position, so a row's padding is n
 attended to and is overwritten as the row grows. Recurrent mixers (Mamba, LSTM, GRU, gated
 conv) keep their states in the same cache pytree; the prefill tells them each row's length
 so that their states skip the padding, and those states do not grow with the context.
-The program is compiled once per (batch size, prompt bucket) -- prompts are padded up to
-a power of two -- and the temperature, top-k, top-p, seed, stop tokens and max_new_tokens
-are traced values: new settings do not recompile.
+The program is compiled once per (batch size, prompt bucket, cache span) -- prompts are
+padded up to a power of two, and the cache grows in doubling spans from 128 positions only
+as far as prompt + max_new_tokens needs -- and the temperature, top-k, top-p, seed, stop
+tokens and max_new_tokens are traced values: new settings within those buckets do not
+recompile.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from jax.experimental import io_callback
 from lmjax import sharding
 from lmjax.model import Transformer
 from lmjax.model.cache import grow_cache, init_cache
+from lmjax.model.layout import to_out_in
 
 MIN_BUCKET = 8  # shortest prompt bucket
 MIN_SPAN = 128  # shortest cache the decode loop starts with
@@ -85,28 +88,31 @@ def greedy(logits):
     return jnp.minimum(first, vocab - 1).astype(jnp.int32)  # NaN logits: no index matched
 
 
-def _spans(bucket: int, max_len: int) -> list[int]:
+def _spans(bucket: int, max_len: int, need: int | None = None) -> list[int]:
     """Cache lengths the decode loop grows through: doubling from the prompt bucket
-    (at least MIN_SPAN) up to the context."""
+    (at least MIN_SPAN) until `need` positions fit (default: up to the context)."""
+    need = max_len if need is None else min(need, max_len)
     spans = [min(max(bucket, MIN_SPAN), max_len)]
-    while spans[-1] < max_len:
+    while spans[-1] < need:
         spans.append(min(2 * spans[-1], max_len))
     return spans
 
 
-@functools.partial(jax.jit, static_argnums=(0, 10))
+@functools.partial(jax.jit, static_argnums=(0, 10, 11))
 def _generate(model: Transformer, params, prompt, lengths, max_new, key, temperature, top_k, top_p, stop_ids,
-              on_token=None):
+              on_token=None, last_span=None):
     """prompt [b, P] right-padded, lengths [b] -> (tokens [b, max_len], ends [b]).
 
-    Decoding runs as one while_loop per cache length in _spans: attention then reads only
-    the part of the cache that can be filled, not the whole context, on every step.
+    Decoding runs as one while_loop per cache length in _spans, up to `last_span` (static;
+    None = the context): attention then reads only the part of the cache that can be
+    filled, not the whole context, on every step, and the cache never grows past what the
+    request can fill (padding it to the whole context cost ~2% of a 128-token call).
     on_token(tokens [b], done [b]) is called on the host after every step (for streaming).
     """
     b, bucket = prompt.shape
     max_len = model.cfg.max_len
     positions = jnp.broadcast_to(jnp.arange(bucket), (b, bucket))
-    spans = _spans(bucket, max_len)
+    spans = _spans(bucket, max_len, last_span)
     cache = init_cache(model.cfg, b, length=spans[0])
     # lengths: recurrent mixers' states stop at each row's last prompt token, not its padding.
     logits, cache = model.apply({"params": params}, prompt, positions, cache=cache, lengths=lengths)
@@ -136,36 +142,46 @@ def _generate(model: Transformer, params, prompt, lengths, max_new, key, tempera
     return tokens, ends
 
 
-# id(embedding) -> (a weak reference to it, its transposed copy): made once per set of
-# weights and dropped with them, not on every call.
-_UNEMBED = {}
+# (id(array), axes) -> (a weak reference to the array, its permuted copy): made once per set
+# of weights and dropped with them, not on every call.
+_KEPT = {}
 
 
-@jax.jit
-def _transposed(embed):
-    return jnp.transpose(embed).copy()
+@functools.partial(jax.jit, static_argnums=1)
+def _permuted(array, axes):
+    return jnp.transpose(array, axes)
 
 
-def _untied_for_decoding(model: Transformer, params):
-    """A tied model as an untied one whose output matrix is the embedding transposed,
-    stored [d_model, vocab].
+def _kept_permutation(array, axes):
+    """jnp.transpose(array, axes), computed once and kept for as long as `array` lives."""
+    axes = tuple(axes)
+    key = (id(array), axes)
+    entry = _KEPT.get(key)
+    if entry is None or entry[0]() is not array:
+        entry = (weakref.ref(array, lambda _, key=key: _KEPT.pop(key, None)), _permuted(array, axes))
+        _KEPT[key] = entry
+    return entry[1]
 
-    Every decode step reads the whole output matrix; XLA:CPU reads a [vocab, d_model]
-    matrix through a transposed matrix-vector product at about half the memory bandwidth
-    of the [d_model, vocab] layout (measured: 154 MB at 14 vs 23 GB/s). The
-    copy is kept for as long as the embedding lives: made inside every call it cost GPT-2
-    small ~180 ms (fresh pages for 154 MB, twice), 1.4 ms per token of a 128-token call.
+
+def _decoding_form(model: Transformer, params, rows: int):
+    """The same function with its weights laid out for decoding `rows` rows at a time.
+
+    - A tied model becomes an untied one whose output matrix is the embedding transposed,
+      stored [d_model, vocab]: XLA:CPU reads a [vocab, d_model] matrix through a transposed
+      matrix-vector product at about half the memory bandwidth (measured: 154 MB at 14 vs
+      23 GB/s).
+    - With one row, every Dense kernel is stored [*out, *in] (lmjax.model.layout): each
+      product is then a matrix-vector product, which reads that layout faster (GPT-2
+      small: 13-15% less time per token). From two rows on, [*in, *out] was faster (by
+      18-40% at 2-16 rows), so the kernels are left as they are.
+    The copies are kept for as long as the weights live: made inside every call, the output
+    matrix alone cost GPT-2 small ~180 ms (fresh pages for 154 MB, twice), 1.4 ms per token
+    of a 128-token call. Decoding thus holds a second copy of the weights.
     """
-    if not model.cfg.tie_embeddings:
-        return model, params
-    untied = Transformer(dataclasses.replace(model.cfg, tie_embeddings=False))
-    embed = params["embed"]
-    entry = _UNEMBED.get(id(embed))
-    if entry is None or entry[0]() is not embed:
-        key = id(embed)
-        entry = (weakref.ref(embed, lambda _, key=key: _UNEMBED.pop(key, None)), _transposed(embed))
-        _UNEMBED[key] = entry
-    return untied, {**params, "unembed": entry[1]}
+    if model.cfg.tie_embeddings:
+        params = {**params, "unembed": _kept_permutation(params["embed"], (1, 0))}
+        model = Transformer(dataclasses.replace(model.cfg, tie_embeddings=False))
+    return to_out_in(model, params, permute=_kept_permutation) if rows == 1 else (model, params)
 
 
 def check_request(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
@@ -219,11 +235,14 @@ def generate(model: Transformer, params, prompts: Sequence[Sequence[int]], *, ma
         if len(prompts) % sharding.batch_divisor(mesh):
             rows = sharding.replicated(mesh)
         batch, lengths = jax.device_put(batch, rows), jax.device_put(lengths, rows)
-    model, params = _untied_for_decoding(model, params)
+    model, params = _decoding_form(model, params, n_rows)
+    # Compiled once per (rows, prompt bucket, last cache span): a longer request than the
+    # spans cover so far compiles one more program.
+    last_span = _spans(bucket, model.cfg.max_len, longest + max_new_tokens)[-1]
     tokens, ends = _generate(
         model, params, jnp.asarray(batch), jnp.asarray(lengths), jnp.int32(max_new_tokens),
         jax.random.key(seed), jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), jnp.asarray(stop_ids),
-        on_token,
+        on_token, last_span,
     )
     tokens, ends = np.asarray(jax.device_get(tokens)), np.asarray(jax.device_get(ends))
     return [tokens[i, lengths[i]: ends[i]].tolist() for i in range(n_rows)]

@@ -16,6 +16,7 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
 REMATS = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
+KERNEL_LAYOUTS = ("in_out", "out_in")
 MIXER_LETTERS = {"A": "attention", "M": "mamba", "L": "lstm", "G": "gru", "C": "conv"}
 MIXERS = tuple(MIXER_LETTERS.values())
 SSM_SCANS = ("auto", "associative", "chunked", "sequential")
@@ -46,6 +47,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False  # one compiled block scanned over layers: fast compiles when deep
     remat: str = "none"  # recompute activations in the backward pass: none | full | dots
+    # Dense kernels stored [*in, *out] ("in_out"), or [*out, *in] ("out_in"), which XLA:CPU
+    # reads faster in matrix-vector products: the sampler decodes with a copy in that layout
+    # (lmjax.model.layout). Checkpoints and the interp tools use "in_out".
+    kernel_layout: str = "in_out"
     # -- Sequence mixers (lmjax/model/mixers.py).
     mixer: str = "attention"  # every layer's mixer: attention | mamba | lstm | gru | conv
     layer_pattern: str = ""  # per-layer letters (A M L G C) repeated to n_layer, e.g. "MMMA"; "" = `mixer`
@@ -145,6 +150,7 @@ class ModelConfig:
         check(self.norm in NORMS, "norm", f"{self.norm!r} not in {NORMS}")
         check(self.mlp in MLPS, "mlp", f"{self.mlp!r} not in {MLPS}")
         check(self.remat in REMATS, "remat", f"{self.remat!r} not in {REMATS}")
+        check(self.kernel_layout in KERNEL_LAYOUTS, "kernel_layout", f"{self.kernel_layout!r} not in {KERNEL_LAYOUTS}")
         check(self.dtype in DTYPES, "dtype", f"{self.dtype!r} not in {DTYPES}")
         check(self.param_dtype in DTYPES, "param_dtype", f"{self.param_dtype!r} not in {DTYPES}")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
