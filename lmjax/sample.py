@@ -158,7 +158,8 @@ def _kept_permutation(array, axes):
     key = (id(array), axes)
     entry = _KEPT.get(key)
     if entry is None or entry[0]() is not array:
-        entry = (weakref.ref(array, lambda _, key=key: _KEPT.pop(key, None)), _permuted(array, axes))
+        # `kept` bound now: at interpreter exit the module's globals may already be None
+        entry = (weakref.ref(array, lambda _, key=key, kept=_KEPT: kept.pop(key, None)), _permuted(array, axes))
         _KEPT[key] = entry
     return entry[1]
 
