@@ -109,8 +109,8 @@ def init_state(model: Transformer, optimizer, mesh: Mesh, seed: int, rules=None)
 
 # On a CPU, a step over micro-batches of about this many tokens per device is faster than
 # one pass over the whole batch: XLA:CPU's elementwise passes (GELU, norms, softmax) ran 2-4x
-# faster per element on the smaller activations, which stay in cache. Measured 2026-11-26 on
-# a 2-core AMD EPYC, one step of batch 8 x 256: 6x384 546 -> 462 ms at 512 tokens per
+# faster per element on the smaller activations (presumably they stay in cache). Measured on
+# 2026-11-26, 2-core AMD EPYC, one step of batch 8 x 256: 6x384 546 -> 462 ms at 512 tokens per
 # micro-batch (1024: 491, 256: 549); 12x768 3.49 -> 3.17 s; nanoGPT's shakespeare_char CPU
 # model (12 x 64 tokens) 30 -> 21 ms at 384.
 CPU_MICRO_BATCH_TOKENS = 512
