@@ -48,8 +48,8 @@ class ModelConfig:
     scan_layers: bool = False  # one compiled block scanned over layers: fast compiles when deep
     remat: str = "none"  # recompute activations in the backward pass: none | full | dots
     # Dense kernels stored [*in, *out] ("in_out"), or [*out, *in] ("out_in"), which XLA:CPU
-    # reads faster in matrix-vector products: the sampler decodes with a copy in that layout
-    # (lmjax.model.layout). Checkpoints and the interp tools use "in_out".
+    # reads faster in matrix-vector products: the sampler decodes a single row with a copy in
+    # that layout (lmjax.model.layout). Checkpoints and the interp tools use "in_out".
     kernel_layout: str = "in_out"
     # -- Sequence mixers (lmjax/model/mixers.py).
     mixer: str = "attention"  # every layer's mixer: attention | mamba | lstm | gru | conv
