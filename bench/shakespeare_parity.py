@@ -79,6 +79,20 @@ def run_lmjax(data: str, steps: int, seed: int):
     return result, jax_window_losses(run.model, summary["state"]["params"]), run.data, run.tokenizer
 
 
+def torch_window_losses(logits_fn):
+    """Mean next-token loss per window of a PyTorch model: windows [n, t + 1] -> [n];
+    logits_fn(inputs [n, t] int64) -> logits [n, t, vocab]."""
+    import torch
+
+    @torch.no_grad()
+    def losses(windows):
+        w = torch.from_numpy(np.asarray(windows, np.int64))
+        logits = logits_fn(w[:, :-1])
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), w[:, 1:], reduction="none").mean(-1).numpy()
+
+    return losses
+
+
 def run_torch(train_tokens: np.ndarray, vocab: int, steps: int, seed: int, threads: int):
     """nanoGPT's shakespeare_char:cpu recipe on bench/_torch_gpt.py's model."""
     import torch
@@ -113,14 +127,7 @@ def run_torch(train_tokens: np.ndarray, vocab: int, steps: int, seed: int, threa
         opt.step()
     wall = time.perf_counter() - start
     model.eval()
-
-    @torch.no_grad()
-    def window_losses(windows):
-        w = torch.from_numpy(np.asarray(windows, np.int64))
-        logits = model.logits(w[:, :-1])
-        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), w[:, 1:], reduction="none").mean(-1).numpy()
-
-    return {"train_wall_s": round(wall, 1)}, window_losses
+    return {"train_wall_s": round(wall, 1)}, torch_window_losses(model.logits)
 
 
 NANOGPT_CPU_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
@@ -176,13 +183,8 @@ def run_nanogpt(nanogpt_dir: str, text_path: str, steps: int, seed: int, threads
         model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
     model.eval()
-
-    @torch.no_grad()
-    def window_losses(windows):
-        w = torch.from_numpy(np.asarray(windows, np.int64))
-        logits, _ = model(w[:, :-1].contiguous(), w[:, 1:].contiguous())  # with targets: every position
-        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), w[:, 1:], reduction="none").mean(-1).numpy()
-
+    # given targets, nanoGPT's forward returns the logits of every position
+    window_losses = torch_window_losses(lambda x: model(x.contiguous(), torch.zeros_like(x))[0])
     with open(os.path.join(data_dir, "meta.pkl"), "rb") as f:
         stoi = pickle.load(f)["stoi"]
     shutil.rmtree(work)
