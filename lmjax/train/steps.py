@@ -16,11 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lmjax import sharding
 from lmjax.model import Transformer
-
-
-def cross_entropy(logits, targets):
-    """Mean next-token loss in nats, computed in float32."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+from lmjax.train.loss import cross_entropy  # noqa: F401  (re-exported: the step's loss)
 
 
 def _dummy_tokens(model: Transformer):
@@ -102,9 +98,25 @@ def init_state(model: Transformer, optimizer, mesh: Mesh, seed: int, rules=None)
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
 
     # The key is an argument, not a constant, so that nothing invites XLA to constant-fold
-    # the random initialisation at compile time: with a constant key, jit(init) of a 350M
-    # model was still compiling after 100 s on an H200.
-    return jax.jit(init, out_shardings=state_shardings(model, optimizer, mesh, rules))(jax.random.key(seed))
+    # the random initialisation at compile time (a constant key: jit(init) of a 350M model
+    # still compiling after 100 s on an H200).
+    init = jax.jit(init, out_shardings=state_shardings(model, optimizer, mesh, rules))
+    with _threefry_as_gpu_kernel():
+        return init(jax.random.key(seed))
+
+
+@contextlib.contextmanager
+def _threefry_as_gpu_kernel():
+    """On GPU, draw random bits with jaxlib's prebuilt threefry kernel instead of compiling
+    XLA's: the same bits, but XLA compiles one large threefry fusion per parameter shape.
+    jit(init) of a 350M model on an H100: 58 s -> 7-11 s."""
+    flag = "jax_threefry_gpu_kernel_lowering"
+    before = getattr(jax.config, flag)
+    jax.config.update(flag, before or jax.default_backend() == "gpu")
+    try:
+        yield
+    finally:
+        jax.config.update(flag, before)
 
 
 # On a CPU, a step over micro-batches of about this many tokens per device is faster than
