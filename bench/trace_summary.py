@@ -35,7 +35,7 @@ def kind(kernel: str, hlo_op: str) -> str:
     name = kernel.lower()
     if "dot_product_attention" in hlo_op or any(s in name for s in ("sdpa", "fmha", "flash", "cudnn")):
         return "attention"
-    if name.startswith(("nvjet", "gemm_fusion")) or any(s in name for s in ("gemm", "cutlass", "xmma")):
+    if name.startswith("nvjet") or any(s in name for s in ("gemm", "cutlass", "xmma")):
         return "matmul"
     if name.startswith("memset") or name.startswith("memcpy"):
         return "memset/memcpy"
@@ -88,8 +88,9 @@ def main(argv=None):
         by_op = collections.defaultdict(lambda: [0, 0.0])
         for name, hlo_op, us in kernels:
             if kind(name, hlo_op) == "other (XLA fusions)":
-                by_op[names.get(hlo_op, f"({hlo_op or name}: no op_name)")][0] += 1
-                by_op[names.get(hlo_op, f"({hlo_op or name}: no op_name)")][1] += us
+                row = by_op[names.get(hlo_op, f"({hlo_op or name}: no op_name)")]
+                row[0] += 1
+                row[1] += us
         print("other kernels by the JAX operation they came from:")
         table(by_op, args.steps, args.top)
 
