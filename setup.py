@@ -39,5 +39,5 @@ setup(
         # Workdirs, token caches and corpora on Google Cloud Storage (gs://...).
         "gcs": ["gcsfs"],
     },
-    entry_points={"console_scripts": ["lmjax=lmjax.cli:main"]},
+    entry_points={"console_scripts": ["lmjax=lmjax.commands:main"]},
 )

@@ -10,7 +10,7 @@ denominators measured or looked up in the same run:
 - `matmul_peak_flops`: the best bf16 square matmul this device ran in this process
   (--peak_n), which says how far the table's number is reachable at all.
 
-FLOPs per token: lmjax.scaling.accounting.flops_per_token (6 N + 12 L d T). The step time
+FLOPs per token: lmjax.model.accounting.flops_per_token (6 N + 12 L d T). The step time
 is taken as lmjax.train.loop runs: each step dispatched before the previous one's loss is
 fetched (`step_s`); `step_s_synced_median` waits for every step on its own (adds the host
 round trip, ~7 ms on an H100). `--profile DIR` also traces three steps (perfetto JSON).
@@ -42,7 +42,7 @@ def measure(n_layer, d_model, n_head, args):
 
     from lmjax import sharding
     from lmjax.model import ModelConfig, Transformer
-    from lmjax.scaling.accounting import count_params, flops_per_token
+    from lmjax.model.accounting import count_params, flops_per_token
     from lmjax.train.optimizer import make_optimizer
     from lmjax.train.steps import init_state, make_train_step
 
@@ -142,7 +142,7 @@ def main(argv=None):
         "settings": {k: getattr(args, k) for k in ("batch", "seq", "vocab", "dtype", "remat", "scan_layers", "steps")},
         "peak_flops_table": table_peak, "peak_flops_table_source": table_source,
         "matmul_peak_flops": probe,
-        "flops_formula": "lmjax.scaling.accounting.flops_per_token: 6*N_matmul + 12*n_layer*d_model*seq",
+        "flops_formula": "lmjax.model.accounting.flops_per_token: 6*N_matmul + 12*n_layer*d_model*seq",
         "results": {},
     }
     for n_layer, d_model, n_head in parse_sizes(args.sizes):

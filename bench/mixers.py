@@ -49,7 +49,7 @@ from lmjax.config import default_config
 from lmjax.model import ModelConfig, Transformer
 from lmjax.model.mamba import readout, scan_chunked, scan_states
 from lmjax.sample import generate
-from lmjax.scaling.accounting import count_params
+from lmjax.model.accounting import count_params
 from lmjax.train.optimizer import make_optimizer
 from lmjax.train.steps import init_params, make_eval_step, make_train_step
 

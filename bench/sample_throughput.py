@@ -28,7 +28,7 @@ import numpy as np
 
 from lmjax.model import ModelConfig, Transformer
 from lmjax.sample import generate
-from lmjax.scaling.accounting import count_params
+from lmjax.model.accounting import count_params
 from lmjax.train.steps import init_params
 
 GPT2_SMALL = dict(vocab_size=50257, n_layer=12, d_model=768, n_head=12, max_len=1024, mlp="gelu_tanh")

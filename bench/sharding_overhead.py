@@ -38,7 +38,7 @@ from lmjax import sharding  # noqa: E402
 from lmjax.config import config_from_dict  # noqa: E402
 from lmjax.model import Transformer  # noqa: E402
 from lmjax.model.config import ModelConfig  # noqa: E402
-from lmjax.scaling.accounting import flops_per_token  # noqa: E402
+from lmjax.model.accounting import flops_per_token  # noqa: E402
 from lmjax.train.optimizer import make_optimizer  # noqa: E402
 from lmjax.train.steps import init_state, make_train_step  # noqa: E402
 

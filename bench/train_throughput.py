@@ -15,7 +15,7 @@ Prints ONE JSON object on stdout (progress goes to stderr):
     * transformers.GPT2LMHeadModel (PyTorch, loss via labels=);
     * nanogpt_torch: a minimal nanoGPT-style PyTorch model (bench/_torch_gpt.py: fused qkv,
       F.scaled_dot_product_attention(is_causal=True), tied head), AdamW fused/foreach.
-  MFU uses one FLOP formula for all three (lmjax.scaling.accounting.flops_per_token:
+  MFU uses one FLOP formula for all three (lmjax.model.accounting.flops_per_token:
   6 N + 12 L d T, the PaLM / nanoGPT convention). `mlp_matmul_flops` times the model's
   own [batch*seq, d] @ [d, 4d] matmul, to check that the square probe is a fair peak.
 
@@ -191,7 +191,7 @@ def setup_lmjax(n_layer, d_model, n_head, args, total_steps, batches, grad_accum
 
     from lmjax import sharding
     from lmjax.model import ModelConfig, Transformer
-    from lmjax.scaling.accounting import count_params, flops_per_token
+    from lmjax.model.accounting import count_params, flops_per_token
     from lmjax.train.optimizer import make_optimizer
     from lmjax.train.steps import auto_grad_accum, init_state, make_train_step
 
@@ -424,7 +424,7 @@ def main(argv=None):
         "mfu_denominator": "matmul_peak_flops: best JAX float32 jitted square matmul "
                            "(lmjax.train.mfu.matmul_peak_probe; best of the probes at the start and "
                            "the end of the run), used for every implementation",
-        "flops_formula": "lmjax.scaling.accounting.flops_per_token: 6*N_matmul + 12*n_layer*d_model*seq",
+        "flops_formula": "lmjax.model.accounting.flops_per_token: 6*N_matmul + 12*n_layer*d_model*seq",
     }
     results = {}
     tokens_per_step = args.batch * args.seq

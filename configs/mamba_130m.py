@@ -3,7 +3,7 @@
 24 Mamba blocks without MLPs (two Mamba blocks stand for one attention + MLP layer),
 d_model 768, d_inner 1536, d_state 16, d_conv 4, dt_rank 48, RMSNorm, no biases, tied
 embeddings, vocabulary 50280 (GPT-NeoX's 50277 padded to a multiple of 8): 129.1M
-parameters (lmjax.scaling.accounting.param_count). Context 2048, batch 256 x 2048 = 0.5M
+parameters (lmjax.model.accounting.param_count). Context 2048, batch 256 x 2048 = 0.5M
 tokens per step, 4800 steps = 2.5B tokens (about 20 tokens per parameter), AdamW
 (b2 0.95, weight decay 0.1 but not on A_log and D, clip 1.0), cosine to 1e-5. The peak
 learning rate, 1.5e-3, is a conventional choice for this size, not the paper's (its

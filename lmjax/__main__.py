@@ -1,5 +1,5 @@
 import sys
 
-from lmjax.cli import main
+from lmjax.commands import main
 
 sys.exit(main())

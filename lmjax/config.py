@@ -13,11 +13,12 @@ from typing import Iterable
 
 import ml_collections
 
+from lmjax.errors import LmjaxError
 from lmjax.model.config import ModelConfig
 from lmjax.sharding import DCN_KEYS, DEFAULT_RULES, MESH_AXES, preset_problems, rule_problems
 
 
-class ConfigError(ValueError):
+class ConfigError(LmjaxError):
     """A config that cannot run. The CLI prints the message, without a traceback."""
 
 
@@ -108,6 +109,11 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     except (ValueError, KeyError, TypeError) as e:  # e.g. an unknown variant
         raise ConfigError(f"{spec}: {e}") from None
     config = merge(default_config(), user, where=path)
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """Apply `section.key=value` overrides to `config` and validate the result."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:

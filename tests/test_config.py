@@ -1,7 +1,7 @@
 """Configs: the shipped files load, overrides are typed, every mistake names its field."""
 import pytest
 
-from lmjax import cli
+from lmjax import commands
 from lmjax.config import ConfigError, load_config
 
 QUICKSTART = "configs/quickstart.py"
@@ -66,7 +66,7 @@ def test_missing_file_and_unknown_variant():
 
 
 def test_cli_reports_config_errors_without_traceback(capsys, tmp_path):
-    code = cli.main(["train", "--config", QUICKSTART, "--workdir", str(tmp_path / "w"), "--config.model.n_head=5"])
+    code = commands.main(["train", "--config", QUICKSTART, "--workdir", str(tmp_path / "w"), "--config.model.n_head=5"])
     err = capsys.readouterr().err
     assert code == 2
     assert "model.d_model" in err and "Traceback" not in err

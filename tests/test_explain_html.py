@@ -4,7 +4,7 @@ the report in a real headless Chromium (Debian's `chromium`, installed by .ci/ru
 console errors, every section and figure in the DOM, the page's own script ran (it marks
 <body data-rendered="ok"> and counts decoded images).
 
-The commands run through lmjax.cli.main in one subprocess on one CPU device: without the 8
+The commands run through lmjax.commands.main in one subprocess on one CPU device: without the 8
 simulated devices of the test session, training compiles (and checkpoints) several times
 faster, and one process lets `explain` reuse what `train` compiled.
 """
@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from lmjax import cli
+from lmjax import commands
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -31,7 +31,7 @@ SECTIONS = ["summary", "prediction", "logit-lens", "dla", "heads", "patching"]
 # compiling at -O0 as in test_interp, and prints their exit codes last.
 DRIVER = """
 import json, sys
-from lmjax.cli import main
+from lmjax.commands import main
 from lmjax.interp import compiling
 compiling.COMPILER_OPTIONS.update({"xla_backend_optimization_level": 0})
 codes = []
@@ -95,7 +95,7 @@ def test_report_is_self_contained(report):
 def test_explain_errors_are_one_line(report, tmp_path, capsys):
     last = report["stderr"].split("lmjax exited 0")[-1]  # the third command's output
     assert report["error_code"] == 2 and "same length" in last and "Traceback" not in last
-    assert cli.main(["explain", "--workdir", str(tmp_path / "none"), "--prompt", "x"]) == 2
+    assert commands.main(["explain", "--workdir", str(tmp_path / "none"), "--prompt", "x"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 
 

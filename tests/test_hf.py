@@ -185,7 +185,7 @@ def _copy_model(src, dst, *, drop=(), reshape=None, config=None):
 
 
 def test_clear_errors_before_anything_is_written(hf_models, tmp_path):
-    from lmjax.cli import main
+    from lmjax.commands import main
 
     llama, _ = hf_models["llama"]
     k = "model.layers.1.self_attn.k_proj.weight"
@@ -215,7 +215,7 @@ def test_clear_errors_before_anything_is_written(hf_models, tmp_path):
 
 
 def test_cli_import_sample_export(hf_models, tmp_path, capsys):
-    from lmjax.cli import main
+    from lmjax.commands import main
 
     directory, hf = hf_models["gpt2"]
     workdir = tmp_path / "imported"
@@ -246,7 +246,7 @@ def test_cli_import_sample_export(hf_models, tmp_path, capsys):
 
 
 def test_hf_tokenizer_protocol(hf_models):
-    from lmjax.data.tokenizers import tokenizer_from_json
+    from lmjax.data.tokenizer_json import tokenizer_from_json
 
     directory, _ = hf_models["gpt2"]
     tok = HFTokenizer.from_dir(directory)
@@ -268,7 +268,7 @@ def test_hf_tokenizer_protocol(hf_models):
 @pytest.mark.parametrize("kind", ["byte", "char"])
 def test_lmjax_tokenizers_export_as_tokenizer_json(tmp_path, kind):
     from lmjax.data.tokenizers import ByteTokenizer, CharTokenizer
-    from lmjax.hf.tokenizer import write_tokenizer
+    from lmjax.data.hf_tokenizer import write_tokenizer
 
     text = "def f(x):\n    return x  # é✓"
     tok = ByteTokenizer() if kind == "byte" else CharTokenizer.from_texts([text + "abc"])
@@ -322,7 +322,7 @@ def test_bos_adding_tokenizer_and_sentencepiece_model(tmp_path):
 
     from lmjax.data.tokenizers import SentencePieceTokenizer
     from lmjax.hf import load_tokenizer
-    from lmjax.hf.tokenizer import write_tokenizer
+    from lmjax.data.hf_tokenizer import write_tokenizer
 
     vocab = {"<s>": 0, "</s>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate("abcdefgh ")}}
     hf = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

@@ -200,7 +200,7 @@ def test_detectors_and_ablations_treat_mamba_layers_as_heads():
     alpha = ssm.layer_attention(model, params, tokens, layers=[0])[0]
     mass = np.abs(np.asarray(alpha)).mean(1)
     np.testing.assert_allclose(pats[0][:, 0], mass / mass.sum(-1, keepdims=True), rtol=1e-5)
-    grouped = ssm.implicit_patterns(model, params, tokens, groups=4)
+    grouped = heads.implicit_patterns(model, params, tokens, groups=4)
     assert grouped[2].shape == (B, 4, T, T) and 1 not in grouped
     np.testing.assert_allclose(grouped[2].sum(-1), 1.0, rtol=1e-5)
     # detectors on the Mamba layers are the formula applied to their patterns

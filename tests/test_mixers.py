@@ -23,7 +23,7 @@ from lmjax.model import ModelConfig, Transformer, hook_names
 from lmjax.model.cache import grow_cache, init_cache
 from lmjax.model.mixers import mixer_class
 from lmjax.sample import generate
-from lmjax.scaling.accounting import count_params, flops_per_token, matmul_params, param_count
+from lmjax.model.accounting import count_params, flops_per_token, matmul_params, param_count
 from lmjax.train.optimizer import decay_mask
 
 from _model_fixtures import FAST_COMPILE, stack_layers

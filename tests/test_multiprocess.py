@@ -179,9 +179,9 @@ def test_auto_detect():
 
 
 def test_cli_rejects_partial_distributed_flags(capsys):
-    from lmjax import cli
+    from lmjax import commands
 
-    code = cli.main(["train", "--config", os.path.join(ROOT, "configs", "quickstart.py"), "--workdir", "unused",
+    code = commands.main(["train", "--config", os.path.join(ROOT, "configs", "quickstart.py"), "--workdir", "unused",
                      "--coordinator", "127.0.0.1:1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--num_processes" in err

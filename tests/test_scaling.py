@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from lmjax.cli import main
+from lmjax.commands import main
 from lmjax.scaling import fits
 
 TRUE = {"E": 1.8, "A": 450.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
@@ -131,8 +131,8 @@ def test_size_counts_the_parameter_tree():
 
     from lmjax.config import load_config, model_config
     from lmjax.model import Transformer
-    from lmjax.scaling.accounting import count_params
-    from lmjax.scaling.cli import size_report
+    from lmjax.model.accounting import count_params
+    from lmjax.model.accounting import size_report
 
     cfg = model_config(load_config("configs/quickstart.py", []), 259)
     report = size_report(cfg, cfg.max_len)
@@ -194,12 +194,12 @@ def test_isoflop_plan_and_launch_commands():
             assert r["d_model"] % r["n_head"] == 0 and r["n_layer"] >= 2
     # PaLM FLOPs: each run's C is what lmjax train counts for its shape, D = C / that
     from lmjax.config import load_config, model_config
-    from lmjax.scaling.accounting import flops_per_token
-    from lmjax.scaling.cli import _palm_flops
+    from lmjax.model.accounting import flops_per_token
+    from lmjax.scaling.sweeps import palm_flops
 
     config = load_config("configs/scaling/cpu_isoflop.py", [])
     palm = sweeps.isoflop_plan([1e12], 5, tokens_per_step=4096, spread=16, tokens_per_param=300,
-                               flops_per_token=_palm_flops(config))
+                               flops_per_token=palm_flops(config))
     assert len({r["d_model"] for r in palm}) == 5 and min(r["d_model"] for r in palm) < 64  # head dim 8 widths
     for r in palm:
         config.model.n_layer, config.model.d_model, config.model.n_head = r["n_layer"], r["d_model"], r["n_head"]

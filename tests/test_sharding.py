@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmjax import cli, sharding
+from lmjax import commands, sharding
 from lmjax.config import ConfigError, config_from_dict, load_config
 from lmjax.model import Transformer
 from lmjax.model.config import ModelConfig
@@ -275,7 +275,7 @@ def _cli_train(tmp_path, capsys, overrides):
                    f"    return {{'model': dict(n_layer=1, d_model=48, n_head=6, max_len=16),\n"
                    f"            'data': dict(source={str(corpus)!r}),\n"
                    "            'train': dict(steps=2, batch_size=8, sample_tokens=0)}\n")
-    code = cli.main(["train", "--config", str(cfg), "--workdir", str(tmp_path / "w"), "--no_progress",
+    code = commands.main(["train", "--config", str(cfg), "--workdir", str(tmp_path / "w"), "--no_progress",
                      *[f"--config.{o}" for o in overrides]])
     err = capsys.readouterr().err.strip()
     return code, err

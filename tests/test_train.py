@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from lmjax import cli
+from lmjax import commands
 from lmjax.config import ConfigError, config_from_dict
 from lmjax.train.checkpoint import Checkpointer
 from lmjax.train.loop import NonFiniteLossError, train
@@ -202,15 +202,15 @@ def test_cli_train_eval_sample(corpus, tmp_path, capsys):
         "                          sample_prompt='The ')}\n"
     )
     workdir = str(tmp_path / "w")
-    assert cli.main(["train", "--config", str(cfg), "--workdir", workdir, "--no_progress"]) == 0
+    assert commands.main(["train", "--config", str(cfg), "--workdir", workdir, "--no_progress"]) == 0
     out = capsys.readouterr().out
     assert "val bits/byte" in out and "sample:\nThe " in out
-    assert cli.main(["eval", "--workdir", workdir]) == 0
+    assert commands.main(["eval", "--workdir", workdir]) == 0
     assert "step 30: val_loss" in capsys.readouterr().out
-    assert cli.main(["sample", "--workdir", workdir, "--prompt", "The", "--max_new_tokens", "10",
+    assert commands.main(["sample", "--workdir", workdir, "--prompt", "The", "--max_new_tokens", "10",
                      "--temperature", "0"]) == 0
     assert capsys.readouterr().out.startswith("The")
-    assert cli.main(["eval", "--workdir", str(tmp_path / "empty")]) == 2
+    assert commands.main(["eval", "--workdir", str(tmp_path / "empty")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 
 
@@ -220,7 +220,7 @@ def test_trained_tokenizer_travels_with_the_checkpoint(corpus, tmp_path, tokeniz
     summary = train(config, str(tmp_path), progress=False, quiet=True)
     original = summary["run"].tokenizer
     ckpt = Checkpointer(str(tmp_path / "checkpoints"))
-    from lmjax.data.tokenizers import tokenizer_from_json
+    from lmjax.data.tokenizer_json import tokenizer_from_json
 
     restored = tokenizer_from_json(ckpt.restore_meta()[1])
     text = "The quick brown dog jumps 7 times."

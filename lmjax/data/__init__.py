@@ -1,4 +1,4 @@
-"""Data: tokenizers, text sources, cached token shards, and stateless batches."""
+"""Data: tokenizers (lmjax's and Hugging Face's), text sources, cached token shards, and stateless batches."""
 from lmjax.data.batches import eval_batches, num_eval_batches, train_batch, train_rows
 from lmjax.data.shards import TokenData, TokenFile, prepare_tokens, token_dtype
 from lmjax.data.sources import TextSource, text_source
@@ -8,8 +8,8 @@ from lmjax.data.tokenizers import (
     SentencePieceTokenizer,
     Tokenizer,
     build_tokenizer,
-    tokenizer_from_json,
 )
+from lmjax.data.tokenizer_json import tokenizer_from_json
 
 __all__ = [
     "ByteTokenizer",

@@ -42,7 +42,7 @@ class Tokenizer(Protocol):
     def to_json(self) -> dict: ...
 
 
-def _as_id_array(ids, vocab_size: int) -> np.ndarray:
+def as_id_array(ids, vocab_size: int) -> np.ndarray:
     """Flatten list/array ids to int64 and reject ids outside the vocabulary."""
     arr = np.asarray(ids, dtype=np.int64).reshape(-1)
     if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
@@ -83,7 +83,7 @@ class ByteTokenizer:
         return self.encode_array(text, add_bos=add_bos, add_eos=add_eos).tolist()
 
     def decode(self, ids) -> str:
-        arr = _as_id_array(ids, self.vocab_size)
+        arr = as_id_array(ids, self.vocab_size)
         # A model may emit a sequence cut mid-character: replace, don't raise.
         return arr[arr < 256].astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
@@ -145,7 +145,7 @@ class CharTokenizer:
         return self.encode_array(text, add_bos=add_bos, add_eos=add_eos).tolist()
 
     def decode(self, ids) -> str:
-        arr = _as_id_array(ids, self.vocab_size)
+        arr = as_id_array(ids, self.vocab_size)
         return "".join(self._char_array[arr[arr < len(self.chars)]])
 
     def token_bytes(self) -> np.ndarray:
@@ -234,7 +234,7 @@ class SentencePieceTokenizer:
         return self.encode_array(text, add_bos=add_bos, add_eos=add_eos).tolist()
 
     def decode(self, ids) -> str:
-        return self._sp.decode(_as_id_array(ids, self.vocab_size).tolist())
+        return self._sp.decode(as_id_array(ids, self.vocab_size).tolist())
 
     def token_bytes(self) -> np.ndarray:
         sp = self._sp
@@ -268,22 +268,6 @@ def _training_lines(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
             if used > max_bytes:
                 return
             yield line
-
-
-def tokenizer_from_json(d: dict) -> Tokenizer:
-    """Rebuild a tokenizer from the dict its ``to_json`` returned."""
-    kind = d.get("kind") if isinstance(d, dict) else None
-    if kind == "byte":
-        return ByteTokenizer()
-    if kind == "char":
-        return CharTokenizer(d["chars"])
-    if kind == "sentencepiece":
-        return SentencePieceTokenizer(base64.b64decode(d["model"]))
-    if kind == "hf":  # a Hugging Face tokenizer.json, imported with its model (lmjax.hf)
-        from lmjax.hf.tokenizer import HFTokenizer
-
-        return HFTokenizer.from_json(d)
-    raise ValueError(f"unknown tokenizer kind {kind!r} in tokenizer JSON; expected one of {KINDS}")
 
 
 def build_tokenizer(kind: str, *, texts: Callable[[], Iterable[str]] | None = None,

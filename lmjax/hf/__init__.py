@@ -5,40 +5,22 @@
     export_hf("path/to/out", cfg, params, tokenizer)                   # from_pretrained loads it
 
 `lmjax convert --from-hf DIR --workdir OUT` and `lmjax convert --workdir DIR --to-hf OUT`
-do the same from the command line (lmjax/hf/cli.py). Module map: `safetensors_io` reads
-and writes the file format with NumPy, `families` maps configs and tensor names,
-`load` imports slice by slice into the target sharding, `export` writes, `tokenizer`
-wraps tokenizer.json behind lmjax's tokenizer protocol.
-
-Names are imported on first use, so that `lmjax --help` (which registers `convert`) and
-the tokenizer (rebuilt from a checkpoint's JSON) do not pay for the rest.
+do the same from the command line (`workdirs` is the library side of it). Module map:
+`safetensors_io` reads and writes the file format with NumPy, `families` maps configs and
+tensor names, `load` imports slice by slice into the target sharding, `export` writes.
+The tokenizer.json wrapper lives with the other tokenizers (lmjax.data.hf_tokenizer).
 """
-import importlib
-
-_EXPORTS = {
-    "export_hf": "lmjax.hf.export",
-    "UnsupportedModel": "lmjax.hf.families",
-    "import_config": "lmjax.hf.load",
-    "load_params": "lmjax.hf.load",
-    "read_hf_config": "lmjax.hf.load",
-    "HFTokenizer": "lmjax.hf.tokenizer",
-    "load_tokenizer": "lmjax.hf.tokenizer",
-}
+from lmjax.data.hf_tokenizer import HFTokenizer, load_tokenizer
+from lmjax.hf.export import export_hf
+from lmjax.hf.families import UnsupportedModel
+from lmjax.hf.load import import_config, load_params, read_hf_config
 
 
 def load_hf(directory: str, *, mesh=None, rules=None, dtype: str = "float32", scan_layers: bool = False):
     """-> (ModelConfig, params, tokenizer or None) of a local Hugging Face model directory."""
-    from lmjax.hf.load import load_params, read_hf_config
-    from lmjax.hf.tokenizer import load_tokenizer
-
     cfg, params = load_params(directory, mesh=mesh, rules=rules, dtype=dtype, scan_layers=scan_layers)
     return cfg, params, load_tokenizer(directory, read_hf_config(directory))
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lmjax.hf' has no attribute {name!r}")
-
-
-__all__ = ["load_hf", *sorted(_EXPORTS)]
+__all__ = ["HFTokenizer", "UnsupportedModel", "export_hf", "import_config", "load_hf", "load_params",
+           "load_tokenizer", "read_hf_config"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from lmjax.hf.families import family_for_config
 from lmjax.hf.safetensors_io import INDEX_FILE, SINGLE_FILE, write_file
-from lmjax.hf.tokenizer import write_tokenizer
+from lmjax.data.hf_tokenizer import write_tokenizer
 from lmjax.model import ModelConfig
 
 DEFAULT_SHARD_BYTES = 5 * 2**30

@@ -17,13 +17,13 @@ residual-stream points and `hook_attn_out` / `hook_mixer_out`, so they work on e
 from lmjax.interp.ablation import ablate, head_ablation_effects
 from lmjax.interp.attribution import attribution_patching
 from lmjax.interp.dla import direct_logit_attribution
-from lmjax.interp.heads import head_scores, induction_score
+from lmjax.interp.heads import head_scores, implicit_patterns, induction_score
 from lmjax.interp.lens import logit_lens
 from lmjax.interp.metrics import LogitDiff, NextTokenLoss
 from lmjax.interp.neurons import steer, top_activating
 from lmjax.interp.patching import activation_patching, patch
 from lmjax.interp.probes import train_probes
-from lmjax.interp.ssm import implicit_attention, implicit_patterns, layer_attention
+from lmjax.interp.ssm import implicit_attention, layer_attention
 
 __all__ = [
     "ablate", "head_ablation_effects", "attribution_patching", "direct_logit_attribution", "head_scores",

@@ -169,3 +169,10 @@ def table(all_scores: dict[str, dict[int, np.ndarray]], top: int = 10, model=Non
     for r in rows:
         r["best"] = max((k for k in r if k != "head"), key=lambda k: r[k])
     return sorted(rows, key=lambda r: -r[r["best"]])[:top]
+
+
+def implicit_patterns(model, params, tokens, layers=None, groups: int = 1) -> dict[int, jax.Array]:
+    """{layer: [b, groups, t, t]} attention-like patterns (`as_pattern`) of the Mamba layers
+    among `layers` (others are skipped). `patterns` returns these together with the
+    attention layers' `hook_pattern`, from one run."""
+    return patterns(model, params, tokens, ssm.mamba_layers(model, layers), groups)

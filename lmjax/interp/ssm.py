@@ -15,7 +15,7 @@ cancellation on long sequences). The unrolled map reproduces `hook_ssm_out` (tes
 
 Unlike softmax attention, alpha is signed and its rows do not sum to 1. For pictures and
 for the head detectors (which read "the share of a row's mass on a mask"),
-`implicit_patterns` turns it into an attention-like pattern: |alpha| averaged over the
+`heads.implicit_patterns` turns it into an attention-like pattern: |alpha| averaged over the
 channels of each group, each query row then normalised to sum 1. With `groups=1` a Mamba
 layer is one "head" [b, 1, t, s]; `groups=g` splits its channels into g contiguous
 "heads". Memory: b x d_inner x t^2 floats per layer (per-channel alpha is materialised).
@@ -121,12 +121,3 @@ def as_pattern(alpha, groups: int = 1):
     mass = jnp.abs(alpha).reshape(b, groups, c // groups, t, s).mean(2)
     total = mass.sum(-1, keepdims=True)
     return jnp.where(total > 0, mass / jnp.where(total > 0, total, 1.0), 0.0)
-
-
-def implicit_patterns(model, params, tokens, layers=None, groups: int = 1) -> dict[int, jax.Array]:
-    """{layer: [b, groups, t, t]} attention-like patterns (`as_pattern`) of the Mamba layers
-    among `layers` (others are skipped). `heads.patterns` returns these together with the
-    attention layers' `hook_pattern`, from one run."""
-    from lmjax.interp import heads  # heads imports this module
-
-    return heads.patterns(model, params, tokens, mamba_layers(model, layers), groups)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from lmjax.model.config import ModelConfig
 from lmjax.model.hooks import hook
 from lmjax.model.layers import Dense
-from lmjax.model.mixers import causal_window, state_after
+from lmjax.model.mixer_parts import causal_window, state_after
 
 
 class GatedConv(nn.Module):

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from lmjax.model.config import ModelConfig
 from lmjax.model.hooks import hook
 from lmjax.model.layers import Dense, param, uniform
-from lmjax.model.mixers import causal_window, is_hooked, state_after, valid_mask
+from lmjax.model.mixer_parts import causal_window, is_hooked, state_after, valid_mask
 
 DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
 

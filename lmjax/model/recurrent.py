@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from lmjax.model.config import ModelConfig
 from lmjax.model.hooks import hook
 from lmjax.model.layers import Dense, param, uniform
-from lmjax.model.mixers import valid_mask
+from lmjax.model.mixer_parts import valid_mask
 
 
 def lstm_cell(carry, gates_x, u):

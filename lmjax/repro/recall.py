@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from lmjax.model import ModelConfig, Transformer
 from lmjax.repro import _common
-from lmjax.scaling.accounting import count_params
+from lmjax.model.accounting import count_params
 from lmjax.train.optimizer import make_optimizer
 from lmjax.train.steps import init_params
 

@@ -42,6 +42,8 @@ import numpy as np
 
 from lmjax.config import merge, default_config, validate
 from lmjax.repro import _common
+from lmjax.sample import sample
+from lmjax.train.loop import train
 
 NANOGPT_VAL = {"cpu": 1.886, "gpu": 1.4697, "small": None}  # cpu: nanoGPT measured on this machine (2026-11-22)
 NANOGPT_ESTIMATE_DRAWS = 100
@@ -97,9 +99,6 @@ def jax_window_losses(model, params):
 
 
 def run(config, workdir: str, *, progress: bool = True) -> dict:
-    from lmjax.sample import sample
-    from lmjax.train.loop import train
-
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise FileExistsError(f"{workdir} already holds a run (training would resume and the wall time would "
                               "mean nothing); use another --out or remove it")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lmjax.scaling.fits import _cluster
+
 
 def _figure():
     import matplotlib
@@ -85,7 +87,6 @@ def plot_emergence(N, C, L, probes: dict[str, np.ndarray], rtol: float = 0.05, p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lmjax.scaling.fits import _cluster
 
     N, C, L = (np.asarray(x, float) for x in (N, C, L))
     panels = {"final val loss (nats/token)": L, **probes}

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax.interp.heads import induction_score, ranked, repeated_tokens
+
 PROBE_COLUMNS = ("icl_score", "induction_score", "induction_head", "copy_gain")
 
 
@@ -53,8 +55,6 @@ def icl_score(model, params, val_tokens, seq_len: int, batch: int = 32, seed: in
 def copy_gain(model, params, n: int, batch: int = 32, seed: int = 0,
               vocab_range: tuple[int, int] | None = None) -> float:
     """Loss on the first copy of r + r (r uniformly random, length n) minus loss on the second."""
-    from lmjax.interp.heads import repeated_tokens
-
     low, high = vocab_range or (0, model.cfg.vocab_size)
     losses = np.asarray(_position_losses(model, params, jnp.asarray(repeated_tokens(high, n, batch, None, seed, low))))
     # predicting tokens 1..n-1 of the first copy (context cannot help) vs n+1..2n-1 of the
@@ -65,8 +65,6 @@ def copy_gain(model, params, n: int, batch: int = 32, seed: int = 0,
 def emergence_probes(model, params, val_tokens, seq_len: int, *, batch: int = 32, seed: int = 0,
                      vocab_range: tuple[int, int] | None = None) -> dict:
     """{icl_score, induction_score, induction_head, copy_gain} of a trained model."""
-    from lmjax.interp.heads import induction_score, ranked
-
     n = min(50, seq_len // 2)  # r + r fits the context (no BOS)
     scores = induction_score(model, params, n=n, batch=batch, bos=None, seed=seed, vocab_range=vocab_range)
     head, best = ranked(scores, top=1)[0] if scores else ("none", float("nan"))

@@ -32,6 +32,11 @@ import shlex
 import time
 from typing import Callable
 
+from lmjax.config import load_config, model_config
+from lmjax.model import accounting
+from lmjax.scaling.probes import emergence_probes
+from lmjax.train.loop import train
+
 ASPECT = 64  # d_model / n_layer of the shape rule
 SWEEP_COLUMNS = ("name", "N", "D", "C", "n_layer", "d_model", "n_head", "steps", "final_val_loss",
                  "best_val_loss", "val_bpb", "wall_s", "icl_score", "induction_score", "induction_head",
@@ -119,7 +124,7 @@ def isoflop_plan(budgets, sizes_per_budget: int, tokens_per_step: int, *, spread
     around the size that would see `tokens_per_param` tokens per parameter (at 6N FLOPs per
     token); each run gets D = C / flops_per_token(shape) tokens. The default 6N leaves out
     attention's 12 n_layer d_model seq_len and the output head, which for models a few
-    dozen wide are most of the compute: pass the PaLM count (lmjax.scaling.accounting) so
+    dozen wide are most of the compute: pass the PaLM count (lmjax.model.accounting) so
     that an IsoFLOP profile is one of equal real compute."""
     if sizes_per_budget < 3:
         raise ValueError(f"an IsoFLOP profile needs at least 3 sizes per budget, got {sizes_per_budget}")
@@ -172,10 +177,7 @@ def launch_commands(plan: dict, workdir: str, launcher: str = "") -> list[str]:
 def run_sweep(plan: dict, workdir: str, *, say: Callable[[str], None] = print, train_fn=None,
               probes: bool = True) -> list[dict]:
     """Train every run not finished yet; returns the rows of DIR/runs.csv."""
-    from lmjax.config import load_config
-
-    if train_fn is None:
-        from lmjax.train.loop import train as train_fn
+    train_fn = train_fn or train
     rows, spent, flops_done = [], 0.0, 0.0
     todo = [r for r in plan["runs"] if not os.path.exists(_result_path(workdir, r))]
     flops_todo = sum(r["C"] for r in todo)
@@ -215,8 +217,6 @@ def run_sweep(plan: dict, workdir: str, *, say: Callable[[str], None] = print, t
 def probe_run(summary: dict) -> dict:
     """The emergence probes of a run that `train` just finished (its summary holds the run
     and the final state)."""
-    from lmjax.scaling.probes import emergence_probes
-
     run, t0 = summary["run"], time.perf_counter()
     seq_len = run.config.data.seq_len or run.model.cfg.max_len
     out = emergence_probes(run.model, summary["state"]["params"], run.data.val, seq_len,
@@ -260,3 +260,20 @@ def _atomic_write(path: str, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def palm_flops(config):
+    """shape -> the training FLOPs per token lmjax train counts for the config at that shape."""
+
+    def flops(shape):
+        c = config.copy_and_resolve_references()
+        c.model.n_layer, c.model.d_model, c.model.n_head = shape.n_layer, shape.d_model, shape.n_head
+        cfg = model_config(c, vocab_size_of(c))
+        return accounting.flops_per_token(cfg, c.data.seq_len or cfg.max_len)
+
+    return flops
+
+
+def vocab_size_of(config) -> int:
+    """The vocabulary a config's model will have (model.vocab_size, else its tokenizer's)."""
+    return config.model.vocab_size or {"byte": 259, "char": 65}.get(config.data.tokenizer, config.data.spm_vocab_size)

@@ -23,12 +23,14 @@ from tqdm.auto import tqdm
 
 from lmjax import distributed, sharding
 from lmjax.config import ConfigError, model_config
+from lmjax.errors import LmjaxError
 from lmjax.data import TokenData, eval_batches, prepare_tokens, text_source
 from lmjax.data.batches import train_rows
 from lmjax.data.shards import is_local
-from lmjax.data.tokenizers import build_tokenizer, tokenizer_from_json
+from lmjax.data.tokenizer_json import tokenizer_from_json
+from lmjax.data.tokenizers import build_tokenizer
 from lmjax.model import Transformer
-from lmjax.scaling.accounting import count_params, flops_per_token
+from lmjax.model.accounting import count_params, flops_per_token
 from lmjax.train import mfu as mfu_lib
 from lmjax.train.checkpoint import Checkpointer
 from lmjax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -37,7 +39,7 @@ from lmjax.train.steps import (auto_grad_accum, init_state, make_eval_step, make
 from lmjax.train.writers import JsonlWriter, MultiWriter, TensorBoardWriter
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(LmjaxError):
     """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
 
 

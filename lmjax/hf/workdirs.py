@@ -1,61 +1,39 @@
-"""`lmjax convert`: Hugging Face model directory <-> lmjax workdir.
-
-    lmjax convert --from-hf DIR --workdir OUT [--dtype float32|bfloat16] [--scan_layers]
-    lmjax convert --workdir DIR --to-hf OUT [--step N] [--dtype ...] [--max_shard_size 5GB]
+"""Hugging Face model directories in and out of lmjax workdirs (what `lmjax convert` runs).
 
 Import writes a step-0 checkpoint (parameters, zero optimizer state, the config and the
-tokenizer) into OUT, and OUT/config.py, so `lmjax sample --workdir OUT`, `lmjax eval` and
-fine-tuning with `lmjax train --config OUT/config.py --workdir OUT` work on it unchanged. The whole checkpoint is written under a temporary name
-and renamed into place at the end; everything is checked before anything is written.
+tokenizer) into a new workdir, and WORKDIR/config.py, so `lmjax sample`, `lmjax eval` and
+fine-tuning with `lmjax train --config WORKDIR/config.py --workdir WORKDIR` work on it
+unchanged. The whole checkpoint is written under a temporary name and renamed into place
+at the end; everything is checked before anything is written.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import re
 import shutil
 import tempfile
 
+import jax
+import jax.numpy as jnp
 
-def add_parser(sub) -> None:
-    """Register the `convert` subcommand on lmjax's argparse subparsers."""
-    c = sub.add_parser("convert", help="import a Hugging Face model into a workdir, or export one",
-                       description=__doc__.split("\n\n")[0])
-    c.add_argument("--workdir", required=True, help="the lmjax workdir (written by --from-hf, read by --to-hf)")
-    way = c.add_mutually_exclusive_group(required=True)
-    way.add_argument("--from-hf", dest="from_hf", metavar="DIR", help="a local Hugging Face model directory")
-    way.add_argument("--to-hf", dest="to_hf", metavar="OUT", help="a new directory for the Hugging Face model")
-    c.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                   help="import: parameter/compute dtype (default float32: exact parity); "
-                        "export: stored dtype (default: the parameters')")
-    c.add_argument("--scan_layers", action="store_true", help="import: stack the layers (model.scan_layers)")
-    c.add_argument("--step", type=int, default=None, help="export: checkpoint step (default: the latest)")
-    c.add_argument("--max_shard_size", default="5GB", help="export: largest safetensors file, e.g. 500MB, 5GB")
-
-
-def _bytes(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"--max_shard_size {text!r}: expected a size such as 500MB or 5GB")
-    unit = (m.group(2) or "B").upper()
-    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
-    return int(float(m.group(1)) * scale)
-
-
-def run(args, overrides=()) -> None:
-    if args.from_hf:
-        import_to_workdir(args.from_hf, args.workdir, dtype=args.dtype or "float32", scan_layers=args.scan_layers)
-    else:
-        export_from_workdir(args.workdir, args.to_hf, step=args.step, dtype=args.dtype,
-                            max_shard_bytes=_bytes(args.max_shard_size))
+from lmjax import sharding
+from lmjax.config import config_from_dict, default_config, model_config, validate
+from lmjax.data.tokenizer_json import tokenizer_from_json
+from lmjax.hf.export import DEFAULT_SHARD_BYTES, export_hf
+from lmjax.hf.families import family_for_config
+from lmjax.hf.load import load_params, plan, read_hf_config
+from lmjax.data.hf_tokenizer import load_tokenizer
+from lmjax.model import Transformer
+from lmjax.model.accounting import count_params
+from lmjax.train.checkpoint import Checkpointer
+from lmjax.train.loop import config_json
+from lmjax.train.optimizer import make_optimizer
+from lmjax.train.steps import init_state, state_shardings
 
 
 def workdir_config(cfg):
     """A full, validated lmjax config whose model section is `cfg` (the rest: defaults)."""
-    from lmjax.config import default_config, validate
-
     config = default_config()
     for key, value in dataclasses.asdict(cfg).items():
         if key in config.model:
@@ -96,18 +74,6 @@ def get_config(arg=None):
 
 def import_to_workdir(hf_dir: str, workdir: str, *, dtype: str = "float32", scan_layers: bool = False) -> str:
     """Import `hf_dir` as the step-0 checkpoint of a new `workdir`; returns a summary line."""
-    import jax
-    import jax.numpy as jnp
-
-    from lmjax import sharding
-    from lmjax.hf import load_params, load_tokenizer, read_hf_config
-    from lmjax.hf.load import plan
-    from lmjax.scaling.accounting import count_params
-    from lmjax.train.checkpoint import Checkpointer
-    from lmjax.train.loop import config_json
-    from lmjax.train.optimizer import make_optimizer
-    from lmjax.train.steps import state_shardings
-    from lmjax.model import Transformer
 
     workdir = os.path.abspath(os.path.expanduser(workdir))
     target = os.path.join(workdir, "checkpoints")
@@ -163,18 +129,6 @@ def import_to_workdir(hf_dir: str, workdir: str, *, dtype: str = "float32", scan
 def export_from_workdir(workdir: str, out_dir: str, *, step: int | None = None, dtype: str | None = None,
                         max_shard_bytes: int | None = None) -> list[str]:
     """Export a workdir's checkpoint (latest, or `step`) as a Hugging Face directory."""
-    import jax
-
-    from lmjax import sharding
-    from lmjax.config import config_from_dict, model_config
-    from lmjax.data.tokenizers import tokenizer_from_json
-    from lmjax.hf import export_hf
-    from lmjax.hf.export import DEFAULT_SHARD_BYTES
-    from lmjax.hf.families import family_for_config
-    from lmjax.model import Transformer
-    from lmjax.train.checkpoint import Checkpointer
-    from lmjax.train.optimizer import make_optimizer
-    from lmjax.train.steps import init_state, state_shardings
 
     checkpoints = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")  # orbax wants absolute paths
     if not os.path.isdir(checkpoints):

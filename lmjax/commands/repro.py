@@ -13,8 +13,10 @@ def add_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=sorted(REPRODUCTIONS), help="which reproduction")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the reproduction's own flags, e.g. --out runs/repro/NAME")
+    p.set_defaults(run=run)
 
 
 def run(args, overrides):
+    # by name: the command line loads only the reproduction it runs
     module = importlib.import_module(f"lmjax.repro.{args.name}")
     module.main(list(args.rest) + [f"--config.{o}" for o in overrides])

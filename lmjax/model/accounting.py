@@ -21,6 +21,7 @@ import math
 import jax
 
 from lmjax.model.config import ModelConfig
+from lmjax.model.transformer import Transformer
 
 
 def _mixer_matrices(cfg: ModelConfig, mixer: str) -> int:
@@ -95,3 +96,22 @@ def param_count(cfg: ModelConfig) -> int:
 def count_params(params) -> int:
     """Total number of parameters in a parameter tree."""
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+def size_report(cfg, seq_len: int) -> dict:
+    """Parameter counts under the conventions that change fitted exponents, counted on the
+    real parameter tree (shapes only, nothing allocated), and FLOPs per token."""
+    model = Transformer(cfg)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 1), "int32"))["params"])
+    total = count_params(shapes)
+    tables = {name: count_params(shapes[name]) for name in ("embed", "pos_embed", "unembed") if name in shapes}
+    head = cfg.d_model * cfg.vocab_size
+    non_embedding = total - sum(tables.values())
+    return {
+        "params_total": total,  # Chinchilla's N: everything
+        "params_non_embedding": non_embedding,  # Kaplan's N: no token/position tables, no head
+        "params_non_embedding_with_head": non_embedding + head,  # Porian et al.'s N: the head counts
+        "params_matmul": matmul_params(cfg),  # the N in 6N below
+        "flops_per_token_palm": flops_per_token(cfg, seq_len),  # 6 N_matmul + 12 L d T
+        "flops_per_token_6n_kaplan": 6.0 * non_embedding,
+    }

@@ -2,7 +2,7 @@
 
 `HFTokenizer` wraps a `tokenizer.json` (the `tokenizers` library; no transformers, no
 torch) so that a checkpoint carries it like any lmjax tokenizer (`to_json`, and
-`lmjax.data.tokenizers.tokenizer_from_json` rebuilds it for kind "hf").
+`lmjax.data.tokenizer_json.tokenizer_from_json` rebuilds it for kind "hf").
 
 One deliberate difference from lmjax's own tokenizers: `encode(text)` adds the BOS token
 when the model's tokenizer does so itself (Llama's post-processor does, GPT-2's does not),
@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from lmjax.data.tokenizers import ByteTokenizer, CharTokenizer, SentencePieceTokenizer, _as_id_array
+from lmjax.data.tokenizers import ByteTokenizer, CharTokenizer, SentencePieceTokenizer, as_id_array
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -135,7 +135,7 @@ class HFTokenizer:
         return self.encode_array(text, add_bos=add_bos, add_eos=add_eos).tolist()
 
     def decode(self, ids) -> str:
-        ids = _as_id_array(ids, self.vocab_size)
+        ids = as_id_array(ids, self.vocab_size)
         return self._tok.decode(ids[ids < self.n_tokens].tolist(), skip_special_tokens=True)
 
     def token_bytes(self) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`lmjax scaling size | sweep | run | fit | chinchilla`.
+"""`lmjax scaling size | sweep | run | fit | emergence | chinchilla`: accounting, sweeps and fits.
 
     lmjax scaling size --config configs/quickstart.py [--config.model.n_layer=8]
     lmjax scaling sweep --config configs/quickstart.py --isoflop 1e13,3e13,1e14 --out sweep.json
@@ -9,16 +9,11 @@
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 
 import numpy as np
 
-# Epoch AI's replication of Hoffmann et al.'s approach 3 on the same extracted points, and
-# Hoffmann et al.'s own published fit (REFERENCES.md).
-EPOCH = {"E": 1.817, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
-HOFFMANN = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 APPROACHES = ("1", "2", "3", "kaplan_n", "kaplan_d")
 
 
@@ -70,6 +65,7 @@ def add_parser(sub):
     c.add_argument("--data", default="../shared/data/chinchilla_epoch/svg_extracted_data.csv")
     c.add_argument("--bootstrap", type=int, default=200)
     c.add_argument("--out", default="runs/chinchilla", help="a directory for fit.json and the figures")
+    p.set_defaults(run=run)
 
 
 def run(args, overrides):
@@ -93,7 +89,7 @@ def cmd_sweep(args, overrides):
     tokens_per_step = config.train.batch_size * (config.data.seq_len or config.model.max_len)
     if bool(args.isoflop) == bool(args.grid_sizes):
         raise ValueError("give either --isoflop BUDGETS or --grid_sizes SIZES --grid_tokens TOKENS")
-    flops = _palm_flops(config) if args.flops == "palm" else sweeps.six_n
+    flops = sweeps.palm_flops(config) if args.flops == "palm" else sweeps.six_n
     if args.isoflop and args.widths:
         widths = [[int(w) for w in _floats(group, "--widths")] for group in args.widths.split("/")]
         runs = sweeps.isoflop_plan_widths(_floats(args.isoflop, "--isoflop"), widths, tokens_per_step,
@@ -113,24 +109,6 @@ def cmd_sweep(args, overrides):
     print(f"{len(runs)} runs -> {args.out}")
 
 
-def _palm_flops(config):
-    """shape -> the training FLOPs per token lmjax train counts for the config at that shape."""
-    from lmjax.config import model_config
-    from lmjax.scaling import accounting
-
-    def flops(shape):
-        c = config.copy_and_resolve_references()
-        c.model.n_layer, c.model.d_model, c.model.n_head = shape.n_layer, shape.d_model, shape.n_head
-        cfg = model_config(c, _vocab(c))
-        return accounting.flops_per_token(cfg, c.data.seq_len or cfg.max_len)
-
-    return flops
-
-
-def _vocab(config) -> int:
-    return config.model.vocab_size or {"byte": 259, "char": 65}.get(config.data.tokenizer, config.data.spm_vocab_size)
-
-
 def cmd_run(args, overrides):
     from lmjax.scaling import sweeps
 
@@ -142,68 +120,23 @@ def cmd_run(args, overrides):
     print(f"{len(rows)}/{len(plan['runs'])} runs done -> {args.workdir}/runs.csv")
 
 
-def read_columns(path: str, names: dict[str, str]) -> dict[str, np.ndarray]:
-    """{role: column name} -> {role: float array}; a missing file or column, or a value
-    that is not a number, is a ValueError naming it."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such CSV: {path}")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in names.values() if c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; the CSV has {header} "
-                             "(choose columns with --n/--d/--loss/--c)")
-        rows = list(reader)
-    out = {}
-    for role, column in names.items():
-        try:
-            out[role] = np.array([float(r[column]) for r in rows])
-        except ValueError as e:
-            raise ValueError(f"{path}: column {column!r} has a value that is not a number ({e})") from None
-    return out
-
-
 def cmd_size(args, overrides):
     from lmjax.config import load_config, model_config
-    from lmjax.scaling import accounting
+    from lmjax.model import accounting
+    from lmjax.scaling import sweeps
 
     config = load_config(args.config, overrides)
-    vocab = _vocab(config)
+    vocab = sweeps.vocab_size_of(config)
     cfg = model_config(config, vocab)
     seq = config.data.seq_len or cfg.max_len
-    print(json.dumps({"vocab_size": vocab, "seq_len": seq, **size_report(cfg, seq)}, indent=2))
-
-
-def size_report(cfg, seq_len: int) -> dict:
-    """Parameter counts under the conventions that change fitted exponents, counted on the
-    real parameter tree (shapes only, nothing allocated), and FLOPs per token."""
-    import jax
-
-    from lmjax.model import Transformer
-    from lmjax.scaling import accounting
-
-    model = Transformer(cfg)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 1), "int32"))["params"])
-    total = accounting.count_params(shapes)
-    tables = {name: accounting.count_params(shapes[name]) for name in ("embed", "pos_embed", "unembed") if name in shapes}
-    head = cfg.d_model * cfg.vocab_size
-    non_embedding = total - sum(tables.values())
-    return {
-        "params_total": total,  # Chinchilla's N: everything
-        "params_non_embedding": non_embedding,  # Kaplan's N: no token/position tables, no head
-        "params_non_embedding_with_head": non_embedding + head,  # Porian et al.'s N: the head counts
-        "params_matmul": accounting.matmul_params(cfg),  # the N in 6N below
-        "flops_per_token_palm": accounting.flops_per_token(cfg, seq_len),  # 6 N_matmul + 12 L d T
-        "flops_per_token_6n_kaplan": 6.0 * non_embedding,
-    }
+    print(json.dumps({"vocab_size": vocab, "seq_len": seq, **accounting.size_report(cfg, seq)}, indent=2))
 
 
 def cmd_fit(args, overrides):
-    from lmjax.scaling import fits, plots
+    from lmjax.scaling import fits, plots, tables
 
     names = {"N": args.n, "D": args.d, "loss": args.loss, **({"C": args.c} if args.c else {})}
-    cols = read_columns(args.csv, names)
+    cols = tables.read_columns(args.csv, names)
     extra = {}
     N, D, L, C = cols["N"], cols["D"], cols["loss"], cols.get("C")
     if args.approach == "3":
@@ -234,9 +167,9 @@ PROBE_TITLES = {"icl_score": "ICL score (late - early loss)", "induction_score":
 
 
 def cmd_emergence(args, overrides):
-    from lmjax.scaling import plots
+    from lmjax.scaling import plots, tables
 
-    cols = read_columns(args.csv, {"N": "N", "C": "C", "loss": args.loss, **{k: k for k in PROBE_TITLES}})
+    cols = tables.read_columns(args.csv, {"N": "N", "C": "C", "loss": args.loss, **{k: k for k in PROBE_TITLES}})
     path = plots.plot_emergence(cols["N"], cols["C"], cols["loss"], {t: cols[k] for k, t in PROBE_TITLES.items()},
                                 path=args.out)
     order = np.lexsort((cols["N"], np.round(np.log10(cols["C"]), 1)))  # budget (to ~25%), then size
@@ -247,26 +180,18 @@ def cmd_emergence(args, overrides):
     print(f"wrote {path}")
 
 
-def epoch_points(path: str):
-    """(N, D, L) of Epoch AI's extraction, dropping the 5 highest losses as they did."""
-    cols = read_columns(path, {"N": "Model Size", "C": "Training FLOP", "loss": "loss"})
-    keep = np.argsort(cols["loss"])[:-5]
-    N, C, L = cols["N"][keep], cols["C"][keep], cols["loss"][keep]
-    return N, C / (6 * N), L
-
-
 def cmd_chinchilla(args, overrides):
-    from lmjax.scaling import fits, plots
+    from lmjax.scaling import chinchilla, fits, plots
 
-    N, D, L = epoch_points(args.data)
+    N, D, L = chinchilla.epoch_points(args.data)
     fit = fits.fit_parametric(N, D, L, bootstrap=args.bootstrap)
     os.makedirs(args.out, exist_ok=True)
-    result = {"points": len(L), "lmjax": fit.as_dict(), "epoch_ai": EPOCH, "hoffmann_et_al": HOFFMANN}
+    result = {"points": len(L), "lmjax": fit.as_dict(), "epoch_ai": chinchilla.EPOCH, "hoffmann_et_al": chinchilla.HOFFMANN}
     _write_json(os.path.join(args.out, "fit.json"), result)
     plots.plot_loss_vs_compute(N, D, L, fit, os.path.join(args.out, "loss_vs_compute.png"))
     print(f"{'':8s} {'lmjax':>10s} {'Epoch AI':>10s} {'Hoffmann':>10s}")
     for name in fits.PARAMETRIC_NAMES:
-        print(f"{name:8s} {getattr(fit, name):10.4g} {EPOCH[name]:10.4g} {HOFFMANN[name]:10.4g}")
+        print(f"{name:8s} {getattr(fit, name):10.4g} {chinchilla.EPOCH[name]:10.4g} {chinchilla.HOFFMANN[name]:10.4g}")
     print(f"{len(L)} points, {fit.starts} L-BFGS starts + {args.bootstrap} bootstrap refits in {fit.wall_s:.1f} s; "
           f"wrote {args.out}/fit.json and loss_vs_compute.png")
 

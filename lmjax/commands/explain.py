@@ -1,4 +1,4 @@
-"""`lmjax explain`: the command-line glue (lmjax/cli.py registers it).
+"""`lmjax explain`: why did the model pick this token? A self-contained HTML report.
 
     lmjax explain --workdir DIR --prompt "..." [--target T --contrast C --corrupt "..."] --out report.html
 """
@@ -16,6 +16,7 @@ def add_parser(sub):
     x.add_argument("--corrupt", help="a corrupted prompt of the same token length: adds activation patching")
     x.add_argument("--out", default="report.html", help="the HTML file to write")
     x.add_argument("--top_k", type=int, default=10, help="alternatives listed")
+    x.set_defaults(run=run)
     return x
 
 
@@ -37,7 +38,7 @@ def load(workdir: str, overrides=()):
     return run.model, run.state["params"], run.tokenizer
 
 
-def cmd_explain(args, overrides=()):
+def run(args, overrides=()):
     from lmjax.interp.report import write_report
 
     model, params, tokenizer = load(args.workdir, overrides)
