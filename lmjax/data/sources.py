@@ -20,6 +20,8 @@ from typing import Iterator
 
 from etils import epath
 
+from lmjax.data import reference
+
 STDLIB = "stdlib"
 _STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 _GLOB_CHARS = "*?["
@@ -123,6 +125,7 @@ def text_source(spec: str) -> TextSource:
         raise ValueError(f"data source spec must be a non-empty string, got {spec!r}")
     if spec == STDLIB:
         return TextSource(name=STDLIB, paths=stdlib_paths())
+    spec = reference.resolve(spec, "data.source")
 
     if not _is_local(spec):
         files = _remote_files(spec)
