@@ -50,7 +50,7 @@ import ml_collections
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.model = dict(n_layer=2, d_model=64, n_head=2, max_len=128, dropout=0.0, use_bias=False)
-    c.data = dict(source="../shared/data/tinyshakespeare/input.txt", tokenizer="char", val_fraction=0.1)
+    c.data = dict(source="$LMJAX_DATA/tinyshakespeare/input.txt", tokenizer="char", val_fraction=0.1)
     c.train = dict(steps=1000, batch_size=32, log_every=50, eval_every=1_000_000, eval_batches=0,
                    sample_tokens=0)  # eval_every beyond the run: one whole-split eval at the end
     c.optimizer = dict(lr=2e-3, end_lr=2e-4, warmup_steps=50, b1=0.9, b2=0.99, weight_decay=0.1)
