@@ -1,11 +1,20 @@
-"""Test setup: 8 simulated CPU devices (so sharded code paths run), a private cache dir."""
+"""Test setup: 8 simulated CPU devices (so sharded code paths run), a private cache dir,
+the shared reference data, and strict skips in CI (tests/_strict.py)."""
 import os
 
 # Must happen before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Reference data lmjax does not ship ($LMJAX_DATA/..., lmjax/data/reference.py): the
+# checkout's shared folder next to the repository unless the variable says otherwise.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("LMJAX_DATA", os.path.join(os.path.dirname(REPO), "shared", "data"))
+DATA = os.environ["LMJAX_DATA"]
 
 import pytest  # noqa: E402
+
+# pytest registers every pytest_* name of a conftest as a hook, imported ones included.
+from _strict import pytest_configure, pytest_make_collect_report, pytest_report_header, pytest_runtest_makereport  # noqa: E402,F401
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -13,3 +22,11 @@ def _token_cache(tmp_path_factory):
     """Token shards go to a per-session temporary cache, never the user's ~/.cache."""
     os.environ["LMJAX_CACHE"] = str(tmp_path_factory.mktemp("lmjax_cache"))
     yield
+
+
+def data_file(*parts: str) -> str:
+    """A file of the shared reference data; skipped if absent (a failure in strict mode)."""
+    path = os.path.join(DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"reference data {os.path.join(*parts)} not found under LMJAX_DATA={DATA}")
+    return path
