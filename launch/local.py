@@ -12,7 +12,7 @@ LMJAX_NUM_PROCESSES, LMJAX_PROCESS_ID (for any other program that calls
 `lmjax.distributed.initialize()`). Output lines are prefixed with `[i]`. The launcher
 waits for all of them; if one fails, it stops the others (SIGTERM, then SIGKILL after
 --grace seconds) and exits with that process's status. Ctrl-C stops them all.
-`--dry-run` prints the exact commands and environment instead of running them.
+`--dry_run` prints the exact commands and environment instead of running them.
 
 This exercises the multi-process code path (distributed init, per-process data loading,
 sharded checkpoints) on one machine; it is not a way to go faster.
@@ -138,12 +138,12 @@ def main(argv=None) -> int:
         ours, cmd = argv, []
     p = argparse.ArgumentParser(prog="launch/local.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                usage="%(prog)s --num_processes N --devices_per_process D [--port P] [--dry-run] -- COMMAND ...")
+                                usage="%(prog)s --num_processes N --devices_per_process D [--port P] [--dry_run] -- COMMAND ...")
     p.add_argument("--num_processes", type=int, required=True)
     p.add_argument("--devices_per_process", type=int, default=1, help="simulated CPU devices per process")
     p.add_argument("--port", type=int, default=0, help="coordinator port on 127.0.0.1 (0 = a free one)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL when stopping")
-    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+    p.add_argument("--dry_run", "--dry-run", action="store_true",
                    help="print the commands and environment, run nothing")
     a = p.parse_args(ours)
     if not cmd:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write (and with --submit, sbatch) a SLURM batch script that runs `lmjax train` on GPU nodes.
 
-    python launch/slurm.py --nodes 2 --gpus-per-node 8 --partition gpu --time 24:00:00 \\
+    python launch/slurm.py --nodes 2 --gpus_per_node 8 --partition gpu --time 24:00:00 \\
         --config configs/quickstart.py --workdir /shared/runs/lm --submit -- --config.mesh.fsdp=8
 
 One process per node drives all of that node's GPUs (srun --ntasks-per-node=1). The
@@ -10,13 +10,14 @@ coordinator for jax.distributed is the job's first node, computed inside the job
 --coordinator/--num_processes/--process_id (process id = $SLURM_PROCID).
 
 Preemption and time limits: the job is requeueable (#SBATCH --requeue). Slurm signals the
-batch shell --signal-seconds before the time limit (USR1); the script sends SIGTERM to the
+batch shell --signal_seconds before the time limit (USR1); the script sends SIGTERM to the
 training processes, which save a checkpoint and exit, then requeues the job (at most
---max-requeues times). A requeued job runs the same command and resumes from the workdir's
+--max_requeues times). A requeued job runs the same command and resumes from the workdir's
 latest checkpoint. A scheduler preemption or scancel (TERM) is passed on the same way.
 
 Everything after `--` is passed to `lmjax train` unchanged (config overrides).
---dry-run prints the exact shell commands that write the script and submit it, and does
+Options are spelled with underscores; the hyphenated spellings (--dry-run, ...) are aliases.
+--dry_run prints the exact shell commands that write the script and submit it, and does
 neither. Standard library only.
 """
 from __future__ import annotations
@@ -115,20 +116,22 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slurm.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nodes", type=int, default=1, help="nodes; one lmjax process on each")
-    p.add_argument("--gpus-per-node", type=int, default=8)
-    p.add_argument("--cpus-per-task", type=int, default=None,
+    p.add_argument("--gpus_per_node", "--gpus-per-node", type=int, default=8)
+    p.add_argument("--cpus_per_task", "--cpus-per-task", type=int, default=None,
                    help="CPU cores for each node's process (default 8 per GPU; 0 = leave to the cluster)")
     p.add_argument("--partition", default="")
     p.add_argument("--time", default="", help="time limit, e.g. 24:00:00 or 2-00:00:00")
     p.add_argument("--account", default="")
-    p.add_argument("--job-name", default="lmjax")
+    p.add_argument("--job_name", "--job-name", default="lmjax")
     p.add_argument("--config", required=True, help="configs/NAME.py[:variant], relative to --chdir")
     p.add_argument("--workdir", required=True, help="on a filesystem every node shares (or gs://)")
     p.add_argument("--chdir", default=REPO_ROOT, help="the lmjax checkout on the cluster (default: this one)")
     p.add_argument("--output", default="%x-%j.out", help="log file (relative to --chdir)")
     p.add_argument("--port", type=int, default=0, help="coordinator port (default: 20000 + job id mod 20000)")
-    p.add_argument("--signal-seconds", type=int, default=120, help="checkpoint this long before the time limit")
-    p.add_argument("--max-requeues", type=int, default=20, help="requeue after a time limit at most this often")
+    p.add_argument("--signal_seconds", "--signal-seconds",
+                   type=int, default=120, help="checkpoint this long before the time limit")
+    p.add_argument("--max_requeues", "--max-requeues",
+                   type=int, default=20, help="requeue after a time limit at most this often")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="exported in the script")
     p.add_argument("--setup", action="append", default=[], metavar="LINE",
                    help="shell line run first, e.g. 'source ~/venvs/lmjax/bin/activate' (repeatable)")
@@ -136,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="extra #SBATCH option, e.g. --exclusive or --qos=high (repeatable)")
     p.add_argument("--script", default="", help="where to write the script (default: JOB_NAME.sbatch)")
     p.add_argument("--submit", action="store_true", help="sbatch the script")
-    p.add_argument("--dry-run", action="store_true", help="print the commands, write and submit nothing")
+    p.add_argument("--dry_run", "--dry-run",
+                   action="store_true", help="print the commands, write and submit nothing")
     return p
 
 
@@ -144,20 +148,20 @@ def _validate(a: argparse.Namespace) -> None:
     if a.nodes < 1:
         raise LaunchError(f"--nodes: must be >= 1, got {a.nodes}")
     if a.gpus_per_node < 1:
-        raise LaunchError(f"--gpus-per-node: must be >= 1, got {a.gpus_per_node}")
+        raise LaunchError(f"--gpus_per_node: must be >= 1, got {a.gpus_per_node}")
     if a.cpus_per_task is None:
         a.cpus_per_task = 8 * a.gpus_per_node
     if a.cpus_per_task < 0:
-        raise LaunchError(f"--cpus-per-task: must be >= 0, got {a.cpus_per_task}")
+        raise LaunchError(f"--cpus_per_task: must be >= 0, got {a.cpus_per_task}")
     if a.signal_seconds < 1:
-        raise LaunchError(f"--signal-seconds: must be >= 1, got {a.signal_seconds}")
+        raise LaunchError(f"--signal_seconds: must be >= 1, got {a.signal_seconds}")
     if a.time and time_limit_seconds(a.time) <= a.signal_seconds:
-        raise LaunchError(f"--time {a.time} leaves no time before the --signal-seconds={a.signal_seconds} warning")
+        raise LaunchError(f"--time {a.time} leaves no time before the --signal_seconds={a.signal_seconds} warning")
     if a.max_requeues < 0:
-        raise LaunchError(f"--max-requeues: must be >= 0, got {a.max_requeues}")
+        raise LaunchError(f"--max_requeues: must be >= 0, got {a.max_requeues}")
     if not 0 <= a.port < 65536:
         raise LaunchError(f"--port: must be in 1..65535 (or 0 = from the job id), got {a.port}")
-    for opt, value in (("--job-name", a.job_name), ("--partition", a.partition), ("--account", a.account),
+    for opt, value in (("--job_name", a.job_name), ("--partition", a.partition), ("--account", a.account),
                        ("--time", a.time), ("--chdir", a.chdir), ("--output", a.output)):
         if re.search(r"\s", value):
             raise LaunchError(f"{opt}: no whitespace allowed in #SBATCH values, got {value!r}")

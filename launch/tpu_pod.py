@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run `lmjax train` on every worker of a Cloud TPU VM slice, and keep it running through preemptions.
 
-    python launch/tpu_pod.py run --name lm-v5e16 --zone us-west4-a --accelerator-type v5litepod-16 --spot \\
+    python launch/tpu_pod.py run --name lm-v5e16 --zone us-west4-a --accelerator_type v5litepod-16 --spot \\
         --workdir gs://BUCKET/runs/lm --config configs/quickstart.py -- --config.mesh.fsdp=16
 
 Subcommands:
@@ -10,12 +10,13 @@ Subcommands:
   run   `up`, then `lmjax train` on all workers at once (`ssh --worker=all`). When the run
         fails because the TPU was preempted (VM state PREEMPTED/TERMINATED, queued resource
         SUSPENDED/FAILED, or gone), delete and recreate it, reinstall and rerun, at most
-        --max-restarts times; training resumes from the latest checkpoint in the gs:// workdir.
+        --max_restarts times; training resumes from the latest checkpoint in the gs:// workdir.
         A failure on a healthy TPU is a bug, not a preemption: it is reported, not retried.
   down  delete the TPU VM (with --queued: the queued resource and its node)
 
 Everything after `--` is passed to `lmjax train` unchanged (config overrides).
---dry-run prints the commands (one per line, shell-quoted) that a fresh project, where the
+Options are spelled with underscores; the hyphenated spellings (--dry-run, ...) are aliases.
+--dry_run prints the commands (one per line, shell-quoted) that a fresh project, where the
 TPU does not exist yet, would run, and runs nothing. Standard library only; the real thing
 needs the Google Cloud CLI (`gcloud`) on PATH.
 """
@@ -81,7 +82,7 @@ def subprocess_runner(argv: list[str], capture: bool = False) -> Result:
         done = subprocess.run(argv, stdout=subprocess.PIPE if capture else None,
                               stderr=subprocess.DEVNULL if capture else None, text=True)
     except FileNotFoundError:
-        raise LaunchError(f"{argv[0]} not found on PATH (install the Google Cloud CLI, or use --dry-run)") from None
+        raise LaunchError(f"{argv[0]} not found on PATH (install the Google Cloud CLI, or use --dry_run)") from None
     return Result(done.returncode, done.stdout or "")
 
 
@@ -107,7 +108,7 @@ def tpu_shape(accelerator_type: str) -> tuple[int | None, int | None]:
     """(JAX devices, hosts) of an accelerator type such as v5litepod-16 or v4-32; None where unknown."""
     m = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", accelerator_type)
     if not m:
-        raise LaunchError(f"--accelerator-type: expected a Cloud TPU type such as v5litepod-16, v4-32 or "
+        raise LaunchError(f"--accelerator_type: expected a Cloud TPU type such as v5litepod-16, v4-32 or "
                           f"v6e-8, got {accelerator_type!r}")
     family, n = m.group(1), int(m.group(2))
     if family in ("v5litepod", "v6e"):  # n chips, one device each; 4 chips per host above 8
@@ -251,7 +252,7 @@ class Pod:
                 created = True
             else:
                 if self.a.timeout_minutes and waited >= self.a.timeout_minutes * 60:
-                    raise LaunchError(f"{self.a.name} still {state} after --timeout-minutes={self.a.timeout_minutes}")
+                    raise LaunchError(f"{self.a.name} still {state} after --timeout_minutes={self.a.timeout_minutes}")
                 self.log(f"{self.a.name} is {state}; waiting {self.a.poll_seconds}s")
                 self.sleep(self.a.poll_seconds)
                 waited += self.a.poll_seconds
@@ -278,7 +279,7 @@ class Pod:
         return 0
 
     def run(self) -> int:
-        """up + train on all workers; recreate and rerun after each preemption (<= --max-restarts)."""
+        """up + train on all workers; recreate and rerun after each preemption (<= --max_restarts)."""
         self.ensure_ready()
         restarts = 0
         while True:
@@ -295,7 +296,7 @@ class Pod:
                                   f"it resumes from the latest checkpoint in {self.a.workdir}")
             if restarts >= self.a.max_restarts:
                 raise LaunchError(f"{self.a.name} is {state or 'gone'} again after {restarts} restart(s): "
-                                  f"--max-restarts={self.a.max_restarts} reached. Rerun to continue from the "
+                                  f"--max_restarts={self.a.max_restarts} reached. Rerun to continue from the "
                                   f"latest checkpoint in {self.a.workdir}")
             restarts += 1
             self.log(f"{self.a.name} is {state or 'gone'} (preempted): restart {restarts}/{self.a.max_restarts}")
@@ -309,7 +310,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="TPU VM name (and queued resource id with --queued)")
     p.add_argument("--zone", required=True, help="e.g. us-west4-a")
     p.add_argument("--project", default="", help="default: gcloud's configured project")
-    p.add_argument("--accelerator-type", default="", help="e.g. v5litepod-16 (4 hosts x 4 v5e chips), v4-32")
+    p.add_argument("--accelerator_type", "--accelerator-type",
+                   default="", help="e.g. v5litepod-16 (4 hosts x 4 v5e chips), v4-32")
     p.add_argument("--version", default="", help="TPU runtime; default by family, e.g. v2-alpha-tpuv5-lite for v5e")
     p.add_argument("--queued", action="store_true", help="request it as a queued resource and wait in the queue")
     p.add_argument("--spot", action="store_true", help="Spot capacity: cheaper, preemptible")
@@ -320,13 +322,17 @@ def _parser() -> argparse.ArgumentParser:
     code.add_argument("--repo", default="", help="git URL to clone on the workers instead of copying")
     p.add_argument("--rev", default="", help="with --repo: commit, tag or branch to check out")
     p.add_argument("--jax", default="jax[tpu]", help="pip requirement for JAX on the workers")
-    p.add_argument("--remote-dir", default="lmjax", help="where the code goes on each worker (relative to $HOME)")
+    p.add_argument("--remote_dir", "--remote-dir",
+                   default="lmjax", help="where the code goes on each worker (relative to $HOME)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the run")
-    p.add_argument("--max-restarts", type=int, default=10, help="recreate+rerun at most this many times")
-    p.add_argument("--poll-seconds", type=float, default=30.0, help="between state checks while waiting")
-    p.add_argument("--timeout-minutes", type=float, default=0.0, help="give up waiting for READY (0 = never)")
-    p.add_argument("--skip-setup", action="store_true", help="run: the code is already installed")
-    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--max_restarts", "--max-restarts",
+                   type=int, default=10, help="recreate+rerun at most this many times")
+    p.add_argument("--poll_seconds", "--poll-seconds",
+                   type=float, default=30.0, help="between state checks while waiting")
+    p.add_argument("--timeout_minutes", "--timeout-minutes",
+                   type=float, default=0.0, help="give up waiting for READY (0 = never)")
+    p.add_argument("--skip_setup", "--skip-setup", action="store_true", help="run: the code is already installed")
+    p.add_argument("--dry_run", "--dry-run", action="store_true", help="print the commands, run nothing")
     return p
 
 
@@ -350,9 +356,9 @@ def _validate(a: argparse.Namespace) -> None:
     if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", a.name):
         raise LaunchError(f"--name: lowercase letters, digits and '-', starting with a letter; got {a.name!r}")
     if a.max_restarts < 0:
-        raise LaunchError(f"--max-restarts: must be >= 0, got {a.max_restarts}")
+        raise LaunchError(f"--max_restarts: must be >= 0, got {a.max_restarts}")
     if a.poll_seconds <= 0:
-        raise LaunchError(f"--poll-seconds: must be > 0, got {a.poll_seconds}")
+        raise LaunchError(f"--poll_seconds: must be > 0, got {a.poll_seconds}")
     env = []
     for item in a.env:
         key, sep, value = item.partition("=")
@@ -363,7 +369,7 @@ def _validate(a: argparse.Namespace) -> None:
     if a.action == "down":
         return
     if not a.accelerator_type:
-        raise LaunchError("--accelerator-type is required, e.g. v5litepod-16")
+        raise LaunchError("--accelerator_type is required, e.g. v5litepod-16")
     devices, hosts = tpu_shape(a.accelerator_type)
     family = a.accelerator_type.rsplit("-", 1)[0]
     a.version = a.version or DEFAULT_RUNTIME.get(family, "")

@@ -1,4 +1,4 @@
-"""The cluster launchers: exact --dry-run commands, input errors, the TPU launcher's preemption
+"""The cluster launchers: exact --dry_run commands, input errors, the TPU launcher's preemption
 loop (against a scripted fake gcloud) and the SLURM batch script run by bash under fake
 srun/scontrol/python. No network, no gcloud, no SLURM, no JAX."""
 import importlib.util
@@ -30,7 +30,7 @@ def _load(name, filename):
 tpu = _load("tpu_pod", "tpu_pod.py")
 slurm = _load("lmjax_launch_slurm", "slurm.py")
 
-POD = ["--name", "lm-v5e16", "--zone", "us-west4-a", "--project", "my-proj", "--accelerator-type", "v5litepod-16"]
+POD = ["--name", "lm-v5e16", "--zone", "us-west4-a", "--project", "my-proj", "--accelerator_type", "v5litepod-16"]
 RUN = ["run", *POD, "--workdir", "gs://bkt/runs/lm", "--config", "configs/quickstart.py"]
 WHERE = "--zone=us-west4-a --project=my-proj"
 KEEPALIVE = "--ssh-flag=-oServerAliveInterval=60 --ssh-flag=-oServerAliveCountMax=10"
@@ -38,7 +38,7 @@ KEEPALIVE = "--ssh-flag=-oServerAliveInterval=60 --ssh-flag=-oServerAliveCountMa
 
 def dry_run(module, argv, capsys):
     cut = argv.index("--") if "--" in argv else len(argv)  # after `--` all goes to lmjax train
-    assert module.main(argv[:cut] + ["--dry-run"] + argv[cut:]) == 0
+    assert module.main(argv[:cut] + ["--dry_run"] + argv[cut:]) == 0
     return capsys.readouterr().out
 
 
@@ -111,7 +111,7 @@ def test_tpu_dry_run_down(capsys):
 
 
 def test_tpu_dry_run_as_a_script():
-    out = subprocess.run([sys.executable, os.path.join(LAUNCH, "tpu_pod.py"), *RUN, "--dry-run"],
+    out = subprocess.run([sys.executable, os.path.join(LAUNCH, "tpu_pod.py"), *RUN, "--dry_run"],
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert len(out.splitlines()) == 7 and "--worker=all" in out.splitlines()[-1]
 
@@ -126,12 +126,12 @@ def test_tpu_shape(acc, shape):
 
 @pytest.mark.parametrize("argv, message", [
     (["--workdir", "runs/lm"], "--workdir: v5litepod-16 spans 4 hosts, so the workdir must be a gs://"),
-    (["--accelerator-type", "v5e16"], "--accelerator-type: expected a Cloud TPU type"),
+    (["--accelerator_type", "v5e16"], "--accelerator_type: expected a Cloud TPU type"),
     (["--name", "My_TPU"], "--name: lowercase letters"),
     (["--config", "configs/nope.py"], "--config: configs/nope.py not found"),
-    (["--max-restarts", "-1"], "--max-restarts: must be >= 0"),
+    (["--max_restarts", "-1"], "--max_restarts: must be >= 0"),
     (["--env", "1X=2"], "--env: expected KEY=VALUE"),
-    (["--accelerator-type", "v9x-8"], "--version: no default TPU runtime for v9x"),
+    (["--accelerator_type", "v9x-8"], "--version: no default TPU runtime for v9x"),
     (["--", "--config.mesh.fsdp=3"], "--config.mesh: fsdp=3 = 3 devices does not fit the 16 devices of v5litepod-16"),
     (["--", "--config.mesh.dcn_data=3"], "--config.mesh: dcn_data=3 = 3 devices does not fit"),
     (["--", "--config.mesh.dcn_data=8", "--config.mesh.fsdp=2"], "does not divide the 4 processes (hosts)"),
@@ -147,14 +147,14 @@ def test_tpu_bad_input_names_the_option(capsys, argv, message):
     if "--" in argv:
         base += argv[argv.index("--"):]
     with pytest.raises(SystemExit) as e:
-        tpu.main(["--dry-run"] + base)
+        tpu.main(["--dry_run"] + base)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_tpu_single_host_local_workdir_only_warns(capsys):
-    argv = ["run", "--name", "one", "--zone", "z", "--accelerator-type", "v5litepod-8", "--workdir", "runs/x",
-            "--config", "configs/quickstart.py", "--dry-run"]
+    argv = ["run", "--name", "one", "--zone", "z", "--accelerator_type", "v5litepod-8", "--workdir", "runs/x",
+            "--config", "configs/quickstart.py", "--dry_run"]
     assert tpu.main(argv) == 0
     assert "lost when it is preempted" in capsys.readouterr().err
 
@@ -225,7 +225,7 @@ def test_queued_resource_waits_in_queue_and_restarts_after_suspension():
             return tpu.Result(255)
         return fake(argv, capture)
 
-    pod, sleeps = _pod(["--queued", "--spot", "--poll-seconds", "7"], runner)
+    pod, sleeps = _pod(["--queued", "--spot", "--poll_seconds", "7"], runner)
     assert pod.run() == 0
     assert fake.verbs() == ["describe", "create", "describe", "describe", "describe", "setup", "train",
                             "describe", "delete", "create", "describe", "describe", "setup",
@@ -237,10 +237,10 @@ def test_queued_resource_waits_in_queue_and_restarts_after_suspension():
 
 def test_restarts_stop_at_max_restarts(capsys):
     fake = FakeGcloud(states=[None, "READY"] + ["PREEMPTED", "READY"] * 2 + ["PREEMPTED"], train_rcs=[255] * 3)
-    assert tpu.main(RUN + ["--max-restarts", "2"], runner=fake, sleep=lambda s: None) == 1
+    assert tpu.main(RUN + ["--max_restarts", "2"], runner=fake, sleep=lambda s: None) == 1
     assert fake.verbs().count("train") == 3 and fake.verbs().count("create") == 3
     assert fake.used_up()
-    assert "--max-restarts=2 reached" in capsys.readouterr().err
+    assert "--max_restarts=2 reached" in capsys.readouterr().err
 
 
 def test_failure_on_a_healthy_tpu_is_not_retried(capsys):
@@ -255,14 +255,14 @@ def test_ready_tpu_is_reused_and_lost_one_replaced():
     assert _pod([], fake)[0].run() == 0
     assert fake.verbs() == ["describe", "setup", "train"]
     fake = FakeGcloud(states=["TERMINATED", "CREATING", "READY"], train_rcs=[0])
-    assert _pod(["--skip-setup"], fake)[0].run() == 0
+    assert _pod(["--skip_setup"], fake)[0].run() == 0
     assert fake.verbs() == ["describe", "delete", "create", "describe", "describe", "train"]
 
 
 # ---- SLURM launcher ----------------------------------------------------------------------
 
-SLURM = ["--nodes", "2", "--gpus-per-node", "8", "--partition", "gpu", "--time", "24:00:00", "--account", "acct",
-         "--job-name", "lm", "--chdir", ROOT, "--config", "configs/quickstart.py", "--workdir", "/shared/runs/lm"]
+SLURM = ["--nodes", "2", "--gpus_per_node", "8", "--partition", "gpu", "--time", "24:00:00", "--account", "acct",
+         "--job_name", "lm", "--chdir", ROOT, "--config", "configs/quickstart.py", "--workdir", "/shared/runs/lm"]
 
 
 def test_slurm_dry_run_script(capsys):
@@ -291,13 +291,13 @@ def test_slurm_dry_run_script(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--nodes", "0"], "--nodes: must be >= 1, got 0"),
-    (["--gpus-per-node", "0"], "--gpus-per-node: must be >= 1"),
+    (["--gpus_per_node", "0"], "--gpus_per_node: must be >= 1"),
     (["--time", "1 day"], "--time: expected minutes"),
-    (["--time", "2"], "--time 2 leaves no time before the --signal-seconds=120 warning"),
+    (["--time", "2"], "--time 2 leaves no time before the --signal_seconds=120 warning"),
     (["--workdir", "/tmp/run"], "--workdir: /tmp/run is node-local"),
     (["--config", "configs/nope.py"], "--config: configs/nope.py not found under --chdir"),
     (["--sbatch", "exclusive"], "--sbatch: expected one option"),
-    (["--job-name", "my job"], "--job-name: no whitespace"),
+    (["--job_name", "my job"], "--job_name: no whitespace"),
     (["--", "--config.mesh.fsdp=6"], "--config.mesh: fsdp=6 = 6 devices does not fit the 16 devices of 2 node(s)"),
 ])
 def test_slurm_bad_input_names_the_option(capsys, argv, message):
@@ -310,7 +310,7 @@ def test_slurm_bad_input_names_the_option(capsys, argv, message):
     if "--" in argv:
         base += argv[argv.index("--"):]
     with pytest.raises(SystemExit) as e:
-        slurm.main(["--dry-run"] + base)
+        slurm.main(["--dry_run"] + base)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -398,7 +398,7 @@ def test_slurm_script_runs_one_process_per_node(fake_slurm, capsys):
 
 @pytest.mark.parametrize("sig, restart_count, requeued", [
     (signal.SIGUSR1, "0", True),  # time limit near: checkpoint, requeue
-    (signal.SIGUSR1, "20", False),  # --max-requeues reached
+    (signal.SIGUSR1, "20", False),  # --max_requeues reached
     (signal.SIGTERM, "0", False),  # preemption / scancel: checkpoint, Slurm decides
 ])
 def test_slurm_signal_checkpoints_then_requeues(fake_slurm, capsys, sig, restart_count, requeued):
@@ -428,7 +428,7 @@ def test_slurm_writes_the_script_without_dry_run(tmp_path, capsys):
 
 
 def test_slurm_dry_run_as_a_script():
-    out = subprocess.run([sys.executable, os.path.join(LAUNCH, "slurm.py"), *SLURM, "--dry-run"],
+    out = subprocess.run([sys.executable, os.path.join(LAUNCH, "slurm.py"), *SLURM, "--dry_run"],
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[-1] == "sbatch lm.sbatch"
 
@@ -451,3 +451,46 @@ def test_readme_examples_match_the_dry_run(capsys, monkeypatch, module_name):
     module = tpu if module_name == "tpu_pod.py" else slurm
     out = dry_run(module, argv, capsys).replace(tempfile.gettempdir() + "/", "/tmp/")
     assert out == blocks[i + 1][1]
+
+
+# ---- one flag style: underscores, with the hyphenated spellings kept as aliases ------------
+
+TPU_FLAGS = [("--accelerator_type", "v5litepod-8", "v5litepod-8"), ("--remote_dir", "src", "src"),
+             ("--max_restarts", "3", 3), ("--poll_seconds", "5", 5.0), ("--timeout_minutes", "2", 2.0),
+             ("--skip_setup", None, True), ("--dry_run", None, True)]
+SLURM_FLAGS = [("--gpus_per_node", "4", 4), ("--cpus_per_task", "16", 16), ("--job_name", "j", "j"),
+               ("--signal_seconds", "90", 90), ("--max_requeues", "3", 3), ("--dry_run", None, True)]
+TPU_BASE = ["run", "--name", "one", "--zone", "z", "--workdir", "gs://b/r", "--config", "configs/quickstart.py"]
+SLURM_BASE = ["--chdir", ROOT, "--config", "configs/quickstart.py", "--workdir", "/shared/r"]
+
+
+def _spelled(flags, hyphens: bool) -> list[str]:
+    argv = []
+    for flag, value, _ in flags:
+        argv += [flag.replace("_", "-") if hyphens else flag] + ([] if value is None else [value])
+    return argv
+
+
+@pytest.mark.parametrize("module, base, flags", [(tpu, TPU_BASE, TPU_FLAGS), (slurm, SLURM_BASE, SLURM_FLAGS)],
+                         ids=["tpu_pod", "slurm"])
+def test_underscore_flags_and_hyphenated_aliases_parse_alike(monkeypatch, module, base, flags):
+    monkeypatch.chdir(ROOT)
+    underscores = module.parse_args(base + _spelled(flags, hyphens=False))
+    hyphens = module.parse_args(base + _spelled(flags, hyphens=True))
+    assert vars(underscores) == vars(hyphens)
+    for flag, _, want in flags:
+        assert getattr(underscores, flag[2:]) == want, flag
+    # the documented (first) spelling of every multi-word option is the underscore one
+    for action in module._parser()._actions:
+        long = [s for s in action.option_strings if s.startswith("--")]
+        if any("-" in s[2:] or "_" in s[2:] for s in long):
+            assert "_" in long[0][2:] and "-" not in long[0][2:], long
+
+
+def test_local_launcher_dry_run_alias(capsys):
+    local = _load("lmjax_launch_local", "local.py")
+    outs = []
+    for flag in ("--dry_run", "--dry-run"):
+        assert local.main(["--num_processes", "2", "--port", "12000", flag, "--", "lmjax", "train"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and "--process_id 1" in outs[0]
