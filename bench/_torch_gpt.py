@@ -1,4 +1,4 @@
-"""A minimal nanoGPT-style GPT in PyTorch (our own code), the PyTorch baseline of the
+"""A minimal nanoGPT-style GPT in PyTorch (not nanoGPT's own code), the PyTorch baseline of the
 benchmarks: fused q/k/v, F.scaled_dot_product_attention(is_causal=True), learned
 positions, pre-norm blocks, tied head, GPT-2's initialisation (0.02, residual writes
 0.02 / sqrt(2 n_layer)). `bias` and `gelu` ("tanh" or "none") select GPT-2's shape (biases,

@@ -15,8 +15,7 @@ is taken as lmjax.train.loop runs: each step dispatched before the previous one'
 fetched (`step_s`); `step_s_synced_median` waits for every step on its own (adds the host
 round trip, ~7 ms on an H100). `--profile DIR` also traces three steps (perfetto JSON).
 
-Measured 2026-11-26 on one H100 80GB HBM3 (jax 0.11.2): 45.6% and 45.9% MFU at batch 32 x
-1024 (176 ms per step, 44 GB peak memory), 43.7% at 16 x 1024; notes in bench/README.md.
+What it measured on an H100 (MFU, step time, memory, a profile): bench/README.md.
 
     python bench/accelerator_mfu.py                                  # 24x1024, T=1024, B=32
     python bench/accelerator_mfu.py --sizes 24x1024,12x768 --batch 16 --steps 20

@@ -154,8 +154,8 @@ def scan_method(cfg: ModelConfig) -> tuple[str, int]:
         4096        4.54 s  6.68 GiB  2.47 s  279 MiB   0.47 s  107 MiB
 
     On a CPU the log-depth forms only add work (and the associative one memory). On a GPU
-    the log-depth associative form inside chunks should win (not measured here: no GPU in
-    these sessions); the chunk bounds its memory either way."""
+    the log-depth associative form inside chunks should win (an expectation: the scans have
+    not been timed on a GPU); the chunk bounds its memory either way."""
     method = cfg.ssm_scan
     if method == "auto":
         method = "sequential" if jax.default_backend() == "cpu" else "chunked"
