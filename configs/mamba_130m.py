@@ -1,4 +1,4 @@
-"""Mamba-130M: the paper's smallest language model shape (Gu & Dao 2023, GPT-3-small sized).
+r"""Mamba-130M: the paper's smallest language model shape (Gu & Dao 2023, GPT-3-small sized).
 
 24 Mamba blocks without MLPs (two Mamba blocks stand for one attention + MLP layer),
 d_model 768, d_inner 1536, d_state 16, d_conv 4, dt_rank 48, RMSNorm, no biases, tied
@@ -12,10 +12,10 @@ appendix gives its recipe). bfloat16 compute; the selective scan always runs in 
     lmjax train --config configs/mamba_130m.py --workdir gs://BUCKET/mamba_130m \
         --config.data.source=PATH_TO_TEXT --config.mesh.preset=fsdp
 
-An accelerator job: on the 2-core CPU of these sessions one step would take hours. The
-tokenizer is a 32k SentencePiece BPE trained on the data (the embedding keeps the paper's
-50280 rows; ids beyond the tokenizer's are never used). Not run yet; what to expect is
-not measured here. `:tiny` shrinks everything (2 x 64, byte tokens, 50 steps) to check the
+An accelerator job: on a 2-core CPU one step takes hours. The tokenizer is a 32k
+SentencePiece BPE trained on the data (the embedding keeps the paper's 50280 rows; ids
+beyond the tokenizer's are never used). The full-size run has not been measured, so no
+loss or time is stated for it. `:tiny` shrinks everything (2 x 64, byte tokens, 50 steps) to check the
 config runs end to end on a CPU: 11 s for the command (val loss 3.33 nats/byte).
 """
 import ml_collections

@@ -15,7 +15,7 @@ Variants (nanoGPT's settings; first 90% of the characters train, last 10% valida
 - `:cpu`: 4 layers, 4 heads, d_model 128, context 64, batch 12, 2000 steps, lr decay to
   2000, no dropout. nanoGPT reaches ~1.88 (its own estimate; 1.898 over the whole val
   split; bench/README.md has the timings).
-  lmjax: see the README for the measured val loss and wall time.
+  lmjax: docs/reproductions.md and docs/measured.md have its measured val loss and wall time.
 """
 import ml_collections
 

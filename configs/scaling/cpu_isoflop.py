@@ -1,4 +1,4 @@
-"""A CPU-scale IsoFLOP sweep on tinyshakespeare (character level): Chinchilla approaches 2 and 3.
+r"""A CPU-scale IsoFLOP sweep on tinyshakespeare (character level): Chinchilla approaches 2 and 3.
 
 The base run of every point of the sweep; `lmjax scaling sweep` sets each run's depth,
 width, heads and steps (shape rule: lmjax/scaling/sweeps.py). 3 compute budgets x 5-7
@@ -16,13 +16,14 @@ widths, 18 runs, each with its emergence probes (ICL score, best induction score
 
 Conventions: C counts PaLM FLOPs (6 N_matmul + 12 n_layer d_model seq_len per token, what
 `lmjax train` reports; --flops palm): at 8-64 wide, 6N undercounts a run's compute 4x to
-1.4x, which favours the small models; two earlier plans with C = 6ND found the smallest
-model best at every budget. N = block matrices, 12 n_layer d_model^2; D = training tokens
+1.4x, which favours the small models (plans with C = 6ND find the smallest model best at
+every budget). N = block matrices, 12 n_layer d_model^2; D = training tokens
 (the train split is ~1M characters, so the larger D are many epochs). Every model is 2
-layers, head dim 8 (16 at 64 wide); batch 32 x 128. The widths were set after a first plan from the centring
-rule (--tokens_per_param 300 --spread 16 --sizes_per_budget 7) put the optimum at its small
-end: d8 at 1e12 and d16 at 3e12 were added, d64/d80 at 3e12 dropped. C1e+12_L2_d64 ran with
-8 heads of 8 (the shape rule before heads were set from the rounded width; the CSV says so).
+layers, head dim 8 (16 at 64 wide); batch 32 x 128. The widths are explicit because the
+centring rule (--tokens_per_param 300 --spread 16 --sizes_per_budget 7) puts the optimum at
+the small end of its plan: the explicit list adds d8 at 1e12 and d16 at 3e12 and leaves out
+d64/d80 at 3e12. C1e+12_L2_d64 has 8 heads of 8, not the shape rule's 4 of 16 (the CSV
+records its heads).
 
 Measured (2-core shared CPU, load average ~8-12 from other jobs), seed 0 as above and seed 1
 with --config.train.seed=1 (results: docs/isoflop_cpu_runs.csv, docs/isoflop_cpu_runs_seed1.csv,

@@ -1,4 +1,4 @@
-"""A pod-scale IsoFLOP sweep (TPU v5e-16): plan it, then emit one launch command per run.
+r"""A pod-scale IsoFLOP sweep (TPU v5e-16): plan it, then emit one launch command per run.
 
     lmjax scaling sweep --config configs/scaling/tpu_isoflop.py --isoflop 1e19,3e19,1e20,3e20 \
         --sizes_per_budget 5 --out sweep.json
