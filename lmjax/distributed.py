@@ -18,6 +18,8 @@ import os
 import urllib.request
 from typing import Mapping
 
+from lmjax.errors import LmjaxError
+
 ENV_COORDINATOR = "LMJAX_COORDINATOR"
 ENV_NUM_PROCESSES = "LMJAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "LMJAX_PROCESS_ID"
@@ -45,18 +47,18 @@ def explicit_args(coordinator=None, num_processes=None, process_id=None,
         return None
     missing = [names[k] for k in values if k not in given]
     if missing:
-        raise ValueError(f"multi-process run: {', '.join(missing)} missing (give all three of --coordinator "
+        raise LmjaxError(f"multi-process run: {', '.join(missing)} missing (give all three of --coordinator "
                          "HOST:PORT, --num_processes N, --process_id I, or none)")
     try:
         n, i = int(given["num_processes"]), int(given["process_id"])
     except ValueError:
-        raise ValueError(f"--num_processes and --process_id must be integers, got "
+        raise LmjaxError(f"--num_processes and --process_id must be integers, got "
                          f"{given['num_processes']!r} and {given['process_id']!r}") from None
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"--process_id {i} must be in [0, --num_processes={n})")
+        raise LmjaxError(f"--process_id {i} must be in [0, --num_processes={n})")
     host, sep, port = str(given["coordinator_address"]).rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ValueError(f"--coordinator must be HOST:PORT, got {given['coordinator_address']!r}")
+        raise LmjaxError(f"--coordinator must be HOST:PORT, got {given['coordinator_address']!r}")
     return {"coordinator_address": str(given["coordinator_address"]), "num_processes": n, "process_id": i}
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from jax.experimental import io_callback
 
 from lmjax import sharding
+from lmjax.errors import LmjaxError
 from lmjax.model import Transformer
 from lmjax.model.cache import grow_cache, init_cache
 from lmjax.model.layout import to_out_in
@@ -190,23 +191,23 @@ def check_request(model: Transformer, prompts: Sequence[Sequence[int]], max_new_
     """Every problem with a request, raised before anything compiles."""
     cfg = model.cfg
     if not prompts:
-        raise ValueError("no prompts given")
+        raise LmjaxError("no prompts given")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise LmjaxError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        raise LmjaxError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise LmjaxError(f"top_p must be in (0, 1], got {top_p}")
     if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+        raise LmjaxError(f"top_k must be >= 0 (0 = off), got {top_k}")
     for i, p in enumerate(prompts):
         if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty: give at least one token (or configure a BOS token)")
+            raise LmjaxError(f"prompt {i} is empty: give at least one token (or configure a BOS token)")
         bad = [t for t in p if not 0 <= int(t) < cfg.vocab_size]
         if bad:
-            raise ValueError(f"prompt {i} has token ids {bad[:5]} outside the vocabulary [0, {cfg.vocab_size})")
+            raise LmjaxError(f"prompt {i} has token ids {bad[:5]} outside the vocabulary [0, {cfg.vocab_size})")
         if len(p) + max_new_tokens > cfg.max_len:
-            raise ValueError(
+            raise LmjaxError(
                 f"prompt {i} ({len(p)} tokens) + max_new_tokens ({max_new_tokens}) = {len(p) + max_new_tokens} "
                 f"exceeds the model's context of {cfg.max_len} tokens"
             )
@@ -264,7 +265,7 @@ def sample(params, model: Transformer, tokenizer, prompts: str | Sequence[str], 
         encoded = tokenizer.encode(text)
         if not encoded:
             if tokenizer.bos_id is None:
-                raise ValueError("empty prompt and the tokenizer has no BOS token to start from")
+                raise LmjaxError("empty prompt and the tokenizer has no BOS token to start from")
             encoded = [tokenizer.bos_id]
         ids.append(encoded)
     stops = [tokenizer.eos_id] if stop_at_eos and tokenizer.eos_id is not None else []

@@ -31,6 +31,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lmjax.errors import LmjaxError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 DCN_KEYS = tuple(f"dcn_{a}" for a in MESH_AXES)
 LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers")
@@ -108,7 +110,7 @@ def ici_sizes(mesh_cfg) -> dict[str, int]:
     preset = _get(mesh_cfg, "preset", "") or ""
     if preset:
         if preset not in PRESETS:
-            raise ValueError(f"mesh.preset: {preset!r} not in {sorted(PRESETS)} ('' = use mesh.data/fsdp/tensor)")
+            raise LmjaxError(f"mesh.preset: {preset!r} not in {sorted(PRESETS)} ('' = use mesh.data/fsdp/tensor)")
         tensor = sizes["tensor"]
         sizes = dict(PRESETS[preset])
         if sizes["tensor"] is None:
@@ -143,16 +145,16 @@ def _fill(sizes: dict[str, int], n_devices: int, what: str) -> dict[str, int]:
     fills = [a for a, s in sizes.items() if s == -1]
     names = "/".join(f"mesh.{what}{a}" for a in sizes)
     if len(fills) > 1:
-        raise ValueError(f"{names}: at most one may be -1 (fill), got {sizes}")
+        raise LmjaxError(f"{names}: at most one may be -1 (fill), got {sizes}")
     known = math.prod(s for s in sizes.values() if s != -1)
     sizes = dict(sizes)
     if fills:
         if n_devices % known:
-            raise ValueError(f"{names}: {n_devices} {unit} are not divisible by the fixed sizes' product "
+            raise LmjaxError(f"{names}: {n_devices} {unit} are not divisible by the fixed sizes' product "
                              f"{known} ({sizes})")
         sizes[fills[0]] = n_devices // known
     if math.prod(sizes.values()) != n_devices:
-        raise ValueError(f"{names}: {sizes} needs {math.prod(sizes.values())} {unit}, but {n_devices} "
+        raise LmjaxError(f"{names}: {sizes} needs {math.prod(sizes.values())} {unit}, but {n_devices} "
                          "are present")
     return sizes
 
@@ -174,7 +176,7 @@ def mesh_shape(mesh_cfg, n_devices: int, n_granules: int = 1) -> tuple[int, int,
     dcn = _fill(dcn, n_granules, "dcn_")
     n_slices = math.prod(dcn.values())
     if n_devices % n_slices:
-        raise ValueError(f"mesh.dcn_*: {n_devices} devices do not split into {n_slices} slices")
+        raise LmjaxError(f"mesh.dcn_*: {n_devices} devices do not split into {n_slices} slices")
     ici = _fill(ici, n_devices // n_slices, "")
     return tuple(dcn[a] * ici[a] for a in MESH_AXES)
 
@@ -206,7 +208,7 @@ def device_grid(mesh_cfg, devices) -> np.ndarray:
     n_slices = math.prod(dcn.values())
     if n_slices != n_granules:
         kind = "processes" if process_is_granule else "TPU slices"
-        raise ValueError(f"mesh.dcn_*: {dcn} needs {n_slices} slices/hosts, but the devices span "
+        raise LmjaxError(f"mesh.dcn_*: {dcn} needs {n_slices} slices/hosts, but the devices span "
                          f"{n_granules} {kind}")
     ici = _fill(ici_sizes(mesh_cfg), len(devices) // n_slices, "")
     return mesh_utils.create_hybrid_device_mesh(

@@ -143,6 +143,34 @@ def test_size_counts_the_parameter_tree():
     assert report["params_non_embedding_with_head"] - report["params_non_embedding"] == cfg.vocab_size * cfg.d_model
 
 
+def test_vocab_size_of_is_the_size_of_the_tokenizer_training_builds(tmp_path, capsys):
+    """Counted from the data, not assumed: a char tokenizer has the text's distinct
+    characters plus BOS, EOS and PAD."""
+    import json
+
+    from conftest import data_file
+    from lmjax.config import load_config
+    from lmjax.data.tokenizers import ByteTokenizer, CharTokenizer
+    from lmjax.scaling.sweeps import vocab_size_of
+
+    text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+    path = tmp_path / "small.txt"
+    path.write_text(text)
+    config = load_config("configs/scaling/cpu_isoflop.py", [f"data.source={path}"])
+    assert config.data.tokenizer == "char"
+    assert vocab_size_of(config) == CharTokenizer.from_texts([text]).vocab_size == len(set(text)) + 3
+    config.data.tokenizer = "byte"
+    assert vocab_size_of(config) == ByteTokenizer.vocab_size
+    config.model.vocab_size = 300
+    assert vocab_size_of(config) == 300  # an explicit model.vocab_size wins
+    # the shipped char config on tinyshakespeare, through the command
+    shakespeare = data_file("tinyshakespeare", "input.txt")
+    assert main(["scaling", "size", "--config", "configs/scaling/cpu_isoflop.py"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    with open(shakespeare, encoding="utf-8") as f:
+        assert report["vocab_size"] == len(set(f.read())) + 3
+
+
 TINY = ["model.max_len=32", "train.batch_size=8", "train.eval_every=1000", "train.eval_batches=2",
         "train.sample_tokens=0", "train.log_every=5", "checkpoint.every=100"]
 
@@ -203,7 +231,7 @@ def test_isoflop_plan_and_launch_commands():
     assert len({r["d_model"] for r in palm}) == 5 and min(r["d_model"] for r in palm) < 64  # head dim 8 widths
     for r in palm:
         config.model.n_layer, config.model.d_model, config.model.n_head = r["n_layer"], r["d_model"], r["n_head"]
-        fpt = flops_per_token(model_config(config, 65), config.model.max_len)
+        fpt = flops_per_token(model_config(config, sweeps.vocab_size_of(config)), config.model.max_len)
         assert fpt > 6 * r["N"] and np.isclose(r["C"], fpt * r["D"])
         assert abs(r["C"] / 1e12 - 1) < fpt * 4096 / 1e12 + 1e-9
 

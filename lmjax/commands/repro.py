@@ -1,4 +1,7 @@
-"""`lmjax repro NAME [--out DIR] [--config.x=v ...]`: run one reproduction."""
+"""`lmjax repro NAME [--out DIR] [--variant V] [--config.x=v ...]`: run one reproduction.
+
+It writes several files (figures and results.json), so --out is a directory.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,11 +11,13 @@ from lmjax.repro import REPRODUCTIONS
 
 
 def add_parser(sub):
-    p = sub.add_parser("repro", help="reproduce a published result (figures + results.json)",
+    p = sub.add_parser("repro", help="reproduce a published result (figures + results.json in --out DIR)",
                        description="\n".join(f"  {k:12s} {v}" for k, v in REPRODUCTIONS.items()),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=sorted(REPRODUCTIONS), help="which reproduction")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="the reproduction's own flags, e.g. --out runs/repro/NAME")
+    p.add_argument("rest", nargs=argparse.REMAINDER,
+                   help="the reproduction's own flags: --out DIR (a directory, default runs/repro/NAME), "
+                        "--variant V")
     p.set_defaults(run=run)
 
 

@@ -5,7 +5,10 @@
     lmjax scaling run sweep.json --workdir runs/sweep [--emit]
     lmjax scaling fit runs.csv --approach 3 --out fit.json [--n N --d D --loss loss --plots DIR]
     lmjax scaling emergence runs.csv --out emergence.png
-    lmjax scaling chinchilla --data ../shared/data/chinchilla_epoch/svg_extracted_data.csv --out runs/chinchilla
+    lmjax scaling chinchilla [--data $LMJAX_DATA/chinchilla_epoch/svg_extracted_data.csv] --out runs/chinchilla
+
+--out: a subcommand that writes one file takes --out FILE (fit, sweep, emergence); one that
+writes several takes --out DIR (chinchilla; fit's figures go to --plots DIR).
 """
 from __future__ import annotations
 
@@ -14,11 +17,15 @@ import os
 
 import numpy as np
 
+from lmjax.errors import LmjaxError, MissingFileError
+
 APPROACHES = ("1", "2", "3", "kaplan_n", "kaplan_d")
+CHINCHILLA_DATA = "$LMJAX_DATA/chinchilla_epoch/svg_extracted_data.csv"
 
 
 def add_parser(sub):
-    p = sub.add_parser("scaling", help="parameter/FLOP accounting and scaling-law fits")
+    p = sub.add_parser("scaling", help="parameter/FLOP accounting and scaling-law fits",
+                       description=__doc__.split("\n\n")[-1].strip())
     ssub = p.add_subparsers(dest="scaling_command", required=True)
     s = ssub.add_parser("size", help="parameter counts and FLOPs per token of a config")
     s.add_argument("--config", required=True)
@@ -33,8 +40,8 @@ def add_parser(sub):
     f.add_argument("--window", type=int, default=0,
                    help="approach 2: fit each parabola to this many runs around the budget's best (0: all)")
     f.add_argument("--bootstrap", type=int, default=100, help="approach 3: bootstrap resamples for intervals")
-    f.add_argument("--out", default="fit.json")
-    f.add_argument("--plots", default="", help="a directory for PNG figures")
+    f.add_argument("--out", default="fit.json", metavar="FILE", help="the JSON file to write (default fit.json)")
+    f.add_argument("--plots", default="", metavar="DIR", help="a directory for PNG figures")
     w = ssub.add_parser("sweep", help="plan a sweep (JSON) from a base config")
     w.add_argument("--config", required=True, help="the base config; its batch_size x seq_len sets tokens per step")
     w.add_argument("--isoflop", default="", help="compute budgets (FLOPs), comma-separated: an IsoFLOP plan")
@@ -50,21 +57,22 @@ def add_parser(sub):
                         "comma-separated, budgets separated by '/': e.g. 8,16,24/16,24,32/24,32,48")
     w.add_argument("--grid_sizes", default="", help="target parameter counts, comma-separated: a grid plan")
     w.add_argument("--grid_tokens", default="", help="token budgets for the grid, comma-separated")
-    w.add_argument("--out", default="sweep.json")
+    w.add_argument("--out", default="sweep.json", metavar="FILE", help="the plan (JSON) to write (default sweep.json)")
     r = ssub.add_parser("run", help="run a planned sweep with resume; results in WORKDIR/runs.csv")
     r.add_argument("plan", help="a sweep.json from `lmjax scaling sweep`")
     r.add_argument("--workdir", required=True)
     r.add_argument("--emit", action="store_true", help="print one `lmjax train` command per run instead")
     r.add_argument("--launcher", default="", help="with --emit: a launcher prefix, e.g. "
-                   "'python launch/tpu_pod.py run --name NAME --zone ZONE --accelerator-type TYPE'")
+                   "'python launch/tpu_pod.py run --name NAME --zone ZONE --accelerator_type TYPE'")
     e = ssub.add_parser("emergence", help="plot a sweep's emergence probes (ICL, induction, copy gain) against N")
     e.add_argument("csv", help="a sweep's runs.csv (from `lmjax scaling run`)")
     e.add_argument("--loss", default="final_val_loss")
-    e.add_argument("--out", default="emergence.png")
+    e.add_argument("--out", default="emergence.png", metavar="FILE", help="the figure to write (default emergence.png)")
     c = ssub.add_parser("chinchilla", help="reproduce approach 3 on Epoch AI's extraction of Chinchilla's data")
-    c.add_argument("--data", default="../shared/data/chinchilla_epoch/svg_extracted_data.csv")
+    c.add_argument("--data", default=CHINCHILLA_DATA, metavar="CSV",
+                   help=f"Epoch AI's extracted points (default {CHINCHILLA_DATA}; LMJAX_DATA names the folder)")
     c.add_argument("--bootstrap", type=int, default=200)
-    c.add_argument("--out", default="runs/chinchilla", help="a directory for fit.json and the figures")
+    c.add_argument("--out", default="runs/chinchilla", metavar="DIR", help="a directory for fit.json and the figure")
     p.set_defaults(run=run)
 
 
@@ -78,17 +86,18 @@ def _floats(text: str, what: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+        raise LmjaxError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
 
 def cmd_sweep(args, overrides):
     from lmjax.config import load_config
     from lmjax.scaling import sweeps
 
+
     config = load_config(args.config, overrides)  # validates the base config and the overrides
     tokens_per_step = config.train.batch_size * (config.data.seq_len or config.model.max_len)
     if bool(args.isoflop) == bool(args.grid_sizes):
-        raise ValueError("give either --isoflop BUDGETS or --grid_sizes SIZES --grid_tokens TOKENS")
+        raise LmjaxError("give either --isoflop BUDGETS or --grid_sizes SIZES --grid_tokens TOKENS")
     flops = sweeps.palm_flops(config) if args.flops == "palm" else sweeps.six_n
     if args.isoflop and args.widths:
         widths = [[int(w) for w in _floats(group, "--widths")] for group in args.widths.split("/")]
@@ -100,7 +109,7 @@ def cmd_sweep(args, overrides):
     else:
         tokens = _floats(args.grid_tokens, "--grid_tokens")
         if not tokens:
-            raise ValueError("--grid_sizes needs --grid_tokens")
+            raise LmjaxError("--grid_sizes needs --grid_tokens")
         runs = sweeps.grid_plan(_floats(args.grid_sizes, "--grid_sizes"), tokens, tokens_per_step)
     sweeps.write_plan(args.out, args.config, runs, overrides)
     for run in runs:
@@ -112,7 +121,7 @@ def cmd_sweep(args, overrides):
 def cmd_run(args, overrides):
     from lmjax.scaling import sweeps
 
-    plan = sweeps.read_plan(args.plan)
+    plan = sweeps.read_plan(_input(args.plan))
     if args.emit:
         print("\n".join(sweeps.launch_commands(plan, args.workdir, args.launcher)))
         return
@@ -135,6 +144,7 @@ def cmd_size(args, overrides):
 def cmd_fit(args, overrides):
     from lmjax.scaling import fits, plots, tables
 
+    _input(args.csv)
     names = {"N": args.n, "D": args.d, "loss": args.loss, **({"C": args.c} if args.c else {})}
     cols = tables.read_columns(args.csv, names)
     extra = {}
@@ -169,6 +179,7 @@ PROBE_TITLES = {"icl_score": "ICL score (late - early loss)", "induction_score":
 def cmd_emergence(args, overrides):
     from lmjax.scaling import plots, tables
 
+    _input(args.csv)
     cols = tables.read_columns(args.csv, {"N": "N", "C": "C", "loss": args.loss, **{k: k for k in PROBE_TITLES}})
     path = plots.plot_emergence(cols["N"], cols["C"], cols["loss"], {t: cols[k] for k, t in PROBE_TITLES.items()},
                                 path=args.out)
@@ -181,9 +192,10 @@ def cmd_emergence(args, overrides):
 
 
 def cmd_chinchilla(args, overrides):
+    from lmjax.data import reference
     from lmjax.scaling import chinchilla, fits, plots
 
-    N, D, L = chinchilla.epoch_points(args.data)
+    N, D, L = chinchilla.epoch_points(_input(reference.resolve(args.data, "--data"), "--data"))
     fit = fits.fit_parametric(N, D, L, bootstrap=args.bootstrap)
     os.makedirs(args.out, exist_ok=True)
     result = {"points": len(L), "lmjax": fit.as_dict(), "epoch_ai": chinchilla.EPOCH, "hoffmann_et_al": chinchilla.HOFFMANN}
@@ -194,6 +206,16 @@ def cmd_chinchilla(args, overrides):
         print(f"{name:8s} {getattr(fit, name):10.4g} {chinchilla.EPOCH[name]:10.4g} {chinchilla.HOFFMANN[name]:10.4g}")
     print(f"{len(L)} points, {fit.starts} L-BFGS starts + {args.bootstrap} bootstrap refits in {fit.wall_s:.1f} s; "
           f"wrote {args.out}/fit.json and loss_vs_compute.png")
+
+
+def _input(path: str, flag: str = "") -> str:
+    """An input file that must exist, checked before any work; `flag` names it ('' for a positional)."""
+    where = f"{flag} {path}" if flag else path
+    if os.path.isdir(path):
+        raise LmjaxError(f"{where} is a directory; expected a file")
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{where}: no such file")
+    return path
 
 
 def _write_json(path: str, obj) -> None:

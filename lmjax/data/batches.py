@@ -10,18 +10,20 @@ from typing import Iterator
 
 import numpy as np
 
+from lmjax.errors import LmjaxError
+
 
 def _check_positive(**kw) -> None:
     for name, v in kw.items():
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            raise LmjaxError(f"{name} must be a positive integer, got {v!r}")
 
 
 def _check_tokens(tokens, seq_len: int, what: str) -> None:
     if np.ndim(tokens) != 1:
-        raise ValueError(f"{what} must be a 1-D token array, got shape {np.shape(tokens)}")
+        raise LmjaxError(f"{what} must be a 1-D token array, got shape {np.shape(tokens)}")
     if len(tokens) < seq_len + 1:
-        raise ValueError(f"{what} has {len(tokens)} tokens, fewer than one window of seq_len + 1 = "
+        raise LmjaxError(f"{what} has {len(tokens)} tokens, fewer than one window of seq_len + 1 = "
                          f"{seq_len + 1}; use more data, a larger split, or a shorter seq_len")
 
 
@@ -44,7 +46,7 @@ def train_offsets(n_tokens: int, *, seed: int, step: int, batch_size: int, seq_l
     """
     for name, v in (("seed", seed), ("step", step)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2**64:
-            raise ValueError(f"{name} must be an integer in [0, 2**64), got {v!r}")
+            raise LmjaxError(f"{name} must be an integer in [0, 2**64), got {v!r}")
     rng = np.random.Generator(np.random.Philox(key=np.array([seed, step], dtype=np.uint64)))
     return rng.integers(0, n_tokens - seq_len, size=batch_size, dtype=np.int64)
 
@@ -59,10 +61,10 @@ def train_batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, se
     """
     _check_positive(batch_size=batch_size, seq_len=seq_len, process_count=process_count)
     if batch_size % process_count:
-        raise ValueError(f"batch_size {batch_size} is not divisible by process_count {process_count}")
+        raise LmjaxError(f"batch_size {batch_size} is not divisible by process_count {process_count}")
     if isinstance(process_index, bool) or not isinstance(process_index, (int, np.integer)) \
             or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index!r}")
+        raise LmjaxError(f"process_index must be in [0, {process_count}), got {process_index!r}")
     rows = batch_size // process_count
     return train_rows(tokens, seed=seed, step=step, batch_size=batch_size, seq_len=seq_len,
                       start=process_index * rows, stop=(process_index + 1) * rows)
@@ -77,7 +79,7 @@ def train_rows(tokens, *, seed: int, step: int, batch_size: int, seq_len: int,
     """
     _check_positive(batch_size=batch_size, seq_len=seq_len)
     if not 0 <= start <= stop <= batch_size:
-        raise ValueError(f"rows [{start}, {stop}) are not inside the batch of {batch_size}")
+        raise LmjaxError(f"rows [{start}, {stop}) are not inside the batch of {batch_size}")
     _check_tokens(tokens, seq_len, "train tokens")
     offsets = train_offsets(len(tokens), seed=seed, step=step, batch_size=batch_size, seq_len=seq_len)
     return _windows(tokens, offsets[start:stop], seq_len)
@@ -98,12 +100,12 @@ def eval_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int,
     _check_positive(batch_size=batch_size, seq_len=seq_len)
     if max_batches is not None and (isinstance(max_batches, bool)
                                     or not isinstance(max_batches, (int, np.integer)) or max_batches < 0):
-        raise ValueError(f"max_batches must be None or a non-negative integer, got {max_batches!r}")
+        raise LmjaxError(f"max_batches must be None or a non-negative integer, got {max_batches!r}")
     _check_tokens(tokens, seq_len, "eval tokens")
     n_windows = (len(tokens) - 1) // seq_len
     if n_windows < batch_size:
         # Yielding nothing would silently skip evaluation; say what to change instead.
-        raise ValueError(f"eval tokens ({len(tokens)}) hold only {n_windows} windows of seq_len + 1 = "
+        raise LmjaxError(f"eval tokens ({len(tokens)}) hold only {n_windows} windows of seq_len + 1 = "
                          f"{seq_len + 1}, fewer than one batch of batch_size {batch_size}; "
                          "use a smaller eval batch size or seq_len, or a larger val split")
     n_batches = num_eval_batches(len(tokens), batch_size=batch_size, seq_len=seq_len, max_batches=max_batches)

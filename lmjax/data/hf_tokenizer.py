@@ -23,6 +23,7 @@ import re
 import numpy as np
 
 from lmjax.data.tokenizers import ByteTokenizer, CharTokenizer, SentencePieceTokenizer, as_id_array
+from lmjax.errors import LmjaxError
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -122,11 +123,11 @@ class HFTokenizer:
             add_bos = self.adds_bos
         if add_bos:
             if self.bos_id is None:
-                raise ValueError("add_bos=True but this tokenizer has no BOS token")
+                raise LmjaxError("add_bos=True but this tokenizer has no BOS token")
             ids = [self.bos_id] + ids
         if add_eos:
             if self.eos_id is None:
-                raise ValueError("add_eos=True but this tokenizer has no EOS token")
+                raise LmjaxError("add_eos=True but this tokenizer has no EOS token")
             ids = ids + [self.eos_id]
         return np.asarray(ids, dtype=np.int64)
 
@@ -162,7 +163,7 @@ class HFTokenizer:
     @classmethod
     def from_json(cls, d: dict) -> "HFTokenizer":
         if not isinstance(d.get("tokenizer_json"), str):
-            raise ValueError("tokenizer JSON of kind 'hf' has no 'tokenizer_json' string (the tokenizer.json text)")
+            raise LmjaxError("tokenizer JSON of kind 'hf' has no 'tokenizer_json' string (the tokenizer.json text)")
         tok = cls(d["tokenizer_json"], d.get("config"), bos_id=d.get("bos_id"), eos_id=d.get("eos_id"),
                   pad_id=d.get("pad_id"), vocab_size=d.get("vocab_size"))
         tok.adds_bos = bool(d.get("adds_bos", tok.adds_bos))
@@ -237,7 +238,7 @@ def write_tokenizer(tok, directory: str, max_len: int | None = None) -> list[str
             f.write(tok.model_proto)
         return [SPM_MODEL]
     else:
-        raise ValueError(f"cannot write a {type(tok).__name__} as Hugging Face tokenizer files")
+        raise LmjaxError(f"cannot write a {type(tok).__name__} as Hugging Face tokenizer files")
     if max_len is not None:
         config.setdefault("model_max_length", max_len)
     with open(os.path.join(directory, TOKENIZER_CONFIG), "w", encoding="utf-8") as f:

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from lmjax.data.sources import TextSource
 from lmjax.data.tokenizers import Tokenizer
+from lmjax.errors import LmjaxError
 
 FORMAT_VERSION = 1  # bump when the on-disk layout changes: old entries then miss the cache
 PROGRESS_MIN_BYTES = 5_000_000  # below this a progress bar is just noise
@@ -144,7 +145,7 @@ def prepare_tokens(source: TextSource, tokenizer: Tokenizer, cache_dir: str, *,
     """
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
             or not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
+        raise LmjaxError(f"val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
     cache = _epath(cache_dir)
     key = cache_key(source, tokenizer, val_fraction)
     final = cache / key
@@ -243,7 +244,7 @@ def _prepare_split(source, tokenizer, cache: epath.Path, key: str, val_fraction,
         if not group.all_true(error is None):
             if error is not None:
                 raise error
-            raise RuntimeError(f"tokenizing {source.name!r} failed on another process (see its log)")
+            raise LmjaxError(f"tokenizing {source.name!r} failed on another process (see its log)")
         if group.index == 0:
             try:
                 counts = [json.loads((parts / f"part-{i:05d}.json").read_text())["n_tokens"]
@@ -271,7 +272,7 @@ def _prepare_split(source, tokenizer, cache: epath.Path, key: str, val_fraction,
         if not group.all_true(error is None):
             if error is not None:
                 raise error
-            raise RuntimeError(f"assembling the token shards of {source.name!r} failed on process 0 (see its log)")
+            raise LmjaxError(f"assembling the token shards of {source.name!r} failed on process 0 (see its log)")
     return _load(cache / key, cached=False)
 
 
@@ -306,7 +307,7 @@ def _tokenize(out_path: str, source: TextSource, indices, tokenizer: Tokenizer, 
             return
         ids = np.concatenate(buffer)
         if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-            raise ValueError(f"tokenizer produced an id outside [0, {vocab_size}) while tokenizing {source.name!r}")
+            raise LmjaxError(f"tokenizer produced an id outside [0, {vocab_size}) while tokenizing {source.name!r}")
         f.write(ids.astype(dtype).tobytes())
         n_tokens += ids.size
         buffer, buffered = [], 0
@@ -336,7 +337,7 @@ def _chunks(path, dtype: np.dtype, n: int):
             count = min(_CHUNK_TOKENS, n - start)
             data = f.read(count * dtype.itemsize)
             if len(data) != count * dtype.itemsize:
-                raise ValueError(f"token stream {os.fspath(path)!r} is shorter than its {n} tokens")
+                raise LmjaxError(f"token stream {os.fspath(path)!r} is shorter than its {n} tokens")
             yield np.frombuffer(data, dtype=dtype)
 
 
@@ -362,7 +363,7 @@ def _finish_entry(out_dir: str, streams, source: TextSource, tokenizer: Tokenize
         _sync(train)
         _sync(val)
     if n_bytes[0] + n_bytes[1] == 0:
-        raise ValueError(f"data source {source.name!r} ({len(source.paths)} files) contains no text to tokenize")
+        raise LmjaxError(f"data source {source.name!r} ({len(source.paths)} files) contains no text to tokenize")
     meta = {
         "format": FORMAT_VERSION,
         "source": source.name,
@@ -402,7 +403,7 @@ def _load(entry, *, cached: bool, mmap: bool | None = None) -> TokenData:
     entry = _epath(entry)
     meta_path = entry / "meta.json"
     if not meta_path.exists():
-        raise ValueError(f"token cache entry {os.fspath(entry)!r} exists but has no meta.json, so it was not "
+        raise LmjaxError(f"token cache entry {os.fspath(entry)!r} exists but has no meta.json, so it was not "
                          "written by lmjax; delete it and run again")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     dtype = np.dtype(meta["dtype"])
@@ -415,7 +416,7 @@ def _load(entry, *, cached: bool, mmap: bool | None = None) -> TokenData:
 def _open_tokens(path: epath.Path, dtype: np.dtype, n: int, mmap: bool):
     size = path.stat().length
     if size != n * dtype.itemsize:
-        raise ValueError(f"token file {os.fspath(path)!r} has {size} bytes, expected {n} {dtype.name} tokens; "
+        raise LmjaxError(f"token file {os.fspath(path)!r} has {size} bytes, expected {n} {dtype.name} tokens; "
                          "the cache entry is corrupt: delete its directory and run again")
     if n == 0:
         return np.zeros(0, dtype=dtype)  # mmap can't map an empty file

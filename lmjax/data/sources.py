@@ -21,6 +21,7 @@ from typing import Iterator
 from etils import epath
 
 from lmjax.data import reference
+from lmjax.errors import LmjaxError, MissingFileError
 
 STDLIB = "stdlib"
 _STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
@@ -122,7 +123,7 @@ def stdlib_paths() -> tuple[str, ...]:
 def text_source(spec: str) -> TextSource:
     """Resolve a spec (see the module docstring) to a :class:`TextSource`."""
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"data source spec must be a non-empty string, got {spec!r}")
+        raise LmjaxError(f"data source spec must be a non-empty string, got {spec!r}")
     if spec == STDLIB:
         return TextSource(name=STDLIB, paths=stdlib_paths())
     spec = reference.resolve(spec, "data.source")
@@ -130,7 +131,7 @@ def text_source(spec: str) -> TextSource:
     if not _is_local(spec):
         files = _remote_files(spec)
         if not files:
-            raise FileNotFoundError(f"data source {spec!r} matched no files (a file, a directory or a glob on the bucket)")
+            raise MissingFileError(f"data source {spec!r} matched no files (a file, a directory or a glob on the bucket)")
         return TextSource(name=spec, paths=tuple(sorted(files)))
 
     path = os.path.expanduser(spec)
@@ -149,7 +150,7 @@ def text_source(spec: str) -> TextSource:
         files = set()
 
     if not files:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"data source {spec!r} matched no files; expected 'stdlib' (the Python standard "
             "library's .py files), an existing file, a directory containing files, or a glob "
             "pattern such as 'data/*.txt' or 'data/**/*.md'")

@@ -9,6 +9,7 @@ import base64
 
 from lmjax.data.hf_tokenizer import HFTokenizer
 from lmjax.data.tokenizers import KINDS, ByteTokenizer, CharTokenizer, SentencePieceTokenizer, Tokenizer
+from lmjax.errors import LmjaxError
 
 
 def tokenizer_from_json(d: dict) -> Tokenizer:
@@ -22,4 +23,4 @@ def tokenizer_from_json(d: dict) -> Tokenizer:
         return SentencePieceTokenizer(base64.b64decode(d["model"]))
     if kind == "hf":  # a Hugging Face tokenizer.json, imported with its model (lmjax.hf)
         return HFTokenizer.from_json(d)
-    raise ValueError(f"unknown tokenizer kind {kind!r} in tokenizer JSON; expected one of {KINDS + ('hf',)}")
+    raise LmjaxError(f"unknown tokenizer kind {kind!r} in tokenizer JSON; expected one of {KINDS + ('hf',)}")

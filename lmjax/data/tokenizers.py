@@ -18,6 +18,8 @@ from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
+from lmjax.errors import LmjaxError, MissingFileError
+
 KINDS = ("byte", "char", "sentencepiece")
 SP_MODEL_TYPES = ("bpe", "unigram")
 _SP_TRAIN_THREADS = 8
@@ -47,15 +49,15 @@ def as_id_array(ids, vocab_size: int) -> np.ndarray:
     arr = np.asarray(ids, dtype=np.int64).reshape(-1)
     if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
         bad = int(arr[(arr < 0) | (arr >= vocab_size)][0])
-        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+        raise LmjaxError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
     return arr
 
 
 def _with_specials(ids: np.ndarray, bos: int | None, eos: int | None, add_bos: bool, add_eos: bool):
     if add_bos and bos is None:
-        raise ValueError("add_bos=True but this tokenizer has no BOS token")
+        raise LmjaxError("add_bos=True but this tokenizer has no BOS token")
     if add_eos and eos is None:
-        raise ValueError("add_eos=True but this tokenizer has no EOS token")
+        raise LmjaxError("add_eos=True but this tokenizer has no EOS token")
     if not (add_bos or add_eos):
         return ids
     parts = ([np.array([bos])] if add_bos else []) + [ids] + ([np.array([eos])] if add_eos else [])
@@ -109,9 +111,9 @@ class CharTokenizer:
         chars = sorted(set(chars))
         for c in chars:
             if not isinstance(c, str) or len(c) != 1:
-                raise ValueError(f"CharTokenizer characters must be 1-character strings, got {c!r}")
+                raise LmjaxError(f"CharTokenizer characters must be 1-character strings, got {c!r}")
         if not chars:
-            raise ValueError("CharTokenizer needs at least one character (was the training text empty?)")
+            raise LmjaxError("CharTokenizer needs at least one character (was the training text empty?)")
         self.chars: tuple[str, ...] = tuple(chars)
         n = len(chars)
         self.bos_id, self.eos_id, self.pad_id = n, n + 1, n + 2
@@ -135,7 +137,7 @@ class CharTokenizer:
         ok[ok] = self._codepoints[ids[ok]] == cps[ok]
         if not ok.all():
             c = chr(int(cps[~ok][0]))
-            raise ValueError(
+            raise LmjaxError(
                 f"character {c!r} (U+{ord(c):04X}) is not in the char tokenizer's vocabulary of "
                 f"{len(self.chars)} characters; build the tokenizer from text that contains it, "
                 "or use the byte or sentencepiece tokenizer")
@@ -188,7 +190,7 @@ class SentencePieceTokenizer:
     def load(cls, model_path: str) -> "SentencePieceTokenizer":
         path = os.path.expanduser(model_path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"sentencepiece model_path {model_path!r} is not a file")
+            raise MissingFileError(f"sentencepiece model_path {model_path!r} is not a file")
         with open(path, "rb") as f:
             return cls(f.read())
 
@@ -222,7 +224,7 @@ class SentencePieceTokenizer:
             )
         except RuntimeError as e:
             # e.g. "Vocabulary size is too high": say which knob to turn.
-            raise ValueError(f"sentencepiece training failed (vocab_size={vocab_size}, "
+            raise LmjaxError(f"sentencepiece training failed (vocab_size={vocab_size}, "
                              f"model_type={model_type!r}): {e}") from e
         return cls(model.getvalue())
 
@@ -282,24 +284,24 @@ def build_tokenizer(kind: str, *, texts: Callable[[], Iterable[str]] | None = No
       ``vocab_size`` ids on at most ``max_train_bytes`` of ``texts()``.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
+        raise LmjaxError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
     if model_type not in SP_MODEL_TYPES:
-        raise ValueError(f"unknown sentencepiece model_type {model_type!r}; expected one of {SP_MODEL_TYPES}")
+        raise LmjaxError(f"unknown sentencepiece model_type {model_type!r}; expected one of {SP_MODEL_TYPES}")
     if kind == "byte":
         return ByteTokenizer()
     if kind == "char":
         if texts is None:
-            raise ValueError("the char tokenizer is built from text: pass texts=<callable returning documents>")
+            raise LmjaxError("the char tokenizer is built from text: pass texts=<callable returning documents>")
         return CharTokenizer.from_texts(texts())
     if model_path is not None:
         return SentencePieceTokenizer.load(model_path)
     if texts is None:
-        raise ValueError("training a sentencepiece tokenizer needs texts=<callable returning documents> "
+        raise LmjaxError("training a sentencepiece tokenizer needs texts=<callable returning documents> "
                          "(or pass model_path=<file.model> to load one)")
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size <= 0:
-        raise ValueError(f"training a sentencepiece tokenizer needs a positive integer vocab_size, "
+        raise LmjaxError(f"training a sentencepiece tokenizer needs a positive integer vocab_size, "
                          f"got {vocab_size!r} (byte fallback alone uses 260 ids, so try >= 300)")
     if max_train_bytes <= 0:
-        raise ValueError(f"max_train_bytes must be positive, got {max_train_bytes!r}")
+        raise LmjaxError(f"max_train_bytes must be positive, got {max_train_bytes!r}")
     return SentencePieceTokenizer.train(texts(), vocab_size=vocab_size, model_type=model_type,
                                         max_train_bytes=max_train_bytes)

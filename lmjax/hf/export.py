@@ -18,6 +18,7 @@ import tempfile
 import jax
 import numpy as np
 
+from lmjax.errors import LmjaxError, PathExistsError
 from lmjax.hf.families import family_for_config
 from lmjax.hf.safetensors_io import INDEX_FILE, SINGLE_FILE, write_file
 from lmjax.data.hf_tokenizer import write_tokenizer
@@ -36,7 +37,7 @@ def _param(params, cfg: ModelConfig, path: str):
     for p in parts:
         node = node[p]
     if not getattr(node, "is_fully_addressable", True):
-        raise ValueError(f"parameter {path} is not fully addressable from this process: export from one process")
+        raise LmjaxError(f"parameter {path} is not fully addressable from this process: export from one process")
     array = np.asarray(jax.device_get(node[layer] if layer is not None else node))
     return array
 
@@ -57,7 +58,7 @@ def hf_tensors(cfg: ModelConfig, params, dtype=None):
         for path, link in items:
             block = _param(params, cfg, path)
             if block.shape != link.shape:
-                raise ValueError(f"parameter {path} has shape {block.shape}, the config implies {link.shape}")
+                raise LmjaxError(f"parameter {path} has shape {block.shape}, the config implies {link.shape}")
             squeezed = (1,) * (len(link.full_perm) - len(link.perm))
             block = block.reshape(block.shape + squeezed).transpose(np.argsort(link.full_perm)).reshape(link.block_shape)
             if link.part is None:
@@ -93,7 +94,7 @@ def export_hf(out_dir: str, cfg: ModelConfig, params, tokenizer=None, *, dtype=N
     family = family_for_config(cfg)
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise ValueError(f"{out_dir} already exists and is not empty: choose a new directory")
+        raise PathExistsError(f"{out_dir} already exists and is not empty: choose a new directory")
     entries, produce = hf_tensors(cfg, params, dtype)
     out_dtype = np.dtype(dtype or cfg.param_dtype)
     hf_config = family.config_to_hf(cfg)

@@ -27,10 +27,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from lmjax.errors import LmjaxError
 from lmjax.model import ModelConfig
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(LmjaxError):
     """The checkpoint (or lmjax config) uses something lmjax cannot represent exactly."""
 
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmjax import sharding as sharding_lib
+from lmjax.errors import LmjaxError, MissingFileError
 from lmjax.hf.families import Link, UnsupportedModel, family_for_hf
 from lmjax.hf.safetensors_io import Checkpoint
 from lmjax.model import ModelConfig, Transformer
@@ -33,9 +34,9 @@ CONFIG_FILE = "config.json"
 def read_hf_config(directory: str) -> dict:
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{directory} is not a directory (expected a Hugging Face model directory)")
+        raise MissingFileError(f"{directory} is not a directory (expected a Hugging Face model directory)")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{directory} has no {CONFIG_FILE}: not a Hugging Face model directory")
+        raise MissingFileError(f"{directory} has no {CONFIG_FILE}: not a Hugging Face model directory")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -97,7 +98,7 @@ def plan(directory: str, cfg: ModelConfig | None = None, *, dtype: str = "float3
             problems.append(f"unexpected tensor(s) {shown}: {hf.get('architectures')} as lmjax reads it has no "
                             "place for them (a variant lmjax does not implement?)")
         if problems:
-            raise ValueError(f"cannot import {directory}:\n  " + "\n  ".join(problems))
+            raise LmjaxError(f"cannot import {directory}:\n  " + "\n  ".join(problems))
     except BaseException:
         ckpt.close()
         raise

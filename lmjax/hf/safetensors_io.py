@@ -23,6 +23,8 @@ from typing import Callable, Iterable
 import ml_dtypes
 import numpy as np
 
+from lmjax.errors import LmjaxError, MissingFileError
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -41,7 +43,7 @@ def dtype_name(dtype) -> str:
     try:
         return _NAMES[np.dtype(dtype)]
     except KeyError:
-        raise ValueError(f"dtype {dtype} has no safetensors equivalent") from None
+        raise LmjaxError(f"dtype {dtype} has no safetensors equivalent") from None
 
 
 class TensorInfo:
@@ -98,7 +100,7 @@ class Checkpoint:
             with open(index, encoding="utf-8") as f:
                 weight_map = json.load(f).get("weight_map")
             if not isinstance(weight_map, dict):
-                raise ValueError(f"{index} has no weight_map")
+                raise LmjaxError(f"{index} has no weight_map")
             files = sorted(set(weight_map.values()))
         elif os.path.isfile(single):
             weight_map, files = None, [SINGLE_FILE]
@@ -106,20 +108,20 @@ class Checkpoint:
             found = sorted(n for n in os.listdir(directory) if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
             hint = (f" (it has {found}: PyTorch pickles, which lmjax does not read; re-save the model with "
                     "save_pretrained(..., safe_serialization=True))") if found else ""
-            raise FileNotFoundError(f"{directory}: neither {SINGLE_FILE} nor {INDEX_FILE} found{hint}")
+            raise MissingFileError(f"{directory}: neither {SINGLE_FILE} nor {INDEX_FILE} found{hint}")
         self.tensors: dict[str, TensorInfo] = {}
         self._data_start: dict[str, int] = {}
         for name in files:
             path = os.path.join(directory, name)
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{INDEX_FILE} lists {name}, which is not in {directory}")
+                raise MissingFileError(f"{INDEX_FILE} lists {name}, which is not in {directory}")
             tensors, start, _ = read_header(path)
             self._data_start[path] = start
             self.tensors.update(tensors)
         if weight_map is not None:
             missing = sorted(n for n in weight_map if n not in self.tensors)
             if missing:
-                raise ValueError(f"{INDEX_FILE} lists tensors no shard holds: {missing[:5]}")
+                raise LmjaxError(f"{INDEX_FILE} lists tensors no shard holds: {missing[:5]}")
         self._maps: dict[str, mmap.mmap] = {}
         self._fds: dict[str, int] = {}
 
@@ -170,7 +172,7 @@ class Checkpoint:
         while done < buf.size:
             n = os.preadv(fd, [buf[done:]], offset + done)
             if n <= 0:
-                raise ValueError(f"{t.file}: unexpected end of file reading tensor {name!r}")
+                raise LmjaxError(f"{t.file}: unexpected end of file reading tensor {name!r}")
             done += n
         return out
 
@@ -245,6 +247,6 @@ def write_file(path: str, entries: Iterable[tuple[str, tuple[int, ...], np.dtype
         for name, shape, dtype in entries:
             array = np.ascontiguousarray(produce(name))
             if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
-                raise ValueError(f"tensor {name}: produced {array.shape} {array.dtype}, header says "
+                raise LmjaxError(f"tensor {name}: produced {array.shape} {array.dtype}, header says "
                                  f"{tuple(shape)} {np.dtype(dtype)}")
             f.write(array.reshape(-1).view(np.uint8).data)  # raw bytes, any dtype (bfloat16 too)

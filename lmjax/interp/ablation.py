@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax.errors import LmjaxError
 from lmjax.interp import compiling, weights
 from lmjax.interp.metrics import as_metric, run_metric
 
@@ -53,7 +54,7 @@ def _targets(model, heads=(), neurons=(), mlps=(), mixers=(), layers=()):
     def need(layer, suffix):
         name = weights.layer_point(model, layer, suffix)
         if name is None:
-            raise ValueError(f"layer {layer} has no {suffix} to ablate")
+            raise LmjaxError(f"layer {layer} has no {suffix} to ablate")
         return name
 
     for l, h in heads:
@@ -67,7 +68,7 @@ def _targets(model, heads=(), neurons=(), mlps=(), mixers=(), layers=()):
     for l in list(mixers) + list(layers):
         name = weights.mixer_out(model, l)
         if name is None:
-            raise ValueError(f"layer {l} has no mixer output to ablate")
+            raise LmjaxError(f"layer {l} has no mixer output to ablate")
         out[name] = np.ones(1, np.float32)
     return out
 
@@ -77,14 +78,14 @@ def _replacements(model, params, names, tokens, method, reference, key):
     if method == "zero":
         return {n: jnp.zeros(()) for n in names}
     if reference is None:
-        raise ValueError(f"{method} ablation needs reference tokens")
+        raise LmjaxError(f"{method} ablation needs reference tokens")
     _, cache = compiling.run_with_cache(model, params, reference, names)
     if method == "mean":
         return {n: cache[n].mean(axis=(0, 1), keepdims=True) for n in names}
     b = tokens.shape[0]
     rows = jax.random.randint(key, (b,), 0, reference.shape[0])
     if reference.shape[1] != tokens.shape[1]:
-        raise ValueError("resample ablation needs reference rows as long as the tokens")
+        raise LmjaxError("resample ablation needs reference rows as long as the tokens")
     return {n: cache[n][rows] for n in names}
 
 
@@ -101,7 +102,7 @@ def ablate(model, params, tokens, metric, *, heads=(), neurons=(), mlps=(), mixe
     heads: [(layer, head)]; neurons: [(layer, index)]; mlps / mixers / layers: [layer].
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise LmjaxError(f"method must be one of {METHODS}, got {method!r}")
     tokens = jnp.asarray(tokens)
     masks = _targets(model, heads, neurons, mlps, mixers, layers)
     values = _replacements(model, params, masks, tokens, method, reference, jax.random.key(seed))

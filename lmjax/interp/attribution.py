@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax.errors import LmjaxError
 from lmjax.interp import compiling
 from lmjax.interp.metrics import as_metric, run_metric
 from lmjax.interp.patching import POINTS, point_name
@@ -55,7 +56,7 @@ def attribution_patching(model, params, clean_tokens, corrupt_tokens, metric,
     out = {"clean": m_clean, "corrupt": m_corrupt}
     for p in points:
         if p not in POINTS:
-            raise ValueError(f"unknown point {p!r}; choose from {sorted(POINTS)}")
+            raise LmjaxError(f"unknown point {p!r}; choose from {sorted(POINTS)}")
         shape = next((np.shape(scores[n]) for (q, _), n in names.items() if q == p and n), None)
         if shape is None:
             continue

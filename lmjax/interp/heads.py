@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax.errors import LmjaxError
 from lmjax.interp import compiling, ssm, weights
 
 KINDS = ("previous_token", "duplicate_token", "induction")
@@ -101,7 +102,7 @@ def parse_label(label: str) -> tuple[int, int]:
     """(layer, head) of a `head_label` ("L1H3" -> (1, 3), "L0ssm" -> (0, 0), "L0ssm2" -> (0, 2))."""
     m = re.fullmatch(r"L(\d+)(?:H(\d+)|ssm(\d*)|[a-z]+)", label)
     if m is None:
-        raise ValueError(f"not a head label: {label!r} (expected e.g. 'L1H3' or 'L0ssm')")
+        raise LmjaxError(f"not a head label: {label!r} (expected e.g. 'L1H3' or 'L0ssm')")
     return int(m.group(1)), int(m.group(2) or m.group(3) or 0)
 
 

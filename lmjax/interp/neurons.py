@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from lmjax.errors import LmjaxError
 from lmjax.interp import compiling
 
 
@@ -44,7 +45,7 @@ def activations_along(model, params, tokens, hook: str, neuron=None, direction=N
     unit_shape = probe[hook].shape[2:]  # shapes only: traced, never run
     if direction is None:
         if neuron is None:
-            raise ValueError("give a neuron index or a direction")
+            raise LmjaxError("give a neuron index or a direction")
         direction = np.zeros(unit_shape, np.float32)
         direction[neuron] = 1.0
     direction = jnp.asarray(direction, jnp.float32).reshape(unit_shape)

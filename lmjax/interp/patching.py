@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax.errors import LmjaxError
 from lmjax.interp import compiling, weights
 from lmjax.interp.metrics import as_metric, run_metric
 
@@ -48,7 +49,7 @@ class Patching:
 
 def point_name(model, layer: int, point: str) -> str | None:
     if point not in POINTS:
-        raise ValueError(f"unknown patching point {point!r}; choose from {sorted(POINTS)}")
+        raise LmjaxError(f"unknown patching point {point!r}; choose from {sorted(POINTS)}")
     return weights.layer_point(model, layer, POINTS[point])
 
 
@@ -70,7 +71,7 @@ def _cell_masks(act_shape, point: str, per: str) -> np.ndarray:
             return np.broadcast_to(np.eye(h, dtype=bool)[:, None, :], (h, t, h)).copy()
         return np.eye(t * h, dtype=bool).reshape(t * h, t, h)
     if per == "head":
-        raise ValueError(f"per='head' needs point='z', not {point!r}")
+        raise LmjaxError(f"per='head' needs point='z', not {point!r}")
     return np.ones((1, t), bool) if per == "layer" else np.eye(t, dtype=bool)
 
 
@@ -124,18 +125,18 @@ def activation_patching_points(model, params, clean_tokens, corrupt_tokens, metr
     """{point: Patching} for several points (e.g. resid_pre, attn_out, z), all from one
     compiled call (the clean and corrupted runs shared). Arguments as `activation_patching`."""
     if per not in PER:
-        raise ValueError(f"per must be one of {PER}, got {per!r}")
+        raise LmjaxError(f"per must be one of {PER}, got {per!r}")
     plan = []
     for point in points:
         chosen = [l for l in range(model.cfg.n_layer) if point_name(model, l, point)] if layers is None else layers
         chosen = tuple(int(l) for l in chosen)
         missing = [l for l in chosen if point_name(model, l, point) is None]
         if not chosen or missing:
-            raise ValueError(f"point {point!r} is not in layer(s) {missing or 'any'} of this model")
+            raise LmjaxError(f"point {point!r} is not in layer(s) {missing or 'any'} of this model")
         plan.append((point, chosen))
     clean_tokens, corrupt_tokens = jnp.asarray(clean_tokens), jnp.asarray(corrupt_tokens)
     if clean_tokens.shape != corrupt_tokens.shape:
-        raise ValueError(f"clean {clean_tokens.shape} and corrupted {corrupt_tokens.shape} tokens differ in shape")
+        raise LmjaxError(f"clean {clean_tokens.shape} and corrupted {corrupt_tokens.shape} tokens differ in shape")
     values, m_clean, m_corrupt = _heatmap(model, params, clean_tokens, corrupt_tokens, as_metric(metric),
                                           tuple(plan), per, jnp.asarray(bool(denoise)), batch_size)
     m_clean, m_corrupt = float(m_clean), float(m_corrupt)

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from lmjax.errors import LmjaxError
 from lmjax.interp import compiling, weights
 
 UPOS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN",
@@ -147,7 +148,7 @@ def align_words(tokenizer, sentence: Sentence, which: str = "last", add_bos: boo
     in the sentence text. A word not found (or a text the tokenizer normalises, so that the
     lengths do not add up) maps to -1."""
     if which not in ("first", "last"):
-        raise ValueError(f"which must be 'first' or 'last', got {which!r}")
+        raise LmjaxError(f"which must be 'first' or 'last', got {which!r}")
     lengths = _token_lengths(tokenizer)
     ids = tokenizer.encode(sentence.text)
     ends = np.cumsum(lengths[np.asarray(ids, np.int64)]) if ids else np.zeros(0, np.int64)

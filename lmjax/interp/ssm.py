@@ -26,6 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lmjax.errors import LmjaxError
 from lmjax.interp import compiling, weights
 
 SCAN_POINTS = ("hook_conv", "hook_delta", "hook_B", "hook_C", "hook_ssm_out")
@@ -40,7 +41,7 @@ def mamba_layers(model, layers=None) -> list[int]:
 def _check_mamba(model, layers):
     bad = [l for l in layers if l not in mamba_layers(model, [l])]
     if bad:
-        raise ValueError(f"layer(s) {bad} are not Mamba layers; this model's Mamba layers are {mamba_layers(model)}")
+        raise LmjaxError(f"layer(s) {bad} are not Mamba layers; this model's Mamba layers are {mamba_layers(model)}")
 
 
 def ssm_parameters(params, layer: int):
@@ -117,7 +118,7 @@ def as_pattern(alpha, groups: int = 1):
     over each group's channels, each query row normalised to sum 1 (causal, non-negative)."""
     b, c, t, s = alpha.shape
     if groups < 1 or c % groups:
-        raise ValueError(f"groups must divide the {c} channels, got {groups}")
+        raise LmjaxError(f"groups must divide the {c} channels, got {groups}")
     mass = jnp.abs(alpha).reshape(b, groups, c // groups, t, s).mean(2)
     total = mass.sum(-1, keepdims=True)
     return jnp.where(total > 0, mass / jnp.where(total > 0, total, 1.0), 0.0)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import meta
 
+from lmjax.errors import LmjaxError
 from lmjax.model import hook_names
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
@@ -31,7 +32,7 @@ def layer_params(params, layer: int):
         return params[f"blocks_{layer}"]
     if "blocks" in params:  # scanned: every leaf stacked over layers
         return jax.tree.map(lambda x: x[layer], params["blocks"]["block"])
-    raise KeyError(f"no parameters for layer {layer} (keys: {sorted(params)})")
+    raise LmjaxError(f"no parameters for layer {layer} (keys: {sorted(params)})")
 
 
 def w_o(params, layer: int):

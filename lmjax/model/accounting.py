@@ -20,6 +20,7 @@ import math
 
 import jax
 
+from lmjax.errors import LmjaxError
 from lmjax.model.config import ModelConfig
 from lmjax.model.transformer import Transformer
 
@@ -36,7 +37,7 @@ def _mixer_matrices(cfg: ModelConfig, mixer: str) -> int:
         return d * gates * h + h * gates * h + h * d  # input, recurrent, out_proj
     if mixer == "conv":
         return cfg.conv_width * d * 2 * d + d * d  # the convolution's kernel, out_proj
-    raise ValueError(f"unknown mixer {mixer!r}")
+    raise LmjaxError(f"unknown mixer {mixer!r}")
 
 
 def _mlp_matrices(cfg: ModelConfig) -> int:

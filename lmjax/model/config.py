@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from lmjax.errors import LmjaxError
+
 POS_EMBEDDINGS = ("learned", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
@@ -112,7 +114,7 @@ class ModelConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
         if unknown:
-            raise ValueError(f"model: unknown keys {unknown}; allowed: {sorted(fields)}")
+            raise LmjaxError(f"model: unknown keys {unknown}; allowed: {sorted(fields)}")
         return cls(**dict(d))
 
     def problems(self) -> list[str]:

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmjax.errors import LmjaxError
 from lmjax.model.attention import Attention
 from lmjax.model.config import ModelConfig
 from lmjax.model.hooks import HOOK_COLLECTION, LAYER_WILDCARD, Hooks, collect_cache, hook
@@ -169,7 +170,7 @@ class Transformer(nn.Module):
         known = set(hook_names(self.cfg))
         unknown = sorted(set(names) - known) + sorted(set(interventions or {}) - known)
         if unknown:
-            raise ValueError(
+            raise LmjaxError(
                 f"unknown hook point(s) {unknown}; this model names {len(known)} points, "
                 f"e.g. {hook_names(self.cfg)[:4]} ... (see lmjax.model.hook_names)"
             )

@@ -27,6 +27,8 @@ import numpy as np
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
+from lmjax.errors import LmjaxError
+
 # Hoffmann et al.'s grid of initialisations (the Epoch replication uses the same).
 DEFAULT_GRID = {
     "alpha": np.arange(0.0, 2.01, 0.5),
@@ -44,14 +46,14 @@ def check_points(n_points: int, minimum: int, **columns) -> dict[str, np.ndarray
     for name, values in columns.items():
         x = np.asarray(values, dtype=np.float64)
         if x.ndim != 1 or len(x) != n_points:
-            raise ValueError(f"{name}: expected {n_points} values, got shape {x.shape}")
+            raise LmjaxError(f"{name}: expected {n_points} values, got shape {x.shape}")
         bad = ~np.isfinite(x) | (x <= 0)
         if bad.any():
-            raise ValueError(f"{name}: {int(bad.sum())} value(s) not positive and finite, e.g. row "
+            raise LmjaxError(f"{name}: {int(bad.sum())} value(s) not positive and finite, e.g. row "
                              f"{int(np.argmax(bad))} = {x[bad][0]!r}; scaling fits take logs")
         out[name] = x
     if n_points < minimum:
-        raise ValueError(f"{n_points} points are too few for this fit: it needs at least {minimum}")
+        raise LmjaxError(f"{n_points} points are too few for this fit: it needs at least {minimum}")
     return out
 
 
@@ -203,7 +205,7 @@ def fit_isoflop(N, D, L, C=None, *, budgets=None, rtol: float = 0.05, window: in
     from its minimum. A minimum outside the sizes fitted is an error: the runs do not
     bracket the optimum."""
     if window and window < 3:
-        raise ValueError(f"window: a parabola needs at least 3 runs, got {window}")
+        raise LmjaxError(f"window: a parabola needs at least 3 runs, got {window}")
     n = len(np.atleast_1d(L))
     cols = check_points(n, 6, N=N, D=D, loss=L, **({"C": C} if C is not None else {}))
     compute = cols.get("C", 6 * cols["N"] * cols["D"])
@@ -213,18 +215,18 @@ def fit_isoflop(N, D, L, C=None, *, budgets=None, rtol: float = 0.05, window: in
     for budget in budgets:
         members = np.abs(compute / budget - 1) <= rtol
         if members.sum() < 3:
-            raise ValueError(f"compute budget {budget:.3g} has {int(members.sum())} run(s); a parabola needs >= 3")
+            raise LmjaxError(f"compute budget {budget:.3g} has {int(members.sum())} run(s); a parabola needs >= 3")
         x, y, log_d = np.log(cols["N"][members]), cols["loss"][members], np.log(cols["D"][members])
         if window:
             near = np.argsort(np.abs(x - x[np.argmin(y)]))[:window]
             x, y, log_d = x[near], y[near], log_d[near]
         c2, c1, c0 = np.polyfit(x, y, 2)
         if c2 <= 0:
-            raise ValueError(f"compute budget {budget:.3g}: loss is not convex in log N (no minimum); "
+            raise LmjaxError(f"compute budget {budget:.3g}: loss is not convex in log N (no minimum); "
                              "add sizes on both sides of the optimum")
         x_opt = -c1 / (2 * c2)
         if not x.min() <= x_opt <= x.max():
-            raise ValueError(f"compute budget {budget:.3g}: the parabola's minimum N = {np.exp(x_opt):.3g} lies "
+            raise LmjaxError(f"compute budget {budget:.3g}: the parabola's minimum N = {np.exp(x_opt):.3g} lies "
                              f"outside the sizes fitted ({np.exp(x.min()):.3g} to {np.exp(x.max()):.3g}); "
                              "add sizes on that side or fit a narrower window")
         # D_opt from the runs' own tokens (log D against log N, interpolated): C / (6 N_opt)
@@ -252,7 +254,7 @@ def isoflop_leave_one_out(N, D, L, C=None, *, rtol: float = 0.05, window: int = 
             continue
         a.append(fit.n_law.exponent), b.append(fit.d_law.exponent), tpp.extend(fit.tokens_per_parameter)
     if not a:
-        raise ValueError("no leave-one-out refit succeeded: every run is needed for a minimum")
+        raise LmjaxError("no leave-one-out refit succeeded: every run is needed for a minimum")
     return {"refits": len(a), "of": len(L), "a": (min(a), max(a)), "b": (min(b), max(b)),
             "tokens_per_parameter": (min(tpp), max(tpp))}
 
@@ -271,7 +273,7 @@ def fit_envelope(N, D, L, C=None, *, bins_per_decade: int = 4) -> OptimalAllocat
         j = i[np.argmin(cols["loss"][i])]
         rows.append((float(compute[j]), float(cols["N"][j]), float(cols["D"][j]), float(cols["loss"][j])))
     if len(rows) < 2:
-        raise ValueError("all points fall in one compute bin: approach 1 needs a range of compute")
+        raise LmjaxError("all points fall in one compute bin: approach 1 needs a range of compute")
     return _allocation(rows)
 
 

@@ -33,6 +33,9 @@ import time
 from typing import Callable
 
 from lmjax.config import load_config, model_config
+from lmjax.data.sources import text_source
+from lmjax.data.tokenizers import build_tokenizer
+from lmjax.errors import LmjaxError
 from lmjax.model import accounting
 from lmjax.scaling.probes import emergence_probes
 from lmjax.train.loop import train
@@ -58,7 +61,7 @@ def shape_for(target_params: float) -> Shape:
     """The transformer shape for a target of block parameters 12 n_layer d_model^2: depth
     from an aspect ratio d_model / n_layer of 64, then the width that hits the target."""
     if target_params < 12 * 2 * 8**2:
-        raise ValueError(f"target size {target_params:.3g} is below the smallest shape (2 layers x 8 wide)")
+        raise LmjaxError(f"target size {target_params:.3g} is below the smallest shape (2 layers x 8 wide)")
     n_layer = max(2, round((target_params / (12 * ASPECT**2)) ** (1 / 3)))
     exact = math.sqrt(target_params / (12 * n_layer))
     head = _head_dim(exact)
@@ -97,7 +100,7 @@ def shape_of_width(d_model: int) -> Shape:
     """The shape rule at a given width: depth from the aspect ratio, the rule's head dimension."""
     head = _head_dim(d_model)
     if d_model % head:
-        raise ValueError(f"width {d_model} is not a multiple of the head dimension {head} the shape rule uses there")
+        raise LmjaxError(f"width {d_model} is not a multiple of the head dimension {head} the shape rule uses there")
     n_layer = max(2, round(d_model / ASPECT))
     return Shape(n_layer, d_model, d_model // head)
 
@@ -107,11 +110,11 @@ def isoflop_plan_widths(budgets, widths_per_budget, tokens_per_step: int, *,
     """An IsoFLOP plan with the widths of every budget given (a list of widths per budget):
     to bracket an optimum that a first sweep located."""
     if len(budgets) != len(widths_per_budget):
-        raise ValueError(f"{len(budgets)} budgets but {len(widths_per_budget)} lists of widths")
+        raise LmjaxError(f"{len(budgets)} budgets but {len(widths_per_budget)} lists of widths")
     runs = []
     for C, widths in zip(budgets, widths_per_budget):
         if len(set(widths)) < 3:
-            raise ValueError(f"budget {C:.3g}: an IsoFLOP profile needs at least 3 distinct widths, got {widths}")
+            raise LmjaxError(f"budget {C:.3g}: an IsoFLOP profile needs at least 3 distinct widths, got {widths}")
         for shape in map(shape_of_width, sorted(set(widths))):
             runs.append(_run(f"C{C:.2g}_L{shape.n_layer}_d{shape.d_model}", shape,
                              C / flops_per_token(shape), tokens_per_step, flops_per_token))
@@ -127,7 +130,7 @@ def isoflop_plan(budgets, sizes_per_budget: int, tokens_per_step: int, *, spread
     dozen wide are most of the compute: pass the PaLM count (lmjax.model.accounting) so
     that an IsoFLOP profile is one of equal real compute."""
     if sizes_per_budget < 3:
-        raise ValueError(f"an IsoFLOP profile needs at least 3 sizes per budget, got {sizes_per_budget}")
+        raise LmjaxError(f"an IsoFLOP profile needs at least 3 sizes per budget, got {sizes_per_budget}")
     runs = []
     for C in budgets:
         center = math.sqrt(C / (6 * tokens_per_param))
@@ -137,7 +140,7 @@ def isoflop_plan(budgets, sizes_per_budget: int, tokens_per_step: int, *, spread
             if shape not in shapes:
                 shapes.append(shape)
         if len(shapes) < 3:
-            raise ValueError(f"budget {C:.3g}: only {len(shapes)} distinct shapes; raise the budget or the spread")
+            raise LmjaxError(f"budget {C:.3g}: only {len(shapes)} distinct shapes; raise the budget or the spread")
         for shape in shapes:
             runs.append(_run(f"C{C:.2g}_L{shape.n_layer}_d{shape.d_model}", shape,
                              C / flops_per_token(shape), tokens_per_step, flops_per_token))
@@ -153,13 +156,13 @@ def read_plan(path: str) -> dict:
         plan = json.load(f)
     missing = {"config", "runs"} - set(plan)
     if missing:
-        raise ValueError(f"{path}: not a sweep plan (missing {sorted(missing)})")
+        raise LmjaxError(f"{path}: not a sweep plan (missing {sorted(missing)})")
     return plan
 
 
 def launch_commands(plan: dict, workdir: str, launcher: str = "") -> list[str]:
     """One command per run: `lmjax train ...`, or with a `launcher` prefix (e.g.
-    "python launch/tpu_pod.py run --name sweep --zone us-west4-a --accelerator-type
+    "python launch/tpu_pod.py run --name sweep --zone us-west4-a --accelerator_type
     v5litepod-16") `PREFIX --workdir DIR/RUN --config CONFIG -- OVERRIDES`."""
     out = []
     for run in plan["runs"]:
@@ -264,16 +267,24 @@ def _atomic_write(path: str, text: str) -> None:
 
 def palm_flops(config):
     """shape -> the training FLOPs per token lmjax train counts for the config at that shape."""
+    vocab = vocab_size_of(config)  # the same at every shape (it may read the data source)
 
     def flops(shape):
         c = config.copy_and_resolve_references()
         c.model.n_layer, c.model.d_model, c.model.n_head = shape.n_layer, shape.d_model, shape.n_head
-        cfg = model_config(c, vocab_size_of(c))
+        cfg = model_config(c, vocab)
         return accounting.flops_per_token(cfg, c.data.seq_len or cfg.max_len)
 
     return flops
 
 
 def vocab_size_of(config) -> int:
-    """The vocabulary a config's model will have (model.vocab_size, else its tokenizer's)."""
-    return config.model.vocab_size or {"byte": 259, "char": 65}.get(config.data.tokenizer, config.data.spm_vocab_size)
+    """The vocabulary a config's model will have: model.vocab_size, else its tokenizer's,
+    built as training builds it (the char tokenizer from the config's data source)."""
+    if config.model.vocab_size:
+        return config.model.vocab_size
+    d = config.data
+    if d.tokenizer == "sentencepiece" and not d.spm_model_path:
+        return d.spm_vocab_size  # training a sentencepiece model gives exactly this many ids
+    texts = text_source(d.source).documents if d.tokenizer == "char" else None
+    return build_tokenizer(d.tokenizer, texts=texts, model_path=d.spm_model_path or None).vocab_size
