@@ -93,6 +93,15 @@ def test_missing_input_file(capsys, tmp_path):
                "runs.csv", "no such file")
 
 
+def test_corrupt_sweep_plan(capsys, tmp_path):
+    for name, text in (("truncated.json", '{"config": "configs/quickstart.py", "ru'), ("list.json", "[1, 2]"),
+                       ("other.json", '{"runs": []}')):
+        (tmp_path / name).write_text(text)
+        error_line(capsys, ["scaling", "run", str(tmp_path / name), "--workdir", str(tmp_path / "w")],
+                   name, "not a sweep plan")
+    assert not (tmp_path / "w").exists()
+
+
 def test_chinchilla_data_needs_the_variable_or_the_flag(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("LMJAX_DATA", raising=False)
     error_line(capsys, ["scaling", "chinchilla", "--out", str(tmp_path / "c")], "LMJAX_DATA", "--data")

@@ -153,7 +153,12 @@ def write_plan(path: str, base_config: str, runs: list[dict], overrides=()) -> N
 
 def read_plan(path: str) -> dict:
     with open(path) as f:
-        plan = json.load(f)
+        try:
+            plan = json.load(f)
+        except ValueError as e:  # not JSON (or not UTF-8)
+            raise LmjaxError(f"{path}: not a sweep plan (not JSON: {e})") from None
+    if not isinstance(plan, dict):
+        raise LmjaxError(f"{path}: not a sweep plan (a JSON {type(plan).__name__}, expected an object)")
     missing = {"config", "runs"} - set(plan)
     if missing:
         raise LmjaxError(f"{path}: not a sweep plan (missing {sorted(missing)})")
