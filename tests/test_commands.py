@@ -158,6 +158,22 @@ def test_out_of_the_wrong_kind(capsys, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["d", "f.json", "runs.csv"] and a_file.read_text() == "{}"
 
 
+def test_every_out_flag_is_under_the_rule():
+    """A command with an --out option is in OUT_KINDS, so its kind is checked and documented."""
+    import argparse
+
+    def commands_with_out(parser, prefix=""):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands_with_out(sub, f"{prefix} {name}".strip())
+            elif "--out" in action.option_strings:
+                yield prefix
+
+    found = set(commands_with_out(commands.parser()))
+    assert found and found <= set(commands.OUT_KINDS), found - set(commands.OUT_KINDS)
+
+
 # ---- what is caught, and what is not ----------------------------------------------------------
 
 def test_multi_line_message_prints_as_one_line(capsys, monkeypatch):

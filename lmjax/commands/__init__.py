@@ -72,8 +72,8 @@ FILE_SUFFIXES = (".json", ".csv", ".png", ".pdf", ".svg", ".html", ".txt")
 def out_file(path: str, flag: str = "--out") -> str:
     """A --out FILE (a command that writes one file): not a directory."""
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
-        raise LmjaxError(f"{flag} {path} is a directory; this command writes one file, so {flag} takes "
-                         "the file's path")
+        what = "is a directory" if os.path.isdir(path) else "names a directory (it ends in '/')"
+        raise LmjaxError(f"{flag} {path} {what}; this command writes one file, so {flag} takes the file's path")
     return path
 
 
