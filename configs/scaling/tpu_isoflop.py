@@ -3,7 +3,7 @@ r"""A pod-scale IsoFLOP sweep (TPU v5e-16): plan it, then emit one launch comman
     lmjax scaling sweep --config configs/scaling/tpu_isoflop.py --isoflop 1e19,3e19,1e20,3e20 \
         --sizes_per_budget 5 --out sweep.json
     lmjax scaling run sweep.json --workdir gs://BUCKET/isoflop --emit \
-        --launcher "python launch/tpu_pod.py run --name isoflop --zone us-west4-a --accelerator-type v5litepod-16 --spot"
+        --launcher "python launch/tpu_pod.py run --name isoflop --zone us-west4-a --accelerator_type v5litepod-16 --spot"
 
 Each emitted line runs one point of the sweep on the pod (launch/README.md: create or
 reuse the slice, install, train on all workers, restart after preemption); collect each

@@ -4,7 +4,7 @@
     cfg, params, tokenizer = load_hf("path/to/hf_model", mesh=mesh)   # no PyTorch needed
     export_hf("path/to/out", cfg, params, tokenizer)                   # from_pretrained loads it
 
-`lmjax convert --from-hf DIR --workdir OUT` and `lmjax convert --workdir DIR --to-hf OUT`
+`lmjax convert --from_hf DIR --workdir OUT` and `lmjax convert --workdir DIR --to_hf OUT`
 do the same from the command line (`workdirs` is the library side of it). Module map:
 `safetensors_io` reads and writes the file format with NumPy, `families` maps configs and
 tensor names, `load` imports slice by slice into the target sharding, `export` writes.

@@ -38,7 +38,13 @@ def read_hf_config(directory: str) -> dict:
     if not os.path.isfile(path):
         raise MissingFileError(f"{directory} has no {CONFIG_FILE}: not a Hugging Face model directory")
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise LmjaxError(f"{path} is not valid JSON ({e}): not a Hugging Face config") from None
+    if not isinstance(config, dict):
+        raise LmjaxError(f"{path} holds a JSON {type(config).__name__}, not an object: not a Hugging Face config")
+    return config
 
 
 def import_config(directory: str, *, dtype: str = "float32", scan_layers: bool = False) -> ModelConfig:

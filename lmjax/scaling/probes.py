@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax.errors import LmjaxError
 from lmjax.interp.heads import induction_score, ranked, repeated_tokens
 
 PROBE_COLUMNS = ("icl_score", "induction_score", "induction_head", "copy_gain")
@@ -37,14 +38,14 @@ def _windows(stream, seq_len: int, batch: int, seed: int) -> np.ndarray:
     """`batch` windows of seq_len + 1 tokens at seeded offsets into a token stream."""
     stream = np.asarray(stream)
     if len(stream) < seq_len + 2:
-        raise ValueError(f"probe text has {len(stream)} tokens; the ICL probe needs more than seq_len + 1 = {seq_len + 1}")
+        raise LmjaxError(f"probe text has {len(stream)} tokens; the ICL probe needs more than seq_len + 1 = {seq_len + 1}")
     starts = np.random.RandomState(seed).randint(0, len(stream) - seq_len - 1, batch)
     return np.stack([stream[s:s + seq_len + 1] for s in starts]).astype(np.int32)
 
 
 def icl_score(model, params, val_tokens, seq_len: int, batch: int = 32, seed: int = 0) -> float:
     if seq_len < 32:
-        raise ValueError(f"the ICL probe compares early and late positions: seq_len must be >= 32, got {seq_len}")
+        raise LmjaxError(f"the ICL probe compares early and late positions: seq_len must be >= 32, got {seq_len}")
     losses = np.asarray(_position_losses(model, params, jnp.asarray(_windows(val_tokens, seq_len, batch, seed))))
     # losses[i] predicts token i + 1 from the i + 1 tokens before it
     early = losses[seq_len // 16 - 1: seq_len // 8 - 1].mean()
