@@ -4,52 +4,26 @@ the report in a real headless Chromium (Debian's `chromium`, installed by .ci/ru
 console errors, every section and figure in the DOM, the page's own script ran (it marks
 <body data-rendered="ok"> and counts decoded images).
 
-The commands run through lmjax.commands.main in one subprocess on one CPU device: without the 8
-simulated devices of the test session, training compiles (and checkpoints) several times
-faster, and one process lets `explain` reuse what `train` compiled.
+The commands run in one subprocess on one CPU device (tests/_one_device.py): training
+compiles (and checkpoints) several times faster there, and `explain` reuses what `train`
+compiled.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
+from _one_device import outputs, run_lmjax
 from lmjax import commands
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
          "--disable-extensions", "--disable-sync", "--no-first-run", "--enable-logging=stderr", "--v=0"]
 SECTIONS = ["summary", "prediction", "logit-lens", "dla", "heads", "patching"]
-
-
-# One process runs the commands in turn (so they share compiled programs), with lmjax.interp
-# compiling at -O0 as in test_interp, and prints their exit codes last.
-DRIVER = """
-import json, sys
-from lmjax.commands import main
-from lmjax.interp import compiling
-compiling.COMPILER_OPTIONS.update({"xla_backend_optimization_level": 0})
-codes = []
-for args in json.loads(sys.argv[1]):
-    codes.append(main(args))
-    print("lmjax exited", codes[-1], file=sys.stderr, flush=True)
-print(json.dumps(codes))
-"""
-
-
-def run_lmjax(*commands):
-    """-> (exit codes, stdout, stderr) of `lmjax COMMAND...` run in one Python process on one CPU device."""
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).strip()
-    env = {**os.environ, "XLA_FLAGS": flags}
-    run = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(commands)], capture_output=True, text=True, env=env,
-                         timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1]), run.stdout, run.stderr
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +47,13 @@ def report(tmp_path_factory):
          "--target", "a", "--contrast", "o", "--out", out],
         ["explain", "--workdir", workdir, "--prompt", "The cat", "--corrupt", "A", "--out", str(tmp / "x.html")])
     assert codes[:2] == [0, 0], stderr[-3000:]
-    assert "wrote" in stdout
-    return {"path": out, "error_code": codes[2], "stderr": stderr}
+    return {"path": out, "codes": codes, "stdout": outputs(stdout), "stderr": outputs(stderr)}
 
 
 def test_report_is_self_contained(report):
+    printed = report["stdout"][1]
+    # the 40 steps taught the model the answer that the report explains, and the corruption flips
+    assert "The model's next-token choice: 'a'" in printed and f"wrote {report['path']}" in printed
     text = open(report["path"], encoding="utf-8").read()
     for sid in SECTIONS:
         assert f'<section id="{sid}">' in text
@@ -93,10 +69,13 @@ def test_report_is_self_contained(report):
 
 
 def test_explain_errors_are_one_line(report, tmp_path, capsys):
-    last = report["stderr"].split("lmjax exited 0")[-1]  # the third command's output
-    assert report["error_code"] == 2 and "same length" in last and "Traceback" not in last
+    assert report["codes"][2] == 2
+    assert report["stderr"][2].strip().splitlines() == [
+        "lmjax explain: error: the corrupted prompt is 2 tokens and the prompt 8: patching needs prompts of the "
+        "same length (--corrupt)"]
     assert commands.main(["explain", "--workdir", str(tmp_path / "none"), "--prompt", "x"]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("lmjax explain: error: ") and "no checkpoint" in line
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (CI installs Debian's chromium in .ci/run)")

@@ -34,10 +34,15 @@ LLAMA = dict(kind="llama", vocab_size=300, hidden_size=32, intermediate_size=48,
              rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
 QWEN2 = dict(kind="qwen2", vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True)
+# a sliding window longer than every sequence below (the import caps max_len at it)
+MISTRAL = dict(kind="mistral", vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, sliding_window=40,
+               rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
 MAMBA = dict(kind="mamba", vocab_size=300, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2,
              conv_kernel=4, tie_word_embeddings=False)
 CLASSES = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "llama": ("LlamaConfig", "LlamaForCausalLM"),
-           "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "mamba": ("MambaConfig", "MambaForCausalLM")}
+           "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM"),
+           "mamba": ("MambaConfig", "MambaForCausalLM")}
 
 
 def _tiny_tokenizer(directory):
@@ -77,7 +82,7 @@ def _make(directory, spec, seed=0):
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory):
     out = {}
-    for name, spec in (("gpt2", GPT2), ("llama", LLAMA), ("qwen2", QWEN2), ("mamba", MAMBA)):
+    for name, spec in (("gpt2", GPT2), ("llama", LLAMA), ("qwen2", QWEN2), ("mistral", MISTRAL), ("mamba", MAMBA)):
         d = str(tmp_path_factory.mktemp(name))
         out[name] = (d, _make(d, spec))
     _tiny_tokenizer(out["gpt2"][0])
@@ -93,11 +98,13 @@ def _hf_logits(model, tokens):
         return model(torch.tensor(tokens)).logits.numpy()
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mamba"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mistral", "mamba"])
 def test_import_logits_hidden_states_and_greedy_generation(hf_models, name):
     directory, hf = hf_models[name]
     cfg, params, _ = load_hf(directory)
     model = Transformer(cfg)
+    if name == "mistral":
+        assert cfg.max_len == MISTRAL["sliding_window"]
     tokens = _prompts(cfg.vocab_size)
     # HF's hidden_states: the embeddings (not for Mamba), each layer's output, but the last
     # layer's replaced by the output of the final norm.
@@ -124,9 +131,10 @@ def test_import_logits_hidden_states_and_greedy_generation(hf_models, name):
         assert got == want[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mamba"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mistral", "mamba"])
 def test_export_then_from_pretrained_same_logits(hf_models, tmp_path, name):
-    """Qwen2 leaves as a LlamaForCausalLM with every bias (the absent ones zero): same logits."""
+    """Qwen2 leaves as a LlamaForCausalLM with every bias (the absent ones zero), Mistral as a
+    LlamaForCausalLM (within its sliding window the same function): same logits."""
     directory, hf = hf_models[name]
     cfg, params, tokenizer = load_hf(directory)
     out = tmp_path / "exported"
@@ -135,7 +143,7 @@ def test_export_then_from_pretrained_same_logits(hf_models, tmp_path, name):
     assert "model.safetensors.index.json" in written
     again = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     tokens = _prompts(cfg.vocab_size, seed=1)
-    if name == "qwen2":
+    if name in ("qwen2", "mistral"):
         assert type(again).__name__ == "LlamaForCausalLM"
         np.testing.assert_allclose(_hf_logits(again, tokens), _hf_logits(hf, tokens), atol=1e-5, rtol=0)
     else:
@@ -343,3 +351,84 @@ def test_bos_adding_tokenizer_and_sentencepiece_model(tmp_path):
     assert write_tokenizer(spm, str(spm_dir)) == ["tokenizer.model"]
     loaded = load_tokenizer(str(spm_dir))
     assert isinstance(loaded, SentencePieceTokenizer) and loaded.encode("the fox") == spm.encode("the fox")
+
+
+def _with_tokenizer(src, dst, tokenizer_config):
+    """Copy src's tokenizer.json into dst, with the given tokenizer_config.json."""
+    with open(os.path.join(src, "tokenizer.json"), encoding="utf-8") as f, \
+            open(os.path.join(dst, "tokenizer.json"), "w", encoding="utf-8") as g:
+        g.write(f.read())
+    with open(os.path.join(dst, "tokenizer_config.json"), "w") as f:
+        json.dump(tokenizer_config, f)
+    return str(dst)
+
+
+def test_explain_eval_and_fine_tune_an_imported_model_and_bad_input(hf_models, tmp_path):
+    """The README's promise for an imported model: `lmjax explain` and `lmjax eval` work on
+    it, and `lmjax train --config OUT/config.py --workdir OUT` fine-tunes it (the loss
+    falls). Then the import's and explain's bad input, each one line and exit code 2.
+    All in one process on one CPU device (tests/_one_device.py)."""
+    import html
+    import re
+
+    from _one_device import outputs, run_lmjax
+
+    directory, hf = hf_models["gpt2"]
+    tok = HFTokenizer.from_dir(directory)
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog, déjà vu\n" * 400)
+    # the same model with a tokenizer that has no BOS (nor does config.json name one)
+    nobos = _with_tokenizer(directory, _copy_model(directory, tmp_path / "nobos", config={
+        "bos_token_id": None, "eos_token_id": None}), {"tokenizer_class": "PreTrainedTokenizerFast"})
+    truncated = _with_tokenizer(directory, _copy_model(directory, tmp_path / "truncated"), {})
+    weights = os.path.join(truncated, "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) - 1000)
+    wd, report = str(tmp_path / "wd"), str(tmp_path / "report.html")
+    data = [f"--config.data.source={text}", "--config.train.batch_size=8"]
+    prompt, long_prompt = "the quick brown", "the quick brown fox " * 20
+    commands = [
+        ["convert", "--from-hf", directory, "--workdir", wd],
+        ["explain", "--workdir", wd, "--prompt", prompt, "--out", report],
+        ["eval", "--workdir", wd, "--batches", "2", *data],
+        ["train", "--config", os.path.join(wd, "config.py"), "--workdir", wd, "--no_progress", *data,
+         "--config.train.steps=6", "--config.optimizer.lr=3e-3", "--config.optimizer.warmup_steps=1",
+         "--config.train.eval_every=6", "--config.train.eval_batches=2", "--config.train.sample_tokens=0"],
+        ["eval", "--workdir", wd, "--batches", "2"],
+        # bad input
+        ["convert", "--from-hf", nobos, "--workdir", str(tmp_path / "wd_nobos")],
+        ["explain", "--workdir", str(tmp_path / "wd_nobos"), "--prompt", "", "--out", str(tmp_path / "x.html")],
+        ["explain", "--workdir", wd, "--prompt", long_prompt, "--out", str(tmp_path / "x.html")],
+        ["explain", "--workdir", wd, "--prompt", prompt, "--target", " fox", "--contrast", " fox",
+         "--out", str(tmp_path / "x.html")],
+        ["convert", "--from-hf", directory, "--workdir", wd],
+        ["convert", "--from-hf", truncated, "--workdir", str(tmp_path / "wd_truncated")]]
+    codes, stdout, stderr = run_lmjax(*commands)
+    out, err = outputs(stdout), outputs(stderr)
+    assert codes[:6] == [0] * 6, stderr[-3000:]
+
+    # explain: the token it explains is transformers' top prediction for the same tokens
+    meta = json.loads(html.unescape(re.search(r'data-explain="([^"]*)"', open(report, encoding="utf-8").read())[1]))
+    assert meta["tokens"] == [tok.bos_id] + tok.encode(prompt)
+    assert meta["target"] == int(_hf_logits(hf, [meta["tokens"]])[0, -1].argmax())
+
+    # eval prints a loss; 6 fine-tuning steps lower it on the text they train on
+    def val_loss(printed, step):
+        return float(re.search(rf"^step {step}: val_loss (\d+\.\d+)", printed, re.MULTILINE)[1])
+
+    before, after = val_loss(out[2], 0), val_loss(out[4], 6)
+    assert after < before - 0.5, (before, after)
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        assert [r["val_loss"] for r in map(json.loads, f) if "val_loss" in r] == [pytest.approx(after, abs=1e-4)]
+
+    assert not os.path.exists(tmp_path / "wd_truncated")
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["0", "6"]  # the second import wrote nothing
+    for i, message in ((6, "--prompt is empty and the tokenizer has no BOS token"),
+                       (7, f"--prompt is {1 + len(tok.encode(long_prompt))} tokens (BOS included), longer than the "
+                           "model's context of 64"),
+                       (8, "the target and the contrast are the same token"),
+                       (10, "model.safetensors: truncated: tensor"),
+                       (9, "already holds checkpoints: import into a new --workdir")):
+        lines = err[i].strip().splitlines()
+        assert codes[i] == 2 and len(lines) == 1, err[i]
+        assert lines[0].startswith(f"lmjax {commands[i][0]}: error: ") and message in lines[0], lines

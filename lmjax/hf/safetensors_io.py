@@ -56,30 +56,43 @@ class TensorInfo:
 
 
 def read_header(path: str) -> tuple[dict[str, TensorInfo], int, dict]:
-    """(tensors, byte offset of the data section, __metadata__) of one file; reads only the header."""
+    """(tensors, byte offset of the data section, __metadata__) of one file; reads only the
+    header. A file that is not safetensors, or is shorter than its header says (truncated),
+    is an LmjaxError naming the file (and the first tensor that does not fit)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+            raise LmjaxError(f"{path}: not a safetensors file ({size} bytes, shorter than its 8-byte header length)")
         (n,) = struct.unpack("<Q", raw)
         if n > min(_MAX_HEADER, size - 8):
-            raise ValueError(f"{path}: not a safetensors file (header length {n} exceeds the file)")
+            raise LmjaxError(f"{path}: truncated or not a safetensors file (its header length {n} exceeds "
+                             f"the {size - 8} bytes that follow)")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+            if not isinstance(header, dict):
+                raise ValueError("not a JSON object")
+        except (UnicodeDecodeError, ValueError) as e:
+            raise LmjaxError(f"{path}: corrupt safetensors header ({e})") from None
     metadata = header.pop("__metadata__", None) or {}
     tensors = {}
     data_size = size - 8 - n
     for name, entry in header.items():
-        if entry["dtype"] not in DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {entry['dtype']}, which lmjax cannot read")
-        dtype, shape = DTYPES[entry["dtype"]], tuple(int(s) for s in entry["shape"])
-        begin, end = (int(o) for o in entry["data_offsets"])
-        if end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)) or end > data_size:
-            raise ValueError(f"{path}: tensor {name!r} has a byte range {begin}..{end} that does not "
-                             f"match its shape {list(shape)} and dtype {entry['dtype']} (truncated file?)")
+        try:
+            kind, shape = entry["dtype"], tuple(int(s) for s in entry["shape"])
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise LmjaxError(f"{path}: corrupt safetensors header: tensor {name!r} has no valid dtype, shape "
+                             "and data_offsets") from None
+        if kind not in DTYPES:
+            raise LmjaxError(f"{path}: tensor {name!r} has dtype {kind}, which lmjax cannot read")
+        dtype = DTYPES[kind]
+        if end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)) or begin < 0:
+            raise LmjaxError(f"{path}: tensor {name!r} has a byte range {begin}..{end} that does not "
+                             f"match its shape {list(shape)} and dtype {kind} (corrupt header)")
+        if end > data_size:
+            raise LmjaxError(f"{path}: truncated: tensor {name!r} ends at byte {8 + n + end}, but the file has "
+                             f"{size} bytes (copy or download it again)")
         tensors[name] = TensorInfo(path, dtype, shape, begin, end)
     return tensors, 8 + n, metadata
 

@@ -21,12 +21,14 @@ import base64
 import dataclasses
 import html
 import json
+import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmjax.errors import LmjaxError
 from lmjax.interp import ablation, dla, heads, lens, patching, plots, weights
 from lmjax.interp.metrics import LogitDiff
 
@@ -55,27 +57,40 @@ class Explanation:
 
 
 def _token_id(tokenizer, text: str, what: str) -> int:
-    ids = tokenizer.encode(text)
+    ids = tokenizer.encode(text, add_bos=False)
     if not ids:
-        raise ValueError(f"--{what} {text!r} encodes to no token")
+        raise LmjaxError(f"--{what} {text!r} encodes to no token: give a non-empty token")
     return ids[0]  # several tokens: the first is the one predicted next
+
+
+def _check_tokens(ids: list[int], max_len: int, what: str) -> None:
+    if not ids:
+        raise LmjaxError(f"{what} is empty and the tokenizer has no BOS token to start it: nothing to explain; "
+                         "give a non-empty --prompt")
+    if len(ids) > max_len:
+        raise LmjaxError(f"{what} is {len(ids)} tokens (BOS included), longer than the model's context of "
+                         f"{max_len}: shorten it")
 
 
 def explain(model, params, tokenizer, prompt: str, target: str | None = None, contrast: str | None = None,
             corrupt: str | None = None, top_k: int = 10, n_heads_shown: int = 3) -> Explanation:
+    """Every input is checked (prompt length, target, contrast, the corrupted prompt)
+    before anything compiles: a bad one is an LmjaxError naming it."""
     start = time.time()
     bos = [tokenizer.bos_id] if getattr(tokenizer, "bos_id", None) is not None else []
-    ids = bos + tokenizer.encode(prompt)
-    if len(ids) > model.cfg.max_len:
-        raise ValueError(f"the prompt is {len(ids)} tokens, the model's context is {model.cfg.max_len}")
-    if not ids:
-        raise ValueError("empty prompt and no BOS token: nothing to explain")
+    # BOS is added here, once, whether or not the tokenizer adds one by itself (Llama's does)
+    ids = bos + tokenizer.encode(prompt, add_bos=False)
+    _check_tokens(ids, model.cfg.max_len, "--prompt")
     c_ids = None
-    if corrupt is not None:  # checked before anything compiles
-        c_ids = bos + tokenizer.encode(corrupt)
+    if corrupt is not None:
+        c_ids = bos + tokenizer.encode(corrupt, add_bos=False)
         if len(c_ids) != len(ids):
-            raise ValueError(f"the corrupted prompt is {len(c_ids)} tokens and the prompt {len(ids)}: "
-                             "patching needs prompts of the same length")
+            raise LmjaxError(f"the corrupted prompt is {len(c_ids)} tokens and the prompt {len(ids)}: "
+                             "patching needs prompts of the same length (--corrupt)")
+    t_id = _token_id(tokenizer, target, "target") if target else None
+    c_id = _token_id(tokenizer, contrast, "contrast") if contrast else None
+    if t_id is not None and t_id == c_id:
+        raise LmjaxError(_same_token(tokenizer, t_id))
     tokens = jnp.asarray([ids], jnp.int32)
     strs = plots.token_labels(tokenizer, ids)
 
@@ -86,10 +101,10 @@ def explain(model, params, tokenizer, prompt: str, target: str | None = None, co
     probs = np.exp(final - final.max())
     probs /= probs.sum()
     order = np.argsort(-probs)
-    t_id = _token_id(tokenizer, target, "target") if target else int(order[0])
-    c_id = _token_id(tokenizer, contrast, "contrast") if contrast else int(order[1] if order[0] == t_id else order[0])
-    if c_id == t_id:
-        raise ValueError("the target and the contrast are the same token")
+    t_id = int(order[0]) if t_id is None else t_id
+    c_id = int(order[1] if order[0] == t_id else order[0]) if c_id is None else c_id
+    if c_id == t_id:  # --contrast given, and it is the top prediction
+        raise LmjaxError(_same_token(tokenizer, t_id))
     top = [(plots.token_labels(tokenizer, [i])[0], float(probs[i])) for i in order[:top_k]]
     ll = lens.logit_lens(model, params, tokens, targets=np.full(tokens.shape, t_id, np.int32), top_k=top_k)
     ll.top_ids, ll.top_probs = ll.top_ids[..., :5], ll.top_probs[..., :5]
@@ -136,6 +151,11 @@ def explain(model, params, tokenizer, prompt: str, target: str | None = None, co
     ex.summary = summarize(ex, before)
     ex.seconds = time.time() - start
     return ex
+
+
+def _same_token(tokenizer, token_id: int) -> str:
+    return (f"the target and the contrast are the same token ({plots.token_labels(tokenizer, [token_id])[0]!r}, "
+            f"id {token_id}): give --target and --contrast two different tokens")
 
 
 def _detector_scores(pats: dict, ids: list[int]) -> dict:
@@ -347,8 +367,12 @@ def plots_label(ex: Explanation, token_id) -> str:
 
 
 def write_report(path: str, model, params, tokenizer, prompt: str, **kwargs) -> Explanation:
-    """explain() + render_html() + write the file; returns the Explanation."""
+    """explain() + render_html() + write the file; returns the Explanation. The page is
+    written under a temporary name and renamed: an existing report is never half-overwritten."""
     ex = explain(model, params, tokenizer, prompt, **kwargs)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(render_html(ex))
+    page = render_html(ex)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(page)
+    os.replace(tmp, path)
     return ex

@@ -2,28 +2,45 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 
 import numpy as np
 
+from lmjax.errors import LmjaxError
+
 
 def read_columns(path: str, names: dict[str, str]) -> dict[str, np.ndarray]:
-    """{role: column name} -> {role: float array}; a missing file or column, or a value
-    that is not a number, is a ValueError naming it."""
+    """{role: column name} -> {role: float array}. A missing file or column, an empty table,
+    or a cell that is empty, not a number, NaN or infinite is an error naming the column
+    and the row (its line in the file, the header being line 1)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such CSV: {path}")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
+        if not header:
+            raise LmjaxError(f"{path}: the CSV is empty (no header row); expected columns {list(names.values())}")
         missing = [c for c in names.values() if c not in header]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; the CSV has {header} "
+            raise LmjaxError(f"{path}: missing column(s) {missing}; the CSV has {header} "
                              "(choose columns with --n/--d/--loss/--c)")
-        rows = list(reader)
+        rows = [(i, reader.line_num, r) for i, r in enumerate(reader, 1)]
+    if not rows:
+        raise LmjaxError(f"{path}: the CSV has a header but no rows: nothing to fit")
     out = {}
     for role, column in names.items():
-        try:
-            out[role] = np.array([float(r[column]) for r in rows])
-        except ValueError as e:
-            raise ValueError(f"{path}: column {column!r} has a value that is not a number ({e})") from None
+        values = []
+        for number, line, row in rows:
+            cell = (row.get(column) or "").strip()
+            try:
+                value = float(cell)
+            except ValueError:
+                value = None
+            if value is None or not math.isfinite(value):
+                what = "is empty" if not cell else f"is {cell!r}, {'not finite' if value is not None else 'not a number'}"
+                raise LmjaxError(f"{path}: column {column!r}, row {number} (line {line}) {what}; "
+                                 "every value must be a finite number")
+            values.append(value)
+        out[role] = np.array(values)
     return out
