@@ -15,10 +15,20 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from lmjax.config import default_config
+from lmjax.errors import LmjaxError
+from lmjax.model import ModelConfig, Transformer
 from lmjax.repro import _common, grokking, induction, upos
+from lmjax.train.loss import masked_cross_entropy
+from lmjax.train.optimizer import frozen_mask, make_optimizer
+from lmjax.train.steps import init_params, make_train_step, new_state
+from _model_fixtures import FAST_COMPILE
 
 DATA = "/work/shared/data"
 if not os.path.isdir(DATA):
@@ -67,6 +77,144 @@ def test_modular_addition_split():
     np.testing.assert_array_equal(ytr, (xtr[:, 0] + xtr[:, 1]) % 23)
     with pytest.raises(ValueError, match="train_fraction"):
         grokking.dataset(23, 1.0)
+
+
+# ---------------------------------------------------------------- the train step they share
+# lmjax.train.steps.make_train_step with a loss function and frozen parameters, as the
+# reproductions call it, against the optax step written out by hand.
+
+STEP_CFG = ModelConfig(vocab_size=11, n_layer=1, d_model=16, n_head=2, max_len=8)
+
+
+@pytest.fixture(scope="module")
+def step_model():
+    model, key = Transformer(STEP_CFG), jax.random.key(0)
+    return model, _fast(jax.jit(lambda key: init_params(model, key)), key)(key)  # compiled: faster than eager
+
+
+def _step_batch(rows=4, seed=0):
+    rng = np.random.RandomState(seed)
+    tokens = rng.randint(0, 11, (rows, 9)).astype(np.int32)
+    mask = (rng.rand(rows, 8) < 0.5).astype(np.float32)
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask}
+
+
+def _masked_loss(model):
+    def loss_fn(params, batch, key):
+        logits = model.apply({"params": params}, batch["inputs"])
+        accuracy = (jnp.argmax(logits, -1) == batch["targets"]).mean()
+        return masked_cross_entropy(logits, batch["targets"], batch["mask"]), {"accuracy": accuracy}
+    return loss_fn
+
+
+def _by_hand(model, optimizer, params, batches):
+    """The optax step written out: value_and_grad, update, apply_updates."""
+    loss_fn = _masked_loss(model)
+    opt_state = optimizer.init(params)
+
+    def step(params, opt_state, batch):
+        (loss, aux), grads = jax.value_and_grad(lambda p: loss_fn(p, batch, None), has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, aux["accuracy"]
+
+    step = _fast(jax.jit(step), params, opt_state, batches[0])
+    metrics = []
+    for batch in batches:
+        params, opt_state, loss, acc = step(params, opt_state, batch)
+        metrics.append((float(loss), float(acc)))
+    return params, metrics
+
+
+def _fast(jitted, *args):
+    """`jitted` compiled for these arguments at XLA's lowest optimisation level (compiling
+    dominates these tests)."""
+    return jitted.lower(*args).compile(FAST_COMPILE)
+
+
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+def _close(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+
+
+def test_train_step_with_a_loss_fn_is_the_optax_step_by_hand(step_model):
+    model, params = step_model
+    optimizer = optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(1e-2, weight_decay=0.1))
+    batches = [_step_batch(seed=i) for i in range(3)]
+    expected, expected_metrics = _by_hand(model, optimizer, params, batches)
+
+    state, metrics = new_state(_copy(params), optimizer), []  # the step donates the state's buffers
+    step = _fast(make_train_step(model, optimizer, loss_fn=_masked_loss(model)), state, batches[0])
+    for batch in batches:
+        state, m = step(state, batch)
+        metrics.append((float(m["loss"]), float(m["accuracy"])))
+    _close(state["params"], expected)
+    np.testing.assert_allclose(metrics, expected_metrics, rtol=1e-6)
+    assert int(state["step"]) == 3
+
+    # unjitted (jit=False), scanned inside the caller's jit: the same steps
+    raw = make_train_step(model, optimizer, loss_fn=_masked_loss(model), jit=False)
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *batches)
+    start = new_state(params, optimizer)
+    scanned, m = _fast(jax.jit(lambda s, b: jax.lax.scan(raw, s, b)), start, stacked)(start, stacked)
+    _close(scanned["params"], expected)
+    np.testing.assert_allclose(np.asarray(m["loss"]), [l for l, _ in expected_metrics], rtol=1e-6)
+
+
+def test_frozen_parameters_never_move_and_have_no_optimizer_state(step_model):
+    model, params = step_model
+    # AdamW's weight decay alone would move a parameter whose gradient is zero
+    optimizer = make_optimizer(default_config().optimizer.copy_and_resolve_references(), 10)
+    frozen = _common.is_mlp_path  # a predicate on the key path, or the same as a pytree of bools:
+    mask = frozen_mask(params, frozen)
+    assert jax.tree.leaves(frozen_mask(params, mask)) == jax.tree.leaves(mask)
+    assert 0 < sum(jax.tree.leaves(mask)) < len(jax.tree.leaves(mask))
+    with pytest.raises(LmjaxError, match="frozen: a pytree of bools"):
+        frozen_mask(params, {"embed": True})
+    before = jax.device_get(params)
+    state = new_state(_copy(params), optimizer, frozen)
+    step = _fast(make_train_step(model, optimizer, frozen=frozen, loss_fn=_masked_loss(model)), state, _step_batch())
+    for i in range(3):
+        state, metrics = step(state, _step_batch(seed=i))
+    after = jax.device_get(state["params"])
+    for (path, was), now, is_frozen in zip(jax.tree_util.tree_flatten_with_path(before)[0], jax.tree.leaves(after),
+                                           jax.tree.leaves(mask)):
+        if is_frozen:
+            np.testing.assert_array_equal(now, was, err_msg=jax.tree_util.keystr(path))
+        else:
+            assert not np.array_equal(now, was), jax.tree_util.keystr(path)
+    # the optimizer holds moments for the free parameters only
+    moments = sum(x.size for x in jax.tree.leaves(state["opt_state"]) if x.ndim)
+    free = sum(x.size for x, f in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if not f)
+    assert moments == 2 * free  # Adam's mu and nu
+    # the free parameters' gradient norm
+    assert float(metrics["grad_norm"]) > 0
+    # a state made without `frozen` is refused in one line (when the step is traced)
+    with pytest.raises(LmjaxError, match="new_state"):
+        make_train_step(model, optimizer, frozen=frozen).lower(new_state(params, optimizer), _step_batch())
+
+
+def test_grad_accum_with_a_loss_fn_averages_the_micro_batches(step_model):
+    """grad_accum=2 takes the mean of the two micro-batches' gradients, loss and aux (rows
+    0, 2 and 1, 3): here a masked loss, normalised within each micro-batch."""
+    model, params = step_model
+    optimizer = optax.sgd(0.5)
+    batch = _step_batch(rows=4, seed=5)
+    loss_fn = _masked_loss(model)
+    half_a, half_b = (jax.tree.map(lambda x: x[rows], batch) for rows in ([0, 2], [1, 3]))
+    grads_of = _fast(jax.jit(jax.value_and_grad(lambda p, part: loss_fn(p, part, None), has_aux=True)), params, half_a)
+    (loss_a, aux_a), grad_a = grads_of(params, half_a)
+    (loss_b, aux_b), grad_b = grads_of(params, half_b)
+    expected = jax.tree.map(lambda p, a, b: p - 0.5 * (a + b) / 2, params, grad_a, grad_b)
+
+    state = new_state(_copy(params), optimizer)
+    state, metrics = _fast(make_train_step(model, optimizer, loss_fn=loss_fn, grad_accum=2), state, batch)(state, batch)
+    _close(state["params"], expected)
+    np.testing.assert_allclose(float(metrics["loss"]), (loss_a + loss_b) / 2, rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["accuracy"]), (aux_a["accuracy"] + aux_b["accuracy"]) / 2, rtol=1e-6)
 
 
 # ---------------------------------------------------------------- reduced reproductions

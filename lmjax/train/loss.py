@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 @jax.custom_vjp
@@ -41,3 +42,24 @@ def _backward(residuals, g):
 
 
 cross_entropy.defvjp(_forward, _backward)
+
+
+def next_token_loss(model):
+    """The loss of `lmjax train`: loss_fn(params, batch, key) -> the mean next-token
+    cross-entropy of batch["inputs"] -> batch["targets"], with dropout drawn from `key`
+    when the model has any (lmjax.train.steps.make_train_step's default)."""
+    stochastic = model.cfg.dropout > 0
+
+    def loss_fn(params, batch, key):
+        logits = model.apply({"params": params}, batch["inputs"], deterministic=not stochastic,
+                             rngs={"dropout": key} if stochastic else None)
+        return cross_entropy(logits, batch["targets"])
+
+    return loss_fn
+
+
+def masked_cross_entropy(logits, targets, mask):
+    """Mean of -log softmax(logits)[target] over the positions where mask > 0 (float32 nats;
+    mask [...] of weights, e.g. 1 at the answers of a recall task)."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    return (losses * mask).sum() / jnp.maximum(mask.sum(), 1.0)

@@ -1,8 +1,11 @@
-"""AdamW with warmup + decay, global-norm clipping, and weight decay only on matrices."""
+"""AdamW with warmup + decay, global-norm clipping, and weight decay only on matrices;
+frozen parameters (`freeze`)."""
 from __future__ import annotations
 
 import jax
 import optax
+
+from lmjax.errors import LmjaxError
 
 
 def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
@@ -43,3 +46,24 @@ def make_optimizer(opt, total_steps: int) -> optax.GradientTransformation:
         optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
     )
     return optax.chain(*parts)
+
+
+def frozen_mask(params, frozen):
+    """The pytree of bools (True = frozen) that `frozen` names over `params`: `frozen` is
+    such a pytree already, or a predicate on a leaf's key path, e.g. `lambda path: any(
+    getattr(k, "key", None) == "mlp" for k in path)` (every MLP parameter)."""
+    if callable(frozen):
+        return jax.tree_util.tree_map_with_path(lambda path, _: bool(frozen(path)), params)
+    mask = jax.tree.map(bool, frozen)
+    if jax.tree.structure(mask) != jax.tree.structure(params):
+        raise LmjaxError(f"frozen: a pytree of bools shaped like the parameters, or a predicate on the key path; "
+                         f"got a tree of structure {jax.tree.structure(mask)}")
+    return mask
+
+
+def freeze(optimizer: optax.GradientTransformation, frozen) -> optax.GradientTransformation:
+    """`optimizer` for the parameters that `frozen` leaves free; the frozen ones get a zero
+    update and no optimizer state (their moments are never allocated, and the gradient
+    clipping inside `optimizer` sees only the free parameters' gradients)."""
+    return optax.multi_transform({False: optimizer, True: optax.set_to_zero()},
+                                 lambda params: frozen_mask(params, frozen))

@@ -1,7 +1,8 @@
 """The pure pieces of training: state init, train_step, eval_step (all jit-compiled).
 
 The train state is a plain dict {"step", "params", "opt_state"}: a pytree that orbax saves
-and restores as is. Randomness (dropout) comes from fold_in(seed, step), so a step is a
+and restores as is. The step minimises any loss function of (params, batch, key), with any
+parameters frozen (make_train_step); by default, next-token cross-entropy over all of them. Randomness (dropout) comes from fold_in(seed, step), so a step is a
 pure function of (state, batch) and a resumed run repeats an uninterrupted one exactly.
 """
 from __future__ import annotations
@@ -15,8 +16,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lmjax import sharding
+from lmjax.errors import LmjaxError
 from lmjax.model import Transformer
-from lmjax.train.loss import cross_entropy  # noqa: F401  (re-exported: the step's loss)
+from lmjax.train.loss import cross_entropy, next_token_loss  # noqa: F401  (cross_entropy: re-exported)
+from lmjax.train.optimizer import freeze, frozen_mask
 
 
 def _dummy_tokens(model: Transformer):
@@ -34,8 +37,12 @@ def param_shardings(model: Transformer, mesh: Mesh, rules=None, *, with_notes: b
     return (shardings, notes) if with_notes else shardings
 
 
-def state_shardings(model: Transformer, optimizer: optax.GradientTransformation, mesh: Mesh, rules=None):
-    """Shardings of {"step", "params", "opt_state"}; optimizer moments follow their parameter."""
+def state_shardings(model: Transformer, optimizer: optax.GradientTransformation, mesh: Mesh, rules=None, *,
+                    frozen=None):
+    """Shardings of {"step", "params", "opt_state"}; optimizer moments follow their parameter.
+    With `frozen`, the opt_state is `freeze(optimizer, frozen)`'s (see make_train_step)."""
+    if frozen is not None:
+        optimizer = freeze(optimizer, frozen)
     params = param_shardings(model, mesh, rules)
     abstract_params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
@@ -84,17 +91,24 @@ def init_params(model: Transformer, key):
     return nn.unbox(model.init(key, _dummy_tokens(model))["params"])
 
 
-def init_state(model: Transformer, optimizer, mesh: Mesh, seed: int, rules=None):
+def new_state(params, optimizer, frozen=None) -> dict:
+    """The train state {"step": 0, "params", "opt_state"} of `params`, for make_train_step
+    with the same `optimizer` and `frozen`."""
+    if frozen is not None:
+        optimizer = freeze(optimizer, frozen)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+
+
+def init_state(model: Transformer, optimizer, mesh: Mesh, seed: int, rules=None, *, frozen=None):
     """Create the train state directly sharded: no host ever holds the whole model."""
 
     def init(key):
-        params = init_params(model, key)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+        return new_state(init_params(model, key), optimizer, frozen)
 
     # The key is an argument, not a constant, so that nothing invites XLA to constant-fold
     # the random initialisation at compile time (a constant key: jit(init) of a 350M model
     # still compiling after 100 s on an H200).
-    init = jax.jit(init, out_shardings=state_shardings(model, optimizer, mesh, rules))
+    init = jax.jit(init, out_shardings=state_shardings(model, optimizer, mesh, rules, frozen=frozen))
     with _threefry_as_gpu_kernel():
         return init(jax.random.key(seed))
 
@@ -139,64 +153,104 @@ def auto_grad_accum(batch_size: int, seq_len: int, data_parallel: int = 1, platf
     return rows  # one row per micro-batch is as small as it gets
 
 
-def make_train_step(model: Transformer, optimizer, *, grad_accum: int = 1, seed: int = 0,
-                    mesh: Mesh | None = None, rules=None):
+def make_train_step(model: Transformer, optimizer, *, loss_fn=None, frozen=None, grad_accum: int = 1, seed: int = 0,
+                    mesh: Mesh | None = None, rules=None, jit: bool = True):
     """-> jitted train_step(state, batch) -> (state, metrics); the state's buffers are donated.
 
+    loss_fn(params, batch, key) -> loss, or (loss, aux) with aux a dict of scalar metrics:
+    what the step minimises. `batch` is the step's batch as given (a dict of arrays whose
+    leading axis is the batch), `key` a PRNG key for this step (and micro-batch), e.g. for
+    dropout. Default: lmjax.train.loss.next_token_loss(model), the mean next-token
+    cross-entropy of batch["inputs"] -> batch["targets"]. The metrics are {"loss",
+    "grad_norm"} plus aux.
+
+    frozen: parameters that never move, as a pytree of bools shaped like the parameters or a
+    predicate on a leaf's key path (lmjax.train.optimizer.frozen_mask); the step runs
+    `freeze(optimizer, frozen)`, so the state's opt_state must come from that too
+    (`new_state(params, optimizer, frozen)` / `init_state(..., frozen=)`). grad_norm is then
+    the free parameters' gradient norm.
+
     With a `mesh`, the step is compiled with explicit shardings: the state in and out as
-    `state_shardings`, the batch split by the `batch` rule, the metrics replicated.
-    With grad_accum > 1 the batch is split into micro-batches whose gradients are averaged
-    in a lax.scan: one optimizer step sees the whole batch, at a micro-batch's memory.
-    Micro-batch i is rows i, i + grad_accum, ... so that every device holds a share of each.
+    `state_shardings`, every batch leaf split by the `batch` rule, the metrics replicated.
+    With grad_accum > 1 the batch is split into micro-batches whose gradients (and losses and
+    aux metrics) are averaged in a lax.scan: one optimizer step at a micro-batch's memory.
+    Micro-batch i is rows i, i + grad_accum, ... of every batch leaf, so that every device
+    holds a share of each; the average equals the whole batch's gradient when the loss is a
+    mean over rows of equal weight (a loss normalised per micro-batch, e.g. by a mask's sum,
+    weighs each micro-batch equally instead).
+
+    jit=False returns the step unjitted (no donation, no shardings), to run inside a
+    caller's own jit, e.g. a lax.scan over many steps.
     """
-    stochastic = model.cfg.dropout > 0
+    if loss_fn is None:
+        loss_fn = next_token_loss(model)
+    if frozen is not None:
+        optimizer = freeze(optimizer, frozen)
 
-    def loss_fn(params, inputs, targets, key):
-        with activation_sharding(mesh, rules):
-            logits = model.apply(
-                {"params": params}, inputs, deterministic=not stochastic, rngs={"dropout": key} if stochastic else None
-            )
-        return cross_entropy(logits, targets)
+    def with_aux(params, batch, key):
+        out = loss_fn(params, batch, key)
+        loss, aux = out if isinstance(out, tuple) else (out, {})
+        return loss, dict(aux)
 
-    grad_fn = jax.value_and_grad(loss_fn)
+    grad_fn = jax.value_and_grad(with_aux, has_aux=True)
     micro_sharding = None
     if mesh is not None:
         micro_sharding = NamedSharding(mesh, PartitionSpec(None, *sharding.batch_spec(rules)))
 
     def micro(x):
         x = x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1)
-        if micro_sharding is None or x.shape[1] % sharding.batch_divisor(mesh, rules):
+        if (micro_sharding is None or x.ndim < len(micro_sharding.spec)
+                or x.shape[1] % sharding.batch_divisor(mesh, rules)):
             return x
         return jax.lax.with_sharding_constraint(x, micro_sharding)
 
+    def gradients(params, batch, key):
+        """-> (loss, aux, grads), averaged over the micro-batches."""
+        if grad_accum == 1:
+            (loss, aux), grads = grad_fn(params, batch, key)
+            return loss, aux, grads
+
+        def accumulate(carry, xs):
+            i, micro_batch = xs
+            (loss, aux), grads = grad_fn(params, micro_batch, jax.random.fold_in(key, i))
+            return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
+
+        xs = (jnp.arange(grad_accum), jax.tree.map(micro, batch))
+        shapes = jax.eval_shape(with_aux, params, jax.tree.map(lambda x: x[0], xs[1]), key)  # (loss, aux)
+        zeros = (*jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes), jax.tree.map(jnp.zeros_like, params))
+        (loss, aux, grads), _ = jax.lax.scan(accumulate, zeros, xs)
+        return jax.tree.map(lambda x: x / grad_accum, (loss, aux, grads))
+
     def train_step(state, batch):
         key = jax.random.fold_in(jax.random.key(seed), state["step"])
-        inputs, targets = batch["inputs"], batch["targets"]
-        if grad_accum == 1:
-            loss, grads = grad_fn(state["params"], inputs, targets, key)
-        else:
-
-            def accumulate(carry, xs):
-                i, (inp, tgt) = xs
-                loss, grads = grad_fn(state["params"], inp, tgt, jax.random.fold_in(key, i))
-                return jax.tree.map(jnp.add, carry, (loss, grads)), None
-
-            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state["params"]))
-            xs = (jnp.arange(grad_accum), (micro(inputs), micro(targets)))
-            (loss, grads), _ = jax.lax.scan(accumulate, zeros, xs)
-            loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        params = state["params"]
+        if frozen is not None:
+            _check_opt_state(state["opt_state"], optimizer, params)
+        with activation_sharding(mesh, rules):
+            loss, aux, grads = gradients(params, batch, key)
+        if frozen is not None:  # what the optimizer will use; XLA drops the frozen leaves' gradients
+            mask = frozen_mask(params, frozen)
+            grads = jax.tree.map(lambda g, f: jnp.zeros_like(g) if f else g, grads, mask)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        params = optax.apply_updates(params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
+    if not jit:
+        return train_step
     if mesh is None:
         return jax.jit(train_step, donate_argnums=(0,))
     state_sh = state_shardings(model, optimizer, mesh, rules)
-    batch_sh = sharding.batch_sharding(mesh, rules)
-    metrics_sh = {"loss": sharding.replicated(mesh), "grad_norm": sharding.replicated(mesh)}
-    return jax.jit(train_step, donate_argnums=(0,), in_shardings=(state_sh, {"inputs": batch_sh, "targets": batch_sh}),
-                   out_shardings=(state_sh, metrics_sh))
+    # a single sharding for a whole subtree (a pytree prefix): every batch leaf, every metric
+    return jax.jit(train_step, donate_argnums=(0,), in_shardings=(state_sh, sharding.batch_sharding(mesh, rules)),
+                   out_shardings=(state_sh, sharding.replicated(mesh)))
+
+
+def _check_opt_state(opt_state, optimizer, params):
+    expected = jax.tree.structure(jax.eval_shape(optimizer.init, params))
+    if jax.tree.structure(opt_state) != expected:
+        raise LmjaxError("the state's opt_state is not that of freeze(optimizer, frozen): make the state with "
+                         "new_state(params, optimizer, frozen) or init_state(..., frozen=frozen)")
 
 
 def make_eval_step(model: Transformer, mesh: Mesh | None = None, params_sharding=None, rules=None):
