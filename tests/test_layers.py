@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent / "lmjax"
 # its own layer or below, never above. `commands` is the only place that ties packages
 # together for the command line; the `__main__` modules are entry points, part of it.
 LAYERS = (
-    ("errors",),
+    ("errors", "plotting"),
     ("model",),
     ("data", "sharding", "distributed"),
     ("config",),

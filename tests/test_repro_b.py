@@ -14,12 +14,31 @@ import os
 import numpy as np
 import pytest
 
+from lmjax import plotting
 from lmjax.repro import recall, shakespeare
 
 DATA = "/work/shared/data"
 if not os.path.isdir(DATA):
     DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 TINY = os.path.join(DATA, "tinyshakespeare", "input.txt")
+
+
+def test_figures_are_written_whole_and_errors_name_the_path(tmp_path):
+    """lmjax.plotting.save, which every figure of the reproductions, interp and scaling goes
+    through: a PNG under the name asked for, no temporary file left behind, and an OSError
+    about the path the caller gave."""
+    plt = plotting.pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = plotting.save(fig, str(tmp_path / "f.png"), dpi=50)
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.listdir(tmp_path) == ["f.png"]
+    assert not plt.fignum_exists(fig.number)  # closed
+    missing = str(tmp_path / "no_such_dir" / "f.png")
+    fig, _ = plt.subplots()
+    with pytest.raises(FileNotFoundError) as e:
+        plotting.save(fig, missing)
+    assert e.value.filename == missing
+    assert plotting.png_bytes(plt.subplots()[0]).startswith(b"\x89PNG")
 
 
 def test_mqar_rows_answer_every_query_with_its_value():

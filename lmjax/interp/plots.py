@@ -1,19 +1,17 @@
 """Matplotlib figures of the analyses, saved as PNG (or inlined in the explain report).
 
-Every function returns a Figure (Agg backend: no display needed); `save(fig, path)` writes
-a PNG and `png_bytes(fig)` returns one. Token strings are shown as given (`token_labels`
-makes readable ones). In notebooks, arrays and results also render with treescope
+Every function returns a Figure (Agg backend: no display needed, lmjax.plotting);
+`save(fig, path)` writes a PNG and `png_bytes(fig)` returns one. Token strings are shown
+as given (`token_labels` makes readable ones). In notebooks, arrays and results also render with treescope
 (`treescope.render_array`), which needs nothing from here.
 """
 from __future__ import annotations
 
-import io
+import numpy as np
 
-import matplotlib
+from lmjax import plotting
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+plt = plotting.pyplot()
 
 DIVERGING = "RdBu"
 
@@ -30,16 +28,13 @@ def token_labels(tokenizer, ids) -> list[str]:
 
 
 def save(fig, path: str) -> str:
-    fig.savefig(path, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    """Write `fig` as a PNG at 110 dpi, cropped to what is drawn -> path."""
+    return plotting.save(fig, path, dpi=110)
 
 
 def png_bytes(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    """`fig` as PNG bytes at 90 dpi (what the explain report inlines)."""
+    return plotting.png_bytes(fig, dpi=90)
 
 
 def _symmetric(values):

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from lmjax import plotting
 from lmjax.scaling.fits import _cluster
 
 
 def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
+    plt = plotting.pyplot()
     return plt, *plt.subplots(figsize=(6, 4.2), dpi=120)
 
 
@@ -28,9 +25,7 @@ def _save(plt, fig, ax, path):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return plotting.save(fig, path, tight=False)
 
 
 def plot_loss_vs_compute(N, D, L, fit=None, path="loss_vs_compute.png"):
@@ -82,12 +77,7 @@ def plot_optimal_allocation(allocation, path="optimal_allocation.png"):
 
 def plot_emergence(N, C, L, probes: dict[str, np.ndarray], rtol: float = 0.05, path="emergence.png"):
     """Loss and each probe (name -> values per run) against N, one line per compute budget."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-
+    plt = plotting.pyplot()
     N, C, L = (np.asarray(x, float) for x in (N, C, L))
     panels = {"final val loss (nats/token)": L, **probes}
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), dpi=120)
@@ -104,6 +94,4 @@ def plot_emergence(N, C, L, probes: dict[str, np.ndarray], rtol: float = 0.05, p
         ax.grid(True, which="both", alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return plotting.save(fig, path, tight=False)
