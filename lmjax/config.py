@@ -1,8 +1,10 @@
-"""Experiment configs: load `configs/x.py[:arg]`, apply `--config.a.b=v` overrides, validate.
+"""Experiment configs: load `configs/x.py[:variant]`, apply `--config.a.b=v` overrides, validate.
 
 A config file defines `get_config(arg=None) -> ml_collections.ConfigDict` (big_vision
-style) with the sections of `default_config()`. Everything is checked before anything
-compiles; every problem is reported at once as a `ConfigError` naming the field.
+style): a training config with the sections of `default_config()`, or any other config
+whose file declares its own schema (`defaults()`, see load_config), as the reproductions'
+configs/repro/*.py do. Everything is checked before anything compiles; every problem is
+reported at once as a `ConfigError` naming the field.
 """
 from __future__ import annotations
 
@@ -95,7 +97,22 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """`path.py[:arg]` -> validated config, with `a.b=value` overrides applied."""
+    """`path.py[:variant]` -> validated config, with `a.b=value` overrides applied.
+
+    The file's `get_config(variant or None)` is laid over a schema: every key the config may
+    have, with its default and type. By default the schema is the training config's
+    (`default_config()`) and `validate` checks the result. A file that is not a training
+    config declares its own schema, and may add its own checks:
+
+        def defaults() -> ConfigDict: every key with its default (its type is the key's type)
+        def get_config(arg=None) -> ConfigDict: the variant, over defaults() (often defaults()
+            with a few values changed)
+        def problems(config) -> list[str]: optional, "field: what is wrong" per problem
+
+    Either way a key the schema lacks, a value of the wrong type (an override's text is
+    parsed to the key's type) or a failed check is a ConfigError naming the field, raised
+    before anything runs. configs/repro/*.py declare their own schemas this way.
+    """
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} not found (expected configs/NAME.py[:variant])")
@@ -108,42 +125,55 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
         user = module.get_config(arg or None)
     except (ValueError, KeyError, TypeError) as e:  # e.g. an unknown variant
         raise ConfigError(f"{spec}: {e}") from None
-    config = merge(default_config(), user, where=path)
-    return apply_overrides(config, overrides)
+    own_schema = getattr(module, "defaults", None)
+    config = merge(own_schema() if own_schema else default_config(), user, where=path)
+    set_overrides(config, overrides)
+    found = [] if own_schema else config_problems(config)
+    if hasattr(module, "problems"):
+        found += list(module.problems(config))
+    _raise_problems(found)
+    return config
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """Apply `section.key=value` overrides to `config` and validate the result."""
+    """Apply `section.key=value` overrides to a training config and validate the result."""
+    set_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+def set_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """Apply `a.b=value` overrides to any config (set_field each), without validating."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         set_field(config, key, value)
-    validate(config)
     return config
 
 
 def merge(base: ml_collections.ConfigDict, user, where: str) -> ml_collections.ConfigDict:
-    """Overlay `user` onto the defaults; unknown keys are errors."""
-    for section, values in user.items():
-        if section not in SECTIONS:
-            raise ConfigError(f"{where}: unknown section {section!r}; allowed: {list(SECTIONS)}")
-        _merge_into(base, section, values)
+    """Overlay `user` (a mapping) onto `base`, the schema with its defaults; a key that
+    `base` lacks is an error, a value is checked against the key's type (set_field)."""
+    for key, value in user.items():
+        if key not in base:
+            raise ConfigError(f"{where}: unknown {'section' if hasattr(value, 'items') else 'key'} {key!r}; "
+                              f"allowed: {list(base.keys())}")
+        _merge_into(base, key, value)
     return base
 
 
-def _merge_into(base, prefix: str, values) -> None:
-    for key, value in values.items():
-        dotted = f"{prefix}.{key}"
-        if isinstance(_lookup(base, dotted, missing=None), ml_collections.ConfigDict) and hasattr(value, "items"):
-            _merge_into(base, dotted, value)  # a nested section, e.g. mesh.rules
-        else:
-            set_field(base, dotted, value)
+def _merge_into(base, dotted: str, value) -> None:
+    if isinstance(_lookup(base, dotted, missing=None), ml_collections.ConfigDict) and hasattr(value, "items"):
+        for key, inner in value.items():  # a section, or one nested in it (e.g. mesh.rules)
+            _merge_into(base, f"{dotted}.{key}", inner)
+    else:
+        set_field(base, dotted, value)
 
 
 def _lookup(config, dotted: str, missing=KeyError):
     node = config
-    for part in dotted.split("."):
+    for part in dotted.split(".") if dotted else ():
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
             if missing is KeyError:
                 raise KeyError(dotted)
@@ -153,17 +183,20 @@ def _lookup(config, dotted: str, missing=KeyError):
 
 
 def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
-    """Set `section.key` to value (a string from the command line is parsed to the field's type)."""
-    section, _, key = dotted.partition(".")
-    if section not in SECTIONS:
-        raise ConfigError(f"unknown config section {section!r} in {dotted!r}; allowed: {list(SECTIONS)}")
+    """Set the key `a.b.c` of `config` to value: the key must exist (the config is its own
+    schema), a string from the command line is parsed to the key's type, another value must
+    have that type (an int is taken for a float, a list for a tuple)."""
+    section = dotted.partition(".")[0]
+    if section not in config:
+        what = f"section {section!r} in {dotted!r}" if "." in dotted else f"key {dotted!r}"
+        raise ConfigError(f"unknown config {what}; allowed: {list(config.keys())}")
     parent_path, _, key = dotted.rpartition(".")
     parent = _lookup(config, parent_path, missing=None)
     if not isinstance(parent, ml_collections.ConfigDict) or key not in parent:
         where = parent_path if isinstance(parent, ml_collections.ConfigDict) else section
         keys = sorted((parent if isinstance(parent, ml_collections.ConfigDict) else config[section]).keys())
         raise ConfigError(f"unknown config key {dotted!r}; {where} has: {keys}")
-    if parent_path == "mesh.rules" and (value is None or isinstance(value, (tuple, list))):
+    if parent_path.split(".")[-2:] == ["mesh", "rules"] and (value is None or isinstance(value, (tuple, list))):
         value = ",".join(value or ())  # ("data", "fsdp") / None in a config file -> "data,fsdp" / ""
     current = parent[key]
     if isinstance(current, ml_collections.ConfigDict):
@@ -173,6 +206,8 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
         value = parse_value(value)
     if value is not None and field_type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if field_type is tuple and isinstance(value, list):
+        value = tuple(value)
     if value is not None and field_type not in (type(None), object) and not isinstance(value, field_type):
         raise ConfigError(
             f"{dotted}: expected {field_type.__name__}, got {type(value).__name__} {value!r}"
@@ -203,7 +238,17 @@ def model_config(config, vocab_size: int | None = None) -> ModelConfig:
 
 
 def validate(config) -> None:
-    """Raise ConfigError listing every problem in the config."""
+    """Raise ConfigError listing every problem in the training config."""
+    _raise_problems(config_problems(config))
+
+
+def _raise_problems(problems) -> None:
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def config_problems(config) -> list[str]:
+    """Every problem in a training config, one "field: what is wrong" line each."""
     problems = []
     model = model_config(config, vocab_size=config.model.vocab_size or 1)
     problems += model.problems()
@@ -237,8 +282,7 @@ def validate(config) -> None:
     for axis in MESH_AXES + DCN_KEYS:
         check(m[axis] == -1 or m[axis] > 0, f"mesh.{axis}", f"must be -1 (fill) or positive, got {m[axis]}")
     problems += preset_problems(m) + rule_problems(m.rules)
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return problems
 
 
 def config_from_dict(d: dict) -> ml_collections.ConfigDict:

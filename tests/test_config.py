@@ -71,3 +71,49 @@ def test_cli_reports_config_errors_without_traceback(capsys, tmp_path):
     assert code == 2
     assert "model.d_model" in err and "Traceback" not in err
     assert not (tmp_path / "w" / "checkpoints").exists()  # failed before any work
+
+
+OWN_SCHEMA = '''
+import ml_collections
+
+def defaults():
+    c = ml_collections.ConfigDict()
+    c.steps = 10
+    c.lr = 0.1
+    c.pairs = (1, 2)
+    c.name = "a"
+    c.model = dict(width=8, act="relu")
+    return c
+
+def get_config(arg=None):
+    c = defaults()
+    if arg == "wide":
+        c.model.width = 64
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r}; allowed: wide")
+    return c
+
+def problems(c):
+    return [] if c.model.width % 8 == 0 else [f"model.width: {c.model.width} is not a multiple of 8"]
+'''
+
+
+def test_a_config_file_may_declare_its_own_schema(tmp_path):
+    """defaults() in the file replaces the training schema: the same typed overrides,
+    unknown keys and wrong types rejected, the file's problems() checked, variants by `:`."""
+    path = tmp_path / "own.py"
+    path.write_text(OWN_SCHEMA)
+    c = load_config(f"{path}:wide", ["steps=3", "lr=1", "pairs=[4, 8]", "name=12", "model.act=gelu"])
+    assert (c.steps, c.lr, c.pairs, c.name, c.model.width, c.model.act) == (3, 1.0, (4, 8), "12", 64, "gelu")
+    assert isinstance(c.lr, float) and "optimizer" not in c  # no training sections
+    for override, message in [("nope=1", "unknown config key 'nope'; allowed"), ("model.depth=2", "model has"),
+                              ("steps=abc", "steps: expected int"), ("model.width=12", "not a multiple of 8"),
+                              ("model=3", "model is a section")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(str(path), [override])
+    with pytest.raises(ConfigError, match="unknown variant 'huge'"):
+        load_config(f"{path}:huge")
+    # a variant may only set keys that the schema has
+    path.write_text(OWN_SCHEMA.replace('c.model.width = 64', 'c.extra = 1'))
+    with pytest.raises(ConfigError, match="unknown key 'extra'"):
+        load_config(f"{path}:wide")

@@ -21,7 +21,9 @@ import numpy as np
 import optax
 import pytest
 
-from lmjax.config import default_config
+from conftest import REPO, data_file
+from lmjax import repro
+from lmjax.config import ConfigError, default_config, load_config
 from lmjax.errors import LmjaxError
 from lmjax.model import ModelConfig, Transformer
 from lmjax.repro import _common, grokking, induction, upos
@@ -30,25 +32,62 @@ from lmjax.train.optimizer import frozen_mask, make_optimizer
 from lmjax.train.steps import init_params, make_train_step, new_state
 from _model_fixtures import FAST_COMPILE
 
-DATA = "/work/shared/data"
-if not os.path.isdir(DATA):
-    DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-TINY = os.path.join(DATA, "tinyshakespeare", "input.txt")
-EWT = os.path.join(DATA, "ud_english_ewt", "en_ewt-ud-dev.conllu")
+GROKKING = os.path.join(REPO, "configs", "repro", "grokking.py")
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def test_overrides_are_typed_and_unknown_keys_name_the_choices():
-    c = _common.load_repro_config("grokking", "small", ["steps=7", "optimizer.lr=1", "model.d_model=32"])
+def test_repro_configs_go_through_the_config_machinery():
+    """configs/repro/grokking.py declares its own schema (defaults()): overrides are parsed
+    to each key's type; an unknown key, a wrong type, an unknown variant or a failed check
+    is a one-line ConfigError before anything runs."""
+    c = load_config(GROKKING + ":small", ["steps=7", "optimizer.lr=1", "model.d_model=32"])
     assert c.steps == 7 and c.optimizer.lr == 1.0 and isinstance(c.optimizer.lr, float) and c.model.d_model == 32
-    with pytest.raises(ValueError, match="unknown config key 'optimizer.nope'.*weight_decay"):
-        _common.load_repro_config("grokking", None, ["optimizer.nope=1"])
-    with pytest.raises(ValueError, match="expected int"):
-        _common.load_repro_config("grokking", None, ["steps=abc"])
-    with pytest.raises(ValueError, match="unknown variant 'huge'"):
-        _common.load_repro_config("grokking", "huge")
+    assert c.p == 23  # the variant
+    assert _common.load_repro_config("grokking:small", overrides=["steps=7"]).to_dict() == \
+        load_config(GROKKING + ":small", ["steps=7"]).to_dict()
+    bad = {
+        "optimizer.nope=1": "unknown config key 'optimizer.nope'.*weight_decay",
+        "nope=1": "unknown config key 'nope'.*train_fraction",
+        "steps=abc": "steps: expected int",
+        "train_fraction=1.5": "train_fraction: must be in",
+        "model.n_head=5": "model.d_model",
+    }
+    for override, message in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config(GROKKING, [override])
+    with pytest.raises(ConfigError, match="unknown variant 'huge'"):
+        load_config(GROKKING + ":huge")
+    with pytest.raises(LmjaxError, match="two variants"):
+        _common.load_repro_config("grokking:small", "huge")
+
+
+def test_repro_command_line_variant_out_and_names(tmp_path):
+    """`NAME:variant` (or the alias --variant), --out always a directory, unknown names in one line."""
+    config, out, variant = _common.parse_args("grokking:small", ["--out", str(tmp_path / "o"), "--config.steps=3"])
+    assert (variant, config.p, config.steps, out) == ("small", 23, 3, str(tmp_path / "o")) and os.path.isdir(out)
+    assert _common.parse_args("grokking", ["--variant", "small", "--out", out]).config.p == 23
+    assert _common.parse_args("grokking", ["--out", out], variant="small").config.p == 23
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LmjaxError, match="is a file; --out names the directory"):
+        _common.parse_args("grokking", ["--out", str(tmp_path / "file")])
+    with pytest.raises(LmjaxError, match="unknown reproduction 'nope'.*grokking"):
+        repro.run("nope:small", [])
+
+
+def test_reference_data_paths_need_lmjax_data(monkeypatch, tmp_path):
+    """Defaults name reference data as $LMJAX_DATA/...; without the variable, one line naming
+    it and the flag, before any training."""
+    monkeypatch.delenv("LMJAX_DATA", raising=False)
+    config = load_config(os.path.join(REPO, "configs", "repro", "induction.py:text"))
+    assert config.data.startswith("$LMJAX_DATA/")
+    with pytest.raises(LmjaxError, match="LMJAX_DATA.*--config.data"):
+        induction.train(config, progress=False)
+    config = load_config(os.path.join(REPO, "configs", "repro", "upos.py:small"))
+    with pytest.raises(LmjaxError, match="LMJAX_DATA.*--config.conllu"):
+        upos.run(config, str(tmp_path), progress=False)
+    assert not os.listdir(tmp_path)
 
 
 def test_fourier_spectrum_finds_planted_frequencies():
@@ -221,7 +260,7 @@ def test_grad_accum_with_a_loss_fn_averages_the_micro_batches(step_model):
 
 
 def test_grokking_memorises_before_it_generalises():
-    config = _common.load_repro_config("grokking", "small", ["steps=200", "eval_every=100"])
+    config = _common.load_repro_config("grokking:small", overrides=["steps=200", "eval_every=100"])
     results = grokking.summarize(config, grokking.train(config, progress=False))
     assert results["train_acc_100_step"] is not None and results["train_acc_100_step"] <= 150
     # when the training set is memorised, most held-out pairs are still wrong
@@ -230,7 +269,7 @@ def test_grokking_memorises_before_it_generalises():
 
 
 def test_induction_phase_change_and_ablation(tmp_path):
-    results = induction.main(["--out", str(tmp_path), "--variant", "small"])
+    results = repro.run("induction:small", ["--out", str(tmp_path)])  # what `lmjax repro induction:small` runs
     ind = np.asarray(results["log"]["induction"])  # [evals, layer, head]
     assert ind[0].max() < 0.15  # no induction head at init...
     assert results["best_head_induction_end"] > 0.4  # ...a layer-1 one at the end
@@ -246,9 +285,9 @@ def test_induction_phase_change_and_ablation(tmp_path):
     assert all(os.path.getsize(f) > 1000 for f in results["figures"])
 
 
-@pytest.mark.skipif(not (os.path.exists(EWT) and os.path.exists(TINY)), reason="shared data not found")
 def test_upos_probes_beat_majority_and_random_init(tmp_path):
-    config = _common.load_repro_config("upos", "small", [f"conllu={EWT}", f"lm.data.source={TINY}"])
+    data_file("ud_english_ewt", "en_ewt-ud-dev.conllu"), data_file("tinyshakespeare", "input.txt")
+    config = _common.load_repro_config("upos:small")  # the defaults: $LMJAX_DATA/...
     results = upos.run(config, str(tmp_path), progress=False)
     assert results["n_words"] > 1000
     assert min(results["trained_test_acc"]) > results["majority_baseline"] + 0.1

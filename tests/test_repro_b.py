@@ -14,13 +14,11 @@ import os
 import numpy as np
 import pytest
 
-from lmjax import plotting
-from lmjax.repro import recall, shakespeare
-
-DATA = "/work/shared/data"
-if not os.path.isdir(DATA):
-    DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-TINY = os.path.join(DATA, "tinyshakespeare", "input.txt")
+from conftest import data_file
+from lmjax import commands, plotting, repro
+from lmjax.config import ConfigError
+from lmjax.errors import LmjaxError
+from lmjax.repro import _common, recall
 
 
 def test_figures_are_written_whole_and_errors_name_the_path(tmp_path):
@@ -62,7 +60,7 @@ def test_mqar_rows_answer_every_query_with_its_value():
 @pytest.fixture(scope="module")
 def recall_small(tmp_path_factory):
     out = tmp_path_factory.mktemp("recall")
-    results = recall.main(["--variant", "small", "--out", str(out)])
+    results = repro.run("recall:small", ["--out", str(out)])
     return results, out
 
 
@@ -80,18 +78,21 @@ def test_recall_attention_solves_it_small_state_mamba_degrades(recall_small):
 
 
 def test_recall_config_overrides_are_checked():
-    from lmjax.repro import _common
+    c = _common.load_repro_config("recall:small", overrides=["train.steps=7", "models.mamba.d_state=2",
+                                                             "task.eval_pairs=[2, 4]"])
+    assert c.train.steps == 7 and c.models.mamba.d_state == 2 and c.task.eval_pairs == (2, 4)
+    with pytest.raises(ConfigError, match="unknown config key 'models.mamba.nope'"):
+        _common.load_repro_config("recall", overrides=["models.mamba.nope=1"])
+    with pytest.raises(ConfigError, match="task.train_pairs/eval_pairs: every count must be in \\[1, 31\\]"):
+        _common.load_repro_config("recall:small", overrides=["task.train_pairs=(1, 40)"])  # vocabulary 64: 31 keys
+    with pytest.raises(ConfigError, match="models.transformer: model.d_model"):
+        _common.load_repro_config("recall", overrides=["models.transformer.n_head=3"])
 
-    c = _common.load_repro_config("recall", "small", ["train.steps=7", "models.mamba.d_state=2"])
-    assert c.train.steps == 7 and c.models.mamba.d_state == 2
-    with pytest.raises(ValueError, match="unknown config key 'models.mamba.nope'"):
-        _common.load_repro_config("recall", None, ["models.mamba.nope=1"])
 
-
-@pytest.mark.skipif(not os.path.exists(TINY), reason=f"needs the shared tinyshakespeare text at {TINY}")
-def test_shakespeare_small_lowers_the_loss(tmp_path):
+def test_shakespeare_small_lowers_the_loss(tmp_path, capsys):
+    data_file("tinyshakespeare", "input.txt")  # the default data.source: $LMJAX_DATA/tinyshakespeare/input.txt
     out = tmp_path / "shakespeare"
-    r = shakespeare.main(["--variant", "small", "--out", str(out), f"--config.data.source={TINY}"])
+    r = repro.run("shakespeare:small", ["--out", str(out)])
     train = [loss for _, loss in r["curves"]["train"]]
     assert train[-1] < train[0] - 0.2
     assert r["final_val_loss"] < np.log(65) - 0.2  # below uniform over the 65 characters
@@ -103,5 +104,11 @@ def test_shakespeare_small_lowers_the_loss(tmp_path):
     saved = json.load(open(out / "results.json"))
     assert saved["final_val_loss"] == pytest.approx(r["final_val_loss"])
     assert os.path.getsize(out / "shakespeare.png") > 1000
-    with pytest.raises(FileExistsError, match="already holds a run"):
-        shakespeare.main(["--variant", "small", "--out", str(out), f"--config.data.source={TINY}"])
+    assert r["variant"] == "small" and json.load(open(out / "results.json"))["config"]["model"]["d_model"] == 32
+    # a second run into the same --out is refused before training, in one line on the command line
+    with pytest.raises(LmjaxError, match="already holds a run"):
+        repro.run("shakespeare", ["--variant", "small", "--out", str(out)])
+    capsys.readouterr()
+    assert commands.main(["repro", "shakespeare", "--variant", "small", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds a run" in err and "Traceback" not in err

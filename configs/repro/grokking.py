@@ -5,12 +5,16 @@ Nanda et al.'s setting: a 1-layer transformer (d_model 128, 4 heads, d_mlp 512, 
 lr 1e-3, weight decay 1.0, betas (0.9, 0.98). lmjax's block keeps its LayerNorms (it has
 no norm-free option).
 
-Variants: `small` (the test's setting: p = 23, a narrower model, fewer steps).
+Variants: `lmjax repro grokking:small` (the test's setting: p = 23, a narrower model,
+fewer steps). The file declares its own schema (`defaults`, lmjax.config.load_config):
+`--config.KEY=VALUE` may set any key below, parsed to its type.
 """
 import ml_collections
 
+from lmjax.model import ModelConfig
 
-def get_config(arg=None):
+
+def defaults():
     c = ml_collections.ConfigDict()
     c.p = 113  # the modulus; tokens 0..p-1 are numbers, p is "="
     c.train_fraction = 0.3
@@ -25,6 +29,11 @@ def get_config(arg=None):
     c.steps = 2000
     c.eval_every = 50  # test accuracy is measured once per compiled chunk of this many steps
     c.key_frequencies = 6  # how many top frequencies the spectrum summary counts
+    return c
+
+
+def get_config(arg=None):
+    c = defaults()
     if arg == "small":
         c.p = 23
         c.model.update(d_model=32, n_head=4, d_mlp=128)
@@ -35,3 +44,19 @@ def get_config(arg=None):
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; allowed: small")
     return c
+
+
+def problems(c) -> list[str]:
+    out = ModelConfig(vocab_size=c.p + 1, max_len=3, **c.model).problems()
+    o = c.optimizer
+    checks = [
+        (c.p >= 2, "p", f"must be >= 2, got {c.p}"),
+        (0 < c.train_fraction < 1, "train_fraction", f"must be in (0, 1), got {c.train_fraction}"),
+        (c.steps > 0 and c.eval_every > 0, "steps/eval_every", f"must be positive, got {c.steps}, {c.eval_every}"),
+        (1 <= c.key_frequencies <= c.p // 2, "key_frequencies", f"must be in [1, p // 2 = {c.p // 2}], got "
+                                                                f"{c.key_frequencies}"),
+        (o.lr > 0 and o.weight_decay >= 0 and o.warmup_steps >= 0, "optimizer.lr/weight_decay/warmup_steps",
+         "lr must be > 0, weight_decay and warmup_steps >= 0"),
+        (0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optimizer.b1/b2", f"must be in [0, 1), got {o.b1}, {o.b2}"),
+    ]
+    return out + [f"{field}: {msg}" for ok, field, msg in checks if not ok]

@@ -9,14 +9,25 @@ token `late` minus the loss at token `early` (Olsson et al.: token 500 minus tok
 a long context; here 250 minus 25 of a 256 context, each the mean over +-`window`
 positions).
 
-Variants: `small` (the test's setting: context 64, a few hundred steps).
+Variants: `lmjax repro induction` (in-context bigrams, context 65), `induction:small` (the
+test's setting: context 33, 800 steps), `induction:text` (tinyshakespeare characters: needs
+LMJAX_DATA, the folder holding tinyshakespeare/, or --config.data=PATH). The file declares
+its own schema (`defaults`, lmjax.config.load_config): `--config.KEY=VALUE` may set any key
+below, parsed to its type.
 """
 import ml_collections
 
+from lmjax.model import ModelConfig
 
-def get_config(arg=None):
+REPEAT_SOURCES = ("text", "random", "bigram")
+EVAL_DATA = ("text", "train")
+
+
+def defaults():
     c = ml_collections.ConfigDict()
-    c.data = "/work/shared/data/tinyshakespeare/input.txt"  # "" = the embedded corpus (stdlib)
+    # the text (the `text` variant, and the filler of text rows): a file, "" = the embedded
+    # corpus (stdlib); $LMJAX_DATA is lmjax.data.reference's folder of reference data
+    c.data = "$LMJAX_DATA/tinyshakespeare/input.txt"
     c.val_fraction = 0.1
     # A quarter of the training rows repeat a text chunk of random length (the copy's offset
     # varies, so only an induction circuit predicts it); the ICL score is measured on plain
@@ -37,6 +48,11 @@ def get_config(arg=None):
     c.induction_n = 100  # length of r in the [BOS] + r + r probe
     c.induction_batch = 16
     c.head_threshold = 0.3  # heads scoring above this share of the top score count as induction heads
+    return c
+
+
+def get_config(arg=None):
+    c = defaults()
     # Default: in-context bigrams over 12 symbols (no text), context 65. On tinyshakespeare
     # characters (the `text` variant: 25% of rows repeating a text chunk, context 256,
     # d_model 128) no induction head had formed after 2,000 steps (5.5 min): measured.
@@ -57,3 +73,22 @@ def get_config(arg=None):
     elif arg not in (None, "", "text"):
         raise ValueError(f"unknown variant {arg!r}; allowed: small, text")
     return c
+
+
+def problems(c) -> list[str]:
+    t = c.model.max_len
+    out = ModelConfig(vocab_size=max(c.repeat_vocab, 1) + 1, **c.model).problems()
+    checks = [
+        (c.repeat_source in REPEAT_SOURCES, "repeat_source", f"{c.repeat_source!r} not in {REPEAT_SOURCES}"),
+        (c.eval_data in EVAL_DATA, "eval_data", f"{c.eval_data!r} not in {EVAL_DATA} (plain held-out text, or rows "
+                                                "like the training mix)"),
+        (0 <= c.repeat_fraction <= 1, "repeat_fraction", f"must be in [0, 1], got {c.repeat_fraction}"),
+        (0 < c.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {c.val_fraction}"),
+        (0 <= c.early < c.late < t - 1, "early/late", f"need 0 <= early < late < model.max_len - 1; got early="
+                                                      f"{c.early}, late={c.late}, max_len={t}"),
+        (0 < 2 * c.induction_n + 1 <= t, "induction_n", f"{c.induction_n}: [BOS] + r + r must fit in "
+                                                        f"model.max_len={t}"),
+        (c.steps > 0 and c.batch_size > 0 and c.log_every > 0 and c.eval_batch > 0 and c.induction_batch > 0,
+         "steps/batch_size/log_every/eval_batch/induction_batch", "must be positive"),
+    ]
+    return out + [f"{field}: {msg}" for ok, field, msg in checks if not ok]

@@ -18,13 +18,15 @@ non-constant Fourier norm (13% at init). The memorise-then-generalise gap is ~7x
 show in both curves. Wall time 14 min 21 s for the command on the shared 2-core CPU under
 heavy load from other jobs (load average ~9); docs/repro/grokking_{curves,fourier}.png.
 
-Command: `lmjax repro grokking --out runs/repro/grokking` (figures grokking_curves.png,
+Command: `lmjax repro grokking --out runs/repro/grokking` (`grokking:small` for the
+test's setting; figures grokking_curves.png,
 grokking_fourier.png and results.json). Nanda et al.'s exact size and rate:
 `--config.model.d_model=128 --config.model.d_mlp=512 --config.optimizer.lr=1e-3
 --config.steps=15000` (not run here: ~0.34 s a step on this CPU).
 """
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -34,17 +36,19 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from lmjax import plotting
+from lmjax.errors import LmjaxError
 from lmjax.model import ModelConfig, Transformer
 from lmjax.repro import _common
 from lmjax.train.optimizer import make_optimizer
-from lmjax.train.steps import init_params
+from lmjax.train.steps import init_params, make_train_step, new_state
 
 
 def dataset(p: int, train_fraction: float, seed: int = 0):
     """All p^2 rows [a, b, =] with labels (a + b) mod p, split at random -> (train, test),
     each (tokens [n, 3] int32, labels [n] int32)."""
     if not 0 < train_fraction < 1:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+        raise LmjaxError(f"train_fraction must be in (0, 1), got {train_fraction}")
     a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
     a, b = a.ravel(), b.ravel()
     tokens = np.stack([a, b, np.full_like(a, p)], axis=1).astype(np.int32)
@@ -100,19 +104,24 @@ def train(config, progress: bool = True) -> dict:
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
-    def step(carry, _):
-        params, opt_state = carry
-        (loss, acc), grads = jax.value_and_grad(loss_acc, has_aux=True)(params, xtr, ytr)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), (loss, acc)
+    def loss_fn(params, batch, key):
+        loss, acc = loss_acc(params, batch["tokens"], batch["labels"])
+        return loss, {"accuracy": acc}
+
+    step = make_train_step(model, optimizer, loss_fn=loss_fn, jit=False)  # scanned inside `chunk`'s jit
+    full_batch = {"tokens": xtr, "labels": ytr}
+
+    def body(state, _):
+        state, metrics = step(state, full_batch)
+        return state, (metrics["loss"], metrics["accuracy"])
 
     @jax.jit
-    def chunk(carry):
-        carry, (loss, acc) = jax.lax.scan(step, carry, None, length=config.eval_every)
-        test_loss, test_acc = loss_acc(carry[0], xte, yte)
-        return carry, loss, acc, test_loss, test_acc
+    def chunk(state):
+        state, (loss, acc) = jax.lax.scan(body, state, None, length=config.eval_every)
+        test_loss, test_acc = loss_acc(state["params"], xte, yte)
+        return state, loss, acc, test_loss, test_acc
 
-    carry = (params, optimizer.init(params))
+    state = new_state(params, optimizer)
     init_embed = np.asarray(params["embed"][:p])
     curves = {k: [] for k in ("train_loss", "train_acc")}
     evals = {k: [] for k in ("step", "train_loss", "train_acc", "test_loss", "test_acc")}
@@ -120,7 +129,7 @@ def train(config, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     bar = tqdm(range(n_chunks), desc="grokking", disable=not progress, mininterval=2.0)
     for i in bar:
-        carry, loss, acc, test_loss, test_acc = chunk(carry)
+        state, loss, acc, test_loss, test_acc = chunk(state)
         bar.set_postfix(train_acc=f"{float(acc[-1]):.3f}", test_acc=f"{float(test_acc):.3f}")
         curves["train_loss"] += np.asarray(loss).tolist()
         curves["train_acc"] += np.asarray(acc).tolist()
@@ -129,7 +138,7 @@ def train(config, progress: bool = True) -> dict:
         evals["train_acc"].append(float(acc[-1]))
         evals["test_loss"].append(float(test_loss))
         evals["test_acc"].append(float(test_acc))
-    return dict(params=carry[0], init_embed=init_embed, curves=curves, evals=evals,
+    return dict(params=state["params"], init_embed=init_embed, curves=curves, evals=evals,
                 train_time_s=time.perf_counter() - t0, n_train=int(len(ytr)), n_test=int(len(yte)))
 
 
@@ -175,11 +184,7 @@ def _value_at(ev, step):
 
 
 def plot(results, out: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plotting.pyplot()
     ev = results["evals"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot(ev["step"], ev["train_acc"], label="train")
@@ -190,7 +195,7 @@ def plot(results, out: str) -> list[str]:
     ax2.plot(ev["step"], ev["test_loss"], label="test")
     ax2.set(xscale="log", yscale="log", xlabel="step", ylabel="cross-entropy (nats)", title="loss")
     ax2.legend()
-    paths = [_common.savefig(fig, out, "grokking_curves.png")]
+    paths = [plotting.save(fig, os.path.join(out, "grokking_curves.png"), dpi=90)]
 
     fig, ax = plt.subplots(figsize=(10, 3.2))
     k = np.arange(len(results["spectrum"]))
@@ -201,7 +206,7 @@ def plot(results, out: str) -> list[str]:
                  f"{results['key_frequencies']} hold {results['key_frequency_share']:.0%} "
                  f"(init {results['key_frequency_share_at_init']:.0%})")
     ax.legend()
-    paths.append(_common.savefig(fig, out, "grokking_fourier.png"))
+    paths.append(plotting.save(fig, os.path.join(out, "grokking_fourier.png"), dpi=90))
     return paths
 
 
@@ -211,8 +216,8 @@ def experiment(config, out: str) -> dict:
     return results
 
 
-def main(argv=None) -> dict:
-    results, out = _common.reproduce("grokking", argv, __doc__, experiment)
+def main(argv=None, variant: str | None = None) -> dict:
+    results, out = _common.reproduce("grokking", argv, __doc__, experiment, variant)
     print(f"train acc 100% at step {results['train_acc_100_step']} (test acc then {results['test_acc_at_train_100']}), "
           f"test acc 99% at step {results['test_acc_99_step']}; final test acc {results['final_test_acc']:.4f}; "
           f"key frequencies {results['key_frequencies']} hold {results['key_frequency_share']:.1%} of the embedding "

@@ -27,7 +27,8 @@ random length, 2,000 steps, 5.6 min) ended at val loss 2.09 nats/char with every
 induction score <= 0.01 and an ICL score of +0.07 (later tokens no better than early ones).
 
 Command: `lmjax repro induction --out runs/repro/induction` (figures induction_phase.png,
-induction_ablation.png and results.json); `--variant text` for the text run.
+induction_ablation.png and results.json); `lmjax repro induction:text` for the text run
+(LMJAX_DATA names the folder holding tinyshakespeare/, or --config.data=PATH).
 """
 from __future__ import annotations
 
@@ -39,26 +40,29 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
+from lmjax import plotting
+from lmjax.data import reference
 from lmjax.data.sources import text_source
 from lmjax.data.tokenizers import CharTokenizer
+from lmjax.errors import LmjaxError
 from lmjax.interp import ablation, heads
 from lmjax.interp.metrics import NextTokenLoss
 from lmjax.model import ModelConfig, Transformer
 from lmjax.repro import _common
 from lmjax.train.optimizer import make_optimizer
-from lmjax.train.steps import init_params
+from lmjax.train.steps import init_params, make_train_step, new_state
 
 
 def load_text(path: str) -> str:
-    """The training text: a file, or "" for the embedded corpus (the standard library's source)."""
+    """The training text: a file ($LMJAX_DATA/... resolved), or "" for the embedded corpus
+    (the standard library's source)."""
     if path:
+        path = reference.resolve(path, "--config.data")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"induction data {path!r} not found; set --config.data to a text file or '' "
-                                    "for the embedded corpus")
+            raise LmjaxError(f"--config.data={path}: no such file; give a text file, or '' for the embedded corpus")
         with open(path, encoding="utf-8") as f:
             return f.read()
     source = text_source("stdlib")
@@ -168,37 +172,30 @@ def setup(config):
 
 
 def train(config, progress: bool = True) -> dict:
+    """Train the attention-only model (a config checked by configs/repro/induction.py's
+    `problems`), measuring the heads and the ICL score every `log_every` steps."""
     bos, n_chars, train_ids, val_ids, model = setup(config)
     t = model.cfg.max_len
-    if not config.early < config.late < t - 1:
-        raise ValueError(f"need early < late < max_len - 1; got early={config.early}, late={config.late}, "
-                         f"max_len={t}")
-    if 2 * config.induction_n + 1 > t:
-        raise ValueError(f"induction_n={config.induction_n}: [BOS] + r + r must fit in max_len={t}")
     rng = np.random.RandomState(config.seed)
-    if config.repeat_source not in ("text", "random", "bigram"):
-        raise ValueError(f"repeat_source must be 'text', 'random' or 'bigram', got {config.repeat_source!r}")
-    if config.eval_data not in ("text", "train"):
-        raise ValueError(f"eval_data must be 'text' (plain held-out text) or 'train' (the training mix), "
-                         f"got {config.eval_data!r}")
     val_rng = np.random.RandomState(config.seed + 1)
     val = jnp.asarray(text_rows(val_ids, val_rng, config.eval_batch, t, bos) if config.eval_data == "text"
                       else make_rows(config, val_ids, val_rng, config.eval_batch, t, bos, n_chars))
     probe_vocab = config.repeat_vocab if config.repeat_source != "text" and config.repeat_vocab else n_chars
     params = _common.attention_only(init_params(model, jax.random.key(config.seed)))
     o = ml_collections.ConfigDict(dict(b1=0.9, eps=1e-8, **config.optimizer))
-    optimizer = _common.frozen_where(make_optimizer(o, config.steps), params, _common.is_mlp_path)
+    optimizer = make_optimizer(o, config.steps)
 
-    def loss_fn(p, tokens):
+    def loss_fn(p, tokens, key):
         return NextTokenLoss(tokens)(model.apply({"params": p}, tokens)).mean()
 
-    def step(carry, tokens):
-        p, s = carry
-        loss, g = jax.value_and_grad(loss_fn)(p, tokens)
-        u, s = optimizer.update(g, s, p)
-        return (optax.apply_updates(p, u), s), loss
+    # the zeroed MLPs stay zero; scanned inside `chunk`'s jit
+    step = make_train_step(model, optimizer, loss_fn=loss_fn, frozen=_common.is_mlp_path, jit=False)
 
-    chunk = jax.jit(lambda carry, batches: jax.lax.scan(step, carry, batches))
+    def body(state, tokens):
+        state, metrics = step(state, tokens)
+        return state, metrics["loss"]
+
+    chunk = jax.jit(lambda state, batches: jax.lax.scan(body, state, batches))
     eval_losses = jax.jit(lambda p: position_losses(model, p, val))
 
     def measure(step_no, p):
@@ -212,17 +209,17 @@ def train(config, progress: bool = True) -> dict:
         return losses
 
     log = {"step": [], "induction": [], "icl": [], "val_loss": [], "train_loss": []}
-    carry = (params, optimizer.init(params))
+    state = new_state(params, optimizer, frozen=_common.is_mlp_path)
     first_losses = measure(0, params)
     t0 = time.perf_counter()
     for start in tqdm(range(0, config.steps, config.log_every), desc="induction", disable=not progress,
                       mininterval=2.0):
         n = min(config.log_every, config.steps - start)
         batches = make_rows(config, train_ids, rng, n * config.batch_size, t, bos, n_chars)
-        carry, losses = chunk(carry, jnp.asarray(batches.reshape(n, config.batch_size, t)))
+        state, losses = chunk(state, jnp.asarray(batches.reshape(n, config.batch_size, t)))
         log["train_loss"].append(float(np.mean(losses)))
-        last_losses = measure(start + n, carry[0])
-    return dict(model=model, params=carry[0], bos=bos, val=val, log=log, probe_vocab=probe_vocab,
+        last_losses = measure(start + n, state["params"])
+    return dict(model=model, params=state["params"], bos=bos, val=val, log=log, probe_vocab=probe_vocab,
                 first_losses=first_losses, last_losses=last_losses, train_time_s=time.perf_counter() - t0)
 
 
@@ -301,11 +298,7 @@ def summarize(config, run) -> dict:
 
 
 def plot(results, out: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plotting.pyplot()
     log = results["log"]
     steps, ind = np.asarray(log["step"]), np.asarray(log["induction"])
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 3.6))
@@ -325,7 +318,7 @@ def plot(results, out: str) -> list[str]:
     ax3.set(xlabel="token index", ylabel="val loss (nats)", title="loss by position in the context",
             ylim=(None, max(results["position_loss_end"]) + 0.5))
     ax3.legend()
-    paths = [_common.savefig(fig, out, "induction_phase.png")]
+    paths = [plotting.save(fig, os.path.join(out, "induction_phase.png"), dpi=90)]
 
     ab = results["ablation"]
     rows = [(k, ab[k]) for k in ("induction_heads", "other_heads") if ab.get(k)]
@@ -348,7 +341,7 @@ def plot(results, out: str) -> list[str]:
     ax2.set_xticks(np.arange(2), labels)
     ax2.set(ylabel="loss (nats)", title="[BOS] + r + r, r random symbols")
     ax2.legend(fontsize=8)
-    paths.append(_common.savefig(fig, out, "induction_ablation.png"))
+    paths.append(plotting.save(fig, os.path.join(out, "induction_ablation.png"), dpi=90))
     return paths
 
 
@@ -360,8 +353,8 @@ def experiment(config, out: str) -> dict:
     return results
 
 
-def main(argv=None) -> dict:
-    results, out = _common.reproduce("induction", argv, __doc__, experiment)
+def main(argv=None, variant: str | None = None) -> dict:
+    results, out = _common.reproduce("induction", argv, __doc__, experiment, variant)
     ab = results["ablation"]
     print(f"ICL score {results['icl_score_start']:.3f} -> {results['icl_score_end']:.3f} nats; "
           f"{results['best_head']} induction score {results['best_head_induction_end']:.2f}; phase change at step "

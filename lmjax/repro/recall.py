@@ -48,18 +48,21 @@ from __future__ import annotations
 
 import time
 
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
+from lmjax import plotting
 from lmjax.model import ModelConfig, Transformer
-from lmjax.repro import _common
 from lmjax.model.accounting import count_params
+from lmjax.repro import _common
+from lmjax.train.loss import masked_cross_entropy
 from lmjax.train.optimizer import make_optimizer
-from lmjax.train.steps import init_params
+from lmjax.train.steps import init_params, make_train_step, new_state
 
 # -- Data -------------------------------------------------------------------------------
 
@@ -119,11 +122,6 @@ def model_configs(config) -> dict[str, ModelConfig]:
 # -- Training and evaluation -------------------------------------------------------------
 
 
-def masked_loss(logits, targets, mask):
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return (losses * mask).sum() / jnp.maximum(mask.sum(), 1.0)
-
-
 def train_model(cfg: ModelConfig, config, *, desc: str = "", progress: bool = True):
     """Train one model on the pair-count mixture -> (params, [(step, loss)], seconds)."""
     tr, task = config.train, config.task
@@ -131,17 +129,13 @@ def train_model(cfg: ModelConfig, config, *, desc: str = "", progress: bool = Tr
     opt = ml_collections.ConfigDict(dict(lr=tr.lr, end_lr=tr.end_lr, schedule="cosine", warmup_steps=tr.warmup_steps,
                                          b1=0.9, b2=0.98, eps=1e-8, weight_decay=tr.weight_decay, clip_norm=1.0))
     optimizer = make_optimizer(opt, tr.steps)
-    params = init_params(model, jax.random.key(tr.seed))
-    opt_state = optimizer.init(params)
+    state = new_state(init_params(model, jax.random.key(tr.seed)), optimizer)
 
-    @jax.jit
-    def step(params, opt_state, batch):
-        def loss_fn(p):
-            return masked_loss(model.apply({"params": p}, batch["inputs"]), batch["targets"], batch["mask"])
+    def loss_fn(params, batch, key):  # the loss at the answers only
+        logits = model.apply({"params": params}, batch["inputs"])
+        return masked_cross_entropy(logits, batch["targets"], batch["mask"])
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    step = make_train_step(model, optimizer, loss_fn=loss_fn)
 
     rng = np.random.default_rng(tr.seed)
     curve, losses = [], []
@@ -150,13 +144,13 @@ def train_model(cfg: ModelConfig, config, *, desc: str = "", progress: bool = Tr
         counts = rng.choice(task.train_pairs, tr.batch_size)
         batch = mqar_batch(rng, counts, task.vocab_size, cfg.max_len)
         batch.pop("first")
-        params, opt_state, loss = step(params, opt_state, batch)
-        losses.append(loss)
+        state, metrics = step(state, batch)
+        losses.append(metrics["loss"])
         if (i + 1) % tr.log_every == 0 or i + 1 == tr.steps:
             curve.append((i + 1, float(np.mean(jax.device_get(losses)))))
             losses = []
-    jax.block_until_ready(params)
-    return params, curve, time.perf_counter() - start
+    jax.block_until_ready(state["params"])
+    return state["params"], curve, time.perf_counter() - start
 
 
 def evaluate(cfg: ModelConfig, params, config, *, batch_rows: int = 64) -> dict[int, float]:
@@ -202,11 +196,7 @@ def run(config, *, progress: bool = True) -> dict:
 
 
 def plot(results: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plotting.pyplot()
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
     for name, r in results["models"].items():
         pairs = sorted(r["accuracy"], key=int)
@@ -241,12 +231,12 @@ def table(results: dict) -> str:
 
 def experiment(config, out: str) -> dict:
     results = run(config)
-    _common.savefig(plot(results), out, "recall.png")
+    plotting.save(plot(results), os.path.join(out, "recall.png"), dpi=90)
     return results
 
 
-def main(argv=None) -> dict:
-    results, out = _common.reproduce("recall", argv, __doc__, experiment)
+def main(argv=None, variant: str | None = None) -> dict:
+    results, out = _common.reproduce("recall", argv, __doc__, experiment, variant)
     print(table(results))
     print(f"chance {results['chance']:.4f}; wall {results['wall_time_s']:.0f} s; wrote {out}/recall.png, results.json")
     return results

@@ -13,9 +13,13 @@ whole val split (eval_batches 0), every 250 steps. nanoGPT instead prints one dr
 random estimate (20 batches of 12 random windows); results.json also holds 100 such draws
 on the final parameters, whose spread is the noise on nanoGPT's single figure.
 
-    lmjax repro shakespeare --out runs/repro/shakespeare                    # CPU variant
-    lmjax repro shakespeare --variant gpu --out runs/repro/shakespeare_gpu  # GPU config
+    export LMJAX_DATA=../shared/data   # the folder holding tinyshakespeare/input.txt
+    lmjax repro shakespeare --out runs/repro/shakespeare            # CPU variant
+    lmjax repro shakespeare:gpu --out runs/repro/shakespeare_gpu    # GPU config
     lmjax repro shakespeare --out runs/repro/shakespeare_s1 --config.train.seed=1
+
+The training run's workdir is OUT/workdir; a second run into the same --out is refused
+(it would resume, and its wall time would mean nothing).
 
 - CPU variant (0.80M parameters), measured 2026-11-26 on the shared 2-core AMD EPYC:
   whole-split val loss at step 2000 1.8988 / 1.9101 / 1.9061 for seeds 0 / 1 / 2
@@ -33,14 +37,15 @@ on the final parameters, whose spread is the noise on nanoGPT's single figure.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 
 import numpy as np
 
-from lmjax.config import merge, default_config, validate
+from lmjax import plotting
+from lmjax.config import validate
+from lmjax.errors import LmjaxError
 from lmjax.repro import _common
 from lmjax.sample import sample
 from lmjax.train.loop import train
@@ -50,10 +55,10 @@ NANOGPT_ESTIMATE_DRAWS = 100
 
 
 def training_config(config):
-    """The repro config (sections of an lmjax training config) merged over the defaults and validated."""
-    full = merge(default_config(), config.to_dict(), where="configs/repro/shakespeare.py")
-    validate(full)
-    return full
+    """The reproduction's config as what lmjax.train.loop.train takes: it is a training
+    config (configs/repro/shakespeare.py), checked again here for a caller that changed it."""
+    validate(config)
+    return config
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -100,8 +105,8 @@ def jax_window_losses(model, params):
 
 def run(config, workdir: str, *, progress: bool = True) -> dict:
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise FileExistsError(f"{workdir} already holds a run (training would resume and the wall time would "
-                              "mean nothing); use another --out or remove it")
+        raise LmjaxError(f"{workdir} already holds a run (training would resume and the wall time would mean "
+                         "nothing); use another --out or remove it")
     start = time.perf_counter()
     summary = train(config, workdir, progress=progress, quiet=not progress)
     wall = time.perf_counter() - start
@@ -134,11 +139,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
 
 def plot(results: dict, reference: float | None):
     """Loss curves; beside them, the nanoGPT-style draws against nanoGPT's figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plotting.pyplot()
     fig, (ax, hist) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100, gridspec_kw={"width_ratios": [3, 2]})
     for name, style in (("train", "-"), ("val", "o-")):
         if results["curves"][name]:
@@ -160,17 +161,13 @@ def plot(results: dict, reference: float | None):
     return fig
 
 
-def main(argv=None) -> dict:
-    argv = list(argv or [])
-    config, out = _common.parse_args("shakespeare", argv, __doc__)
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--variant", default=None)
-    variant = peek.parse_known_args(argv)[0].variant or "cpu"
-    config = training_config(config)
+def main(argv=None, variant: str | None = None) -> dict:
+    config, out, variant = _common.parse_args("shakespeare", argv, __doc__, variant)
+    variant = variant or "cpu"
     results = {"variant": variant, "nanogpt_val_loss": NANOGPT_VAL.get(variant)}
     with _common.stopwatch(results):
         results.update(run(config, os.path.join(out, "workdir")))
-    _common.savefig(plot(results, results["nanogpt_val_loss"]), out, "shakespeare.png")
+    plotting.save(plot(results, results["nanogpt_val_loss"]), os.path.join(out, "shakespeare.png"), dpi=90)
     _common.write_results(out, results, config)
     estimate = results["nanogpt_estimate"]
     print(f"nanoGPT's 20-batch estimate on the same parameters: {estimate['mean']:.4f} +- {estimate['std']:.4f} "

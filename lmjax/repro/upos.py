@@ -18,7 +18,9 @@ identity and position) trained and random agree; every layer of the trained mode
 included) on the shared 2-core CPU under load (load average ~8); docs/repro/upos_by_layer.png.
 
 Command: `lmjax repro upos --out runs/repro/upos` (figure upos_by_layer.png and
-results.json; the trained model's checkpoint stays in OUT/lm).
+results.json; the trained model's checkpoint stays in OUT/lm); `upos:small` for the
+test's setting. LMJAX_DATA names the folder holding tinyshakespeare/ and ud_english_ewt/
+(or --config.lm.data.source=PATH --config.conllu=PATH).
 """
 from __future__ import annotations
 
@@ -27,7 +29,10 @@ import os
 import jax
 import numpy as np
 
-from lmjax.config import default_config, merge, validate
+from lmjax import plotting
+from lmjax.config import validate
+from lmjax.data import reference
+from lmjax.errors import LmjaxError
 from lmjax.interp import probes
 from lmjax.repro import _common
 from lmjax.train.loop import train as train_lm
@@ -35,14 +40,16 @@ from lmjax.train.steps import init_params
 
 
 def lm_config(config):
-    """The `lm` section as a validated lmjax training config."""
-    c = merge(default_config(), config.lm.to_dict(), where="configs/repro/upos.py (lm)")
-    validate(c)
-    return c
+    """The `lm` section, a training config (configs/repro/upos.py's schema), validated, with
+    its data path resolved ($LMJAX_DATA/...)."""
+    lm = config.lm.copy_and_resolve_references()
+    validate(lm)
+    lm.data.source = reference.resolve(lm.data.source, "--config.lm.data.source")
+    return lm
 
 
-def probe_model(model, params, tokenizer, config):
-    feats, labels, names = probes.upos_dataset(model, params, tokenizer, config.conllu, which=config.which,
+def probe_model(model, params, tokenizer, config, conllu: str):
+    feats, labels, names = probes.upos_dataset(model, params, tokenizer, conllu, which=config.which,
                                                max_sentences=config.max_sentences)
     result = probes.train_probes(feats, labels, names=names, steps=config.probe_steps, lr=config.probe_lr,
                                  l2=config.probe_l2, seed=config.seed)
@@ -50,16 +57,17 @@ def probe_model(model, params, tokenizer, config):
 
 
 def run(config, out: str, progress: bool = True) -> dict:
-    if not os.path.isfile(config.conllu):
-        raise FileNotFoundError(f"UD EWT file {config.conllu!r} not found; set --config.conllu to a .conllu file "
-                                "(../shared/data/ud_english_ewt/en_ewt-ud-dev.conllu)")
-    summary = train_lm(lm_config(config), os.path.join(os.path.abspath(out), "lm"), progress=progress,
-                       quiet=not progress)
+    conllu = reference.resolve(config.conllu, "--config.conllu")
+    if not os.path.isfile(conllu):
+        raise LmjaxError(f"--config.conllu={conllu}: no such file; give UD English EWT's dev split "
+                         "($LMJAX_DATA/ud_english_ewt/en_ewt-ud-dev.conllu)")
+    lm_cfg = lm_config(config)  # every path checked before the training starts
+    summary = train_lm(lm_cfg, os.path.join(os.path.abspath(out), "lm"), progress=progress, quiet=not progress)
     lm, state = summary["run"], summary["state"]
     model, tokenizer = lm.model, lm.tokenizer
-    trained, labels = probe_model(model, state["params"], tokenizer, config)
+    trained, labels = probe_model(model, state["params"], tokenizer, config, conllu)
     random_params = init_params(model, jax.random.key(config.seed + 1))
-    control, _ = probe_model(model, random_params, tokenizer, config)
+    control, _ = probe_model(model, random_params, tokenizer, config, conllu)
     counts = np.bincount(labels, minlength=len(probes.UPOS))
     return {
         "layers": trained.labels,
@@ -79,11 +87,7 @@ def run(config, out: str, progress: bool = True) -> dict:
 
 
 def plot(results, out: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plotting.pyplot()
     x = np.arange(len(results["layers"]))
     fig, ax = plt.subplots(figsize=(7, 3.8))
     ax.plot(x, results["trained_test_acc"], "o-", label="trained model")
@@ -95,7 +99,7 @@ def plot(results, out: str) -> list[str]:
     ax.set(ylabel="UPOS test accuracy", ylim=(0, 1),
            title=f"linear UPOS probes, UD English EWT dev ({results['n_words']:,} words)")
     ax.legend(fontsize=8, loc="lower right")
-    return [_common.savefig(fig, out, "upos_by_layer.png")]
+    return [plotting.save(fig, os.path.join(out, "upos_by_layer.png"), dpi=90)]
 
 
 def experiment(config, out: str) -> dict:
@@ -104,8 +108,8 @@ def experiment(config, out: str) -> dict:
     return results
 
 
-def main(argv=None) -> dict:
-    results, out = _common.reproduce("upos", argv, __doc__, experiment)
+def main(argv=None, variant: str | None = None) -> dict:
+    results, out = _common.reproduce("upos", argv, __doc__, experiment, variant)
     acc = lambda a: " ".join(f"{v:.3f}" for v in a)  # noqa: E731
     print(f"UPOS probe accuracy by layer ({', '.join(results['layers'])}): trained {acc(results['trained_test_acc'])}; "
           f"random init {acc(results['random_init_test_acc'])}; majority {results['majority_baseline']:.3f}; "
