@@ -407,14 +407,15 @@ def test_blocked_attention_matches_reference(t, heads, kv_heads, block):
     its gradients = those of the explicit core's formula."""
     from lmjax.model.attention import _masked_scores, _mix, blocked_causal_attention
 
-    keys = jax.random.split(jax.random.PRNGKey(t), 4)
-    q = jax.random.normal(keys[0], (2, t, heads, 8))
-    k, v = (jax.random.normal(keys[i], (2, t, kv_heads, 8)) for i in (1, 2))
-    out = blocked_causal_attention(q, k, v, block)
+    rng = np.random.default_rng(t)  # NumPy draws: no random-number program to compile
+    q = jnp.asarray(rng.standard_normal((2, t, heads, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((2, t, kv_heads, 8)), jnp.float32) for _ in range(2))
+    # each side one program at -O0 (op by op, the blocked loop and its gradient took seconds)
+    out = jax.jit(lambda q, k, v: blocked_causal_attention(q, k, v, block), compiler_options=FAST_COMPILE)(q, k, v)
     np.testing.assert_allclose(out, _reference_attention(q, k, v), rtol=1e-5, atol=1e-5)
 
     positions = jnp.broadcast_to(jnp.arange(t), (2, t))
-    weights = jax.random.normal(keys[3], out.shape)
+    weights = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
 
     def explicit(q, k, v):
         return _mix(jax.nn.softmax(_masked_scores(q, k, positions, positions), axis=-1), v, "bskd")
@@ -422,8 +423,9 @@ def test_blocked_attention_matches_reference(t, heads, kv_heads, block):
     def loss(core):
         return lambda q, k, v: jnp.sum(core(q, k, v) * weights)
 
-    fast = jax.grad(loss(lambda q, k, v: blocked_causal_attention(q, k, v, block)), argnums=(0, 1, 2))(q, k, v)
-    slow = jax.grad(loss(explicit), argnums=(0, 1, 2))(q, k, v)
+    grad = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    fast = grad(jax.grad(loss(lambda q, k, v: blocked_causal_attention(q, k, v, block)), argnums=(0, 1, 2)))(q, k, v)
+    slow = grad(jax.grad(loss(explicit), argnums=(0, 1, 2)))(q, k, v)
     for name, a, b in zip("qkv", fast, slow):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
 
@@ -435,10 +437,11 @@ def test_fast_and_explicit_attention_cores_agree(name):
     cfg = make_cfg(**PARITY_CONFIGS[name])
     params, tokens = random_params(cfg), tokens_for(cfg)
     model = Transformer(cfg)
-    plain = model.apply({"params": params}, tokens)
-    observed, cache = model.run_with_cache(params, tokens, ["blocks.0.attn.hook_pattern"])
+    jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)  # one program each, at -O0
+    plain = jit(lambda p, t: model.apply({"params": p}, t))(params, tokens)
+    observed, cache = jit(lambda p, t: model.run_with_cache(p, t, ["blocks.0.attn.hook_pattern"]))(params, tokens)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    positioned = model.apply({"params": params}, tokens, positions)
+    positioned = jit(lambda p, t, pos: model.apply({"params": p}, t, pos))(params, tokens, positions)
     np.testing.assert_allclose(plain, observed, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(plain, positioned, rtol=1e-5, atol=1e-5)
     assert cache["blocks.0.attn.hook_pattern"].shape[-2:] == (tokens.shape[1], tokens.shape[1])
@@ -449,11 +452,12 @@ def test_normalize_backward_matches_autodiff(center, with_bias):
     """The hand-written LayerNorm / RMSNorm backward = autodiff of the same forward."""
     from lmjax.model.normalize import affine, centered, divide, divisor, normalize
 
-    keys = jax.random.split(jax.random.key(3), 4)
-    x = 3.0 * jax.random.normal(keys[0], (2, 5, 16)) + 1.5
-    weight = 1.0 + 0.3 * jax.random.normal(keys[1], (16,))
-    bias = 0.2 * jax.random.normal(keys[2], (16,)) if with_bias else None
-    g = jax.random.normal(keys[3], (2, 5, 16))
+    rng = np.random.default_rng(3)  # NumPy draws: no random-number program to compile
+    normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)  # noqa: E731
+    x = 3.0 * normal(2, 5, 16) + 1.5
+    weight = 1.0 + 0.3 * normal(16)
+    bias = 0.2 * normal(16) if with_bias else None
+    g = normal(2, 5, 16)
 
     def autodiff(x, weight, bias):
         xc = centered(x, center)

@@ -8,7 +8,9 @@ from lmjax import sharding
 from lmjax.model import ModelConfig, Transformer
 from lmjax.model.cache import init_cache
 from lmjax.sample import _generate, filter_logits, generate, greedy
-from lmjax.train.steps import init_params, param_shardings
+from lmjax.train.steps import param_shardings
+
+from _model_fixtures import FAST_COMPILE, init_params
 
 # init_std 0.3 makes a random model's next-token distributions varied (not one repeated token)
 CFG = ModelConfig(vocab_size=16, n_layer=2, d_model=32, n_head=4, n_kv_head=2, max_len=40, init_std=0.3)
@@ -16,8 +18,7 @@ CFG = ModelConfig(vocab_size=16, n_layer=2, d_model=32, n_head=4, n_kv_head=2, m
 
 @pytest.fixture(scope="module")
 def model_params():
-    model = Transformer(CFG)
-    return model, init_params(model, jax.random.key(0))
+    return Transformer(CFG), init_params(CFG, 0)
 
 
 @jax.jit
@@ -45,10 +46,11 @@ def test_cached_logits_equal_full_recompute(scan):
     """Tolerance: 1e-5 absolute in float32 (the cache changes only the summation order)."""
     cfg = ModelConfig(**{**CFG.__dict__, "scan_layers": scan, "pos_embedding": "rope"})
     model = Transformer(cfg)
-    params = init_params(model, jax.random.key(1))
+    params = init_params(cfg, 1)
     tokens = jax.random.randint(jax.random.key(2), (3, 30), 0, cfg.vocab_size)
-    full = model.apply({"params": params}, tokens)
-    step = jax.jit(lambda tok, pos, cache: model.apply({"params": params}, tok, pos, cache=cache))
+    full = jax.jit(model.apply, compiler_options=FAST_COMPILE)({"params": params}, tokens)
+    step = jax.jit(lambda tok, pos, cache: model.apply({"params": params}, tok, pos, cache=cache),
+                   compiler_options=FAST_COMPILE)
     logits, cache = step(tokens[:, :10], jnp.broadcast_to(jnp.arange(10), (3, 10)), init_cache(cfg, 3))
     np.testing.assert_allclose(logits, full[:, :10], atol=1e-5)
     for t in range(10, 30):
@@ -185,7 +187,7 @@ def test_text_api_streams_exactly_the_returned_text():
     tok = build_tokenizer("byte")
     cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=1, d_model=32, n_head=4, max_len=48, init_std=0.5)
     model = Transformer(cfg)
-    params = init_params(model, jax.random.key(3))
+    params = init_params(cfg, 3)
     stream = io.StringIO()
     texts = sample(params, model, tok, ["héllo ", "a"], max_new_tokens=30, temperature=1.0, seed=4, stream=stream)
     assert len(texts) == 2 and stream.getvalue() == texts[0]
@@ -202,7 +204,7 @@ def test_decoding_across_cache_growth_matches_full_model(monkeypatch):
     cfg = ModelConfig(**{**CFG.__dict__, "max_len": 36, "pos_embedding": "rope"})
     assert sample_module._spans(8, cfg.max_len) == [8, 16, 32, 36]
     model = Transformer(cfg)
-    params = init_params(model, jax.random.key(4))
+    params = init_params(cfg, 4)
     forward = jax.jit(lambda p, w: model.apply({"params": p}, w))
 
     def reference(prompt, n):

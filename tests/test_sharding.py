@@ -20,7 +20,9 @@ from lmjax.config import ConfigError, config_from_dict, load_config
 from lmjax.model import Transformer
 from lmjax.model.config import ModelConfig
 from lmjax.train.optimizer import make_optimizer
-from lmjax.train.steps import cross_entropy, init_params, init_state, make_train_step, param_shardings
+from lmjax.train.steps import cross_entropy, init_state, make_train_step, param_shardings
+
+from _model_fixtures import FAST_COMPILE, init_params
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs the 8 simulated devices of tests/conftest.py")
 
@@ -47,11 +49,13 @@ def single_device_mesh():
 def model_and_reference():
     """The model, its params on one device, a batch, and the single-device loss and grads."""
     model = Transformer(CFG)
-    params = jax.device_put(init_params(model, jax.random.key(0)), jax.devices()[0])
+    params = jax.device_put(init_params(CFG, 0), jax.devices()[0])
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, CFG.vocab_size, (BATCH, CFG.max_len + 1)).astype(np.int32)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-    loss, grads = jax.jit(jax.value_and_grad(_loss(model)))(params, batch)
+    # LLVM at -O0 here and in the sharded steps: half the compile time, and every comparison
+    # below has a tolerance for the order of sums anyway
+    loss, grads = jax.jit(jax.value_and_grad(_loss(model)), compiler_options=FAST_COMPILE)(params, batch)
     return model, params, batch, float(loss), jax.tree.map(np.asarray, grads)
 
 
@@ -71,7 +75,7 @@ def test_one_step_loss_and_grads_equal_single_device(name, model_and_reference):
     b_sh = sharding.batch_sharding(mesh)
     sharded = jax.device_put(params, p_sh)
     step = jax.jit(jax.value_and_grad(_loss(model)), in_shardings=(p_sh, {"inputs": b_sh, "targets": b_sh}),
-                   out_shardings=(sharding.replicated(mesh), p_sh))
+                   out_shardings=(sharding.replicated(mesh), p_sh), compiler_options=FAST_COMPILE)
     loss, grads = step(sharded, jax.device_put(batch, b_sh))
     assert float(loss) == pytest.approx(ref_loss, rel=1e-6)
     for (path, g), r in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(ref_grads)):
@@ -110,18 +114,25 @@ def test_ten_steps_fsdp_x_tp_match_single_device():
         t = rng.integers(0, CFG.vocab_size, (BATCH, CFG.max_len + 1)).astype(np.int32)
         batches.append({"inputs": t[:, :-1], "targets": t[:, 1:]})
 
-    def run(mesh):
-        state = init_state(model, optimizer, mesh, seed=0)
-        step = make_train_step(model, optimizer, mesh=mesh)
+    # the state created sharded on the 4 x 2 mesh; the single-device run starts from a copy
+    sharded_mesh, one_device = mesh_of(1, 4, 2), single_device_mesh()
+    initial = init_state(model, optimizer, sharded_mesh, seed=0)
+    initial_one = jax.device_put(jax.tree.map(np.asarray, initial),  # own buffers: the steps donate their state
+                                 jax.sharding.NamedSharding(one_device, jax.sharding.PartitionSpec()))
+
+    def run(mesh, state):
         b_sh = sharding.batch_sharding(mesh)
+        # lmjax's own train step, compiled at -O0 (half the compile time; tolerances below)
+        step = make_train_step(model, optimizer, mesh=mesh).lower(state, jax.device_put(batches[0], b_sh)).compile(
+            FAST_COMPILE)
         losses = []
         for b in batches:
             state, metrics = step(state, jax.device_put(b, b_sh))
             losses.append(float(metrics["loss"]))
         return losses, state
 
-    ref_losses, ref_state = run(single_device_mesh())
-    losses, state = run(mesh_of(1, 4, 2))
+    ref_losses, ref_state = run(one_device, initial_one)
+    losses, state = run(sharded_mesh, initial)
     assert tuple(state["params"]["blocks_0"]["mlp"]["fc_in"]["kernel"].sharding.spec) == ("fsdp", "tensor")
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     assert ref_losses[-1] < ref_losses[0]
@@ -136,9 +147,9 @@ def test_train_step_keeps_the_residual_stream_split_over_the_batch_only():
     model = Transformer(CFG)
     optimizer = make_optimizer(config_from_dict({}).optimizer, 10)
     mesh = mesh_of(1, 8, 1)
-    state = init_state(model, optimizer, mesh, seed=0)
-    tokens = np.zeros((BATCH, CFG.max_len), np.int32)
-    batch = jax.device_put({"inputs": tokens, "targets": tokens}, sharding.batch_sharding(mesh))
+    state = jax.eval_shape(lambda: init_state(model, optimizer, mesh, seed=0))  # shapes and shardings: lowering needs no values
+    tokens = jax.ShapeDtypeStruct((BATCH, CFG.max_len), jnp.int32, sharding=sharding.batch_sharding(mesh))
+    batch = {"inputs": tokens, "targets": tokens}
     text = make_train_step(model, optimizer, mesh=mesh).lower(state, batch).as_text()
     constraints = [line for line in text.splitlines() if "sharding_constraint" in line or "@Sharding" in line]
     assert len(constraints) >= 2 * CFG.n_layer  # two residual sums per block, forward and backward
