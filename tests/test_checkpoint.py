@@ -1,6 +1,7 @@
 """Checkpointer: bitwise round trips, keep-last-N, async saves, metadata and clear errors."""
 import os
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -190,3 +191,120 @@ def test_restore_different_model_is_a_clear_error(tmp_path):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="save_every"):
         Checkpointer("/nonexistent/x", save_every=0)
+
+
+# ---------------------------------------------------------------- errors, unreadable steps, partial reads
+
+
+def _truncate(path, size=10):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def test_errors_are_lmjax_errors_for_the_command_line(tmp_path):
+    from lmjax.errors import LmjaxError, MissingFileError
+    from lmjax.train.checkpoint import CheckpointMismatchError
+
+    with Checkpointer(str(tmp_path), save_every=1) as ckpt:
+        with pytest.raises(MissingFileError):  # still a FileNotFoundError too
+            ckpt.restore_meta()
+        save(ckpt, 1, make_state(d_model=8))
+        with pytest.raises(CheckpointMismatchError):
+            ckpt.restore(jax.eval_shape(lambda: make_state(d_model=12)))
+    with pytest.raises(LmjaxError, match="keep and save_every"):
+        Checkpointer(str(tmp_path), keep=0)
+
+
+def test_read_newest_falls_back_over_unreadable_steps_and_deletes_nothing(tmp_path):
+    from lmjax.errors import LmjaxError
+    from lmjax.train.checkpoint import UnreadableCheckpointError
+
+    states = {s: {"w": jnp.full((4,), float(s))} for s in (1, 2, 3)}
+    with Checkpointer(str(tmp_path), save_every=1, keep=5) as ckpt:
+        for s, st in states.items():
+            save(ckpt, s, st)
+        ckpt.wait()
+    _truncate(tmp_path / "3" / "config" / "metadata")  # a truncated JSON: "Unterminated string ..."
+    files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    warnings = []
+    with Checkpointer(str(tmp_path), save_every=1) as ckpt:
+        step, (config, _) = ckpt.read_newest(ckpt.restore_meta, on_unreadable=warnings.append)
+        assert step == 2 and config["saved_at"] == 2
+        assert len(warnings) == 1 and "step 3" in warnings[0] and "unreadable" in warnings[0], warnings
+        assert "JSONDecodeError" in warnings[0] and "using step 2" in warnings[0]
+        # at_most: the newest readable step at or below it; a given step is read or refused, never replaced
+        assert ckpt.read_newest(ckpt.restore_meta, at_most=1, on_unreadable=warnings.append)[0] == 1
+        with pytest.raises(UnreadableCheckpointError, match="step 3"):
+            ckpt.read_newest(ckpt.restore_meta, step=3)
+        # an LmjaxError from the reader is about its input, not the files: no fallback
+        def refuse(step):
+            raise LmjaxError(f"refused step {step}")
+
+        with pytest.raises(LmjaxError, match="refused step 3"):
+            ckpt.read_newest(refuse)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == files  # nothing deleted or added
+
+    for s in (1, 2):
+        _truncate(tmp_path / str(s) / "config" / "metadata")
+    with Checkpointer(str(tmp_path)) as ckpt:
+        with pytest.raises(UnreadableCheckpointError, match="step 3: .*step 2: .*step 1: "):
+            ckpt.read_newest(ckpt.restore_meta, on_unreadable=warnings.append)
+
+
+def test_a_truncated_array_file_is_unreadable_too(tmp_path):
+    with Checkpointer(str(tmp_path), save_every=1, keep=5) as ckpt:
+        save(ckpt, 1, make_state(seed=1))
+        save(ckpt, 2, make_state(seed=2))
+        ckpt.wait()
+    for f in (tmp_path / "2" / "state").rglob("d/*"):  # the array data files (ocdbt)
+        _truncate(f)
+    warnings = []
+    with Checkpointer(str(tmp_path)) as ckpt:
+        abstract = jax.eval_shape(lambda: make_state())
+        step, restored = ckpt.read_newest(lambda s: ckpt.restore(abstract, s), on_unreadable=warnings.append)
+    assert step == 1 and len(warnings) == 1 and "step 2" in warnings[0]
+    assert_bitwise_equal(restored, make_state(seed=1))
+
+
+def test_set_aside_keeps_the_files_and_frees_the_step(tmp_path):
+    with Checkpointer(str(tmp_path), save_every=1, keep=5) as ckpt:
+        save(ckpt, 1, {"a": jnp.ones(3)})
+        save(ckpt, 2, {"a": jnp.ones(3)})
+        ckpt.wait()
+        files = sorted(p.relative_to(tmp_path / "2") for p in (tmp_path / "2").rglob("*"))
+        moved = Path(ckpt.set_aside(2))
+        assert moved.name == "2.unreadable" and ckpt.all_steps() == [1] and ckpt.latest_step() == 1
+        assert sorted(p.relative_to(moved) for p in moved.rglob("*")) == files
+        assert save(ckpt, 2, {"a": jnp.zeros(3)})  # the step can be saved again
+        ckpt.wait()
+        assert ckpt.set_aside(2).name == "2.unreadable.2"  # a second one never replaces the first
+    with Checkpointer(str(tmp_path)) as ckpt:
+        assert ckpt.all_steps() == [1]  # set-aside directories are not steps to Orbax
+
+
+def test_exclusive_writer_removes_the_temporary_dirs_of_killed_saves(tmp_path):
+    with Checkpointer(str(tmp_path), save_every=1) as ckpt:
+        save(ckpt, 2, {"a": jnp.arange(3.0)})
+    shutil.copytree(tmp_path / "2", tmp_path / "3.orbax-checkpoint-tmp")
+    with Checkpointer(str(tmp_path)) as reader:
+        assert reader.all_steps() == [2]
+    assert (tmp_path / "3.orbax-checkpoint-tmp").exists()  # a reader never deletes
+    with Checkpointer(str(tmp_path), save_every=1, exclusive=True) as writer:
+        assert save(writer, 3, {"a": jnp.arange(3.0)})
+        writer.wait()
+        assert writer.all_steps() == [2, 3]
+    assert sorted(os.listdir(tmp_path)) == ["2", "3"]
+
+
+def test_partial_restore_reads_only_the_subtrees_asked_for(tmp_path):
+    state = make_state()
+    with Checkpointer(str(tmp_path), save_every=1) as ckpt:
+        save(ckpt, 1, state)
+        ckpt.wait()
+        out = ckpt.restore({"params": jax.eval_shape(lambda: state["params"])}, partial=True)
+        assert set(out) == {"params"}
+        assert_bitwise_equal(out["params"], state["params"])
+        other = {"params": jax.eval_shape(lambda: make_state(d_model=12)["params"])}
+        with pytest.raises(ValueError, match="params/embed: checkpoint \\(16, 8\\) vs expected \\(16, 12\\)") as err:
+            ckpt.restore(other, partial=True)
+        assert "opt_state" not in str(err.value)  # only what was asked for is compared

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,9 +14,9 @@ import pytest
 
 from lmjax import commands
 from lmjax.config import ConfigError, config_from_dict
-from lmjax.train.checkpoint import Checkpointer
 from lmjax.train.loop import NonFiniteLossError, train
 from lmjax.train.steps import CPU_MICRO_BATCH_TOKENS, auto_grad_accum
+from lmjax.train.workdir import open_workdir
 
 TEXT = "".join(
     f"The {a} {b} jumps over the {c} dog {n} times.\n"
@@ -46,13 +47,9 @@ def tiny(corpus, **sections):
 
 
 def final_params(workdir):
-    """The params of the newest checkpoint in a workdir, as numpy."""
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    from lmjax.train.loop import setup
-
-    config = config_from_dict(ckpt.restore_meta()[0])
-    state = setup(config, str(workdir), with_data=False).state
-    return int(state["step"]), jax.tree.map(np.asarray, state["params"])
+    """The step and params of the newest checkpoint in a workdir, as numpy."""
+    restored = open_workdir(workdir).restore(params_only=True)
+    return restored.step, jax.tree.map(np.asarray, restored.params)
 
 
 def assert_trees_equal(a, b):
@@ -116,9 +113,7 @@ def test_sigterm_saves_and_resume_matches(corpus, tmp_path):
 
     # An uninterrupted run to the same step has the same parameters.
     straight = tmp_path / "straight"
-    config = config_from_dict(
-        {k: dict(v) for k, v in Checkpointer(str(workdir / "checkpoints")).restore_meta()[0].items()}
-    )
+    config = open_workdir(workdir).config()
     train(config, str(straight), stop_at_step=step, progress=False, quiet=True)
     assert_trees_equal(final_params(straight)[1], params)
 
@@ -128,8 +123,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
                   train=dict(steps=200, log_every=1), checkpoint=dict(every=1, keep=200))
     with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
         train(config, str(tmp_path), progress=False, quiet=True)
-    ckpt = Checkpointer(str(tmp_path / "checkpoints"))
-    steps = ckpt.all_steps()
+    steps = open_workdir(tmp_path).steps()
     assert steps, "the healthy first steps were checkpointed"
     step, params = final_params(tmp_path)
     assert step == steps[-1]
@@ -141,7 +135,7 @@ def test_resume_with_a_different_model_is_an_error(corpus, tmp_path):
     with pytest.raises(ConfigError, match="d_model"):
         train(tiny(corpus, model=dict(d_model=64), train=dict(steps=20)), str(tmp_path), progress=False, quiet=True)
     # the checkpoint is untouched
-    assert Checkpointer(str(tmp_path / "checkpoints")).latest_step() == 10
+    assert open_workdir(tmp_path).latest_step() == 10
 
 
 def test_grad_accumulation_matches_one_big_batch(corpus, tmp_path):
@@ -192,6 +186,23 @@ def test_cross_entropy_matches_optax_in_value_and_gradient(dtype):
     np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(want_grad, np.float32), atol=tol)
 
 
+def _greedy(model, params, tokenizer, prompt: str, n: int) -> str:
+    """The greedy continuation by full forward passes (no cache): independent of lmjax.sample."""
+    import jax.numpy as jnp
+
+    # causal: padding after the last real token leaves its logits as they are (one compile)
+    logits_at = jax.jit(lambda p, ids, last: model.apply({"params": p}, ids)[0, last])
+    ids, new = tokenizer.encode(prompt), []
+    for _ in range(n):
+        window = ids + new
+        padded = jnp.asarray([window + [0] * (model.cfg.max_len - len(window))], jnp.int32)
+        token = int(jnp.argmax(logits_at(params, padded, len(window) - 1)))
+        if token == tokenizer.eos_id:
+            break
+        new.append(token)
+    return tokenizer.decode(new)
+
+
 def test_cli_train_eval_sample(corpus, tmp_path, capsys):
     cfg = tmp_path / "cfg.py"
     cfg.write_text(
@@ -199,17 +210,20 @@ def test_cli_train_eval_sample(corpus, tmp_path, capsys):
         "    return {'model': dict(n_layer=2, d_model=32, n_head=4, max_len=32),\n"
         f"            'data': dict(source={corpus!r}),\n"
         "            'train': dict(steps=30, batch_size=8, eval_every=30, eval_batches=2, sample_tokens=20,\n"
-        "                          sample_prompt='The ')}\n"
+        "                          sample_prompt='The ', sample_temperature=0.0)}\n"
     )
     workdir = str(tmp_path / "w")
     assert commands.main(["train", "--config", str(cfg), "--workdir", workdir, "--no_progress"]) == 0
     out = capsys.readouterr().out
-    assert "val bits/byte" in out and "sample:\nThe " in out
+    model, params, tokenizer = open_workdir(workdir).load()
+    # temperature 0: the printed samples are the trained model's greedy continuations
+    assert f"sample:\nThe {_greedy(model, params, tokenizer, 'The ', 20)}\n" in out
+    final_loss = re.search(r"final: val loss (\d+\.\d+) nats/token", out)[1]
     assert commands.main(["eval", "--workdir", workdir]) == 0
-    assert "step 30: val_loss" in capsys.readouterr().out
+    assert f"step 30: val_loss {final_loss}," in capsys.readouterr().out  # the same checkpoint, the same val batches
     assert commands.main(["sample", "--workdir", workdir, "--prompt", "The", "--max_new_tokens", "10",
-                     "--temperature", "0"]) == 0
-    assert capsys.readouterr().out.startswith("The")
+                          "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == f"The{_greedy(model, params, tokenizer, 'The', 10)}\n"
     assert commands.main(["eval", "--workdir", str(tmp_path / "empty")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 
@@ -219,20 +233,24 @@ def test_trained_tokenizer_travels_with_the_checkpoint(corpus, tmp_path, tokeniz
     config = tiny(corpus, data=dict(tokenizer=tokenizer, spm_vocab_size=400), train=dict(steps=5, eval_every=5))
     summary = train(config, str(tmp_path), progress=False, quiet=True)
     original = summary["run"].tokenizer
-    ckpt = Checkpointer(str(tmp_path / "checkpoints"))
-    from lmjax.data.tokenizer_json import tokenizer_from_json
-
-    restored = tokenizer_from_json(ckpt.restore_meta()[1])
+    restored = open_workdir(tmp_path).tokenizer()
     text = "The quick brown dog jumps 7 times."
     assert restored.kind == tokenizer and restored.encode(text) == original.encode(text)
     assert restored.decode(restored.encode(text)) == text
     assert summary["run"].model.cfg.vocab_size == original.vocab_size
 
 
-def test_relative_workdir_becomes_absolute(tmp_path, monkeypatch):
-    """`--workdir runs/qs` is relative, and orbax refuses relative checkpoint paths."""
-    from lmjax.train.loop import _workdir
+@pytest.mark.parametrize("before,kept", [
+    ('{"step": 1, "loss": 2.0}\n{"step": 2, "lo', [(1, 2.0)]),  # a run killed inside a write
+    ('{"step": 1, "loss": 2.0}\n', [(1, 2.0)]),
+    ('{"step": 1, "lo', []),
+])
+def test_a_half_written_metrics_line_is_dropped_when_a_run_resumes(tmp_path, before, kept):
+    from lmjax.train.loop import _MetricsWriter
 
-    monkeypatch.chdir(tmp_path)
-    assert str(_workdir("runs/qs")) == str(tmp_path / "runs" / "qs")
-    assert str(_workdir("gs://bucket/runs/qs")) == "gs://bucket/runs/qs"
+    (tmp_path / "metrics.jsonl").write_text(before)
+    writer = _MetricsWriter(str(tmp_path))
+    writer.write_scalars(2, {"loss": 1.5})
+    writer.close()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [(r["step"], r["loss"]) for r in rows] == kept + [(2, 1.5)]

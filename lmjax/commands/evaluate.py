@@ -10,13 +10,14 @@ def add_parser(sub):
 
 
 def run(args, overrides):
-    from lmjax.commands._workdir import restored_config
     from lmjax.train.loop import evaluate, setup
     from lmjax.train.steps import make_eval_step
+    from lmjax.train.workdir import open_workdir
 
-    config = restored_config(args.workdir, overrides)
+    workdir = open_workdir(args.workdir)
+    config = workdir.config(overrides)  # the run's own config; overrides validated like training's
     if args.batches:
         config.train.eval_batches = args.batches
-    run = setup(config, args.workdir)
+    run = setup(config, workdir)
     metrics = evaluate(run, make_eval_step(run.model), run.state["params"])
     print(f"step {int(run.state['step'])}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

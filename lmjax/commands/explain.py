@@ -20,28 +20,11 @@ def add_parser(sub):
     return x
 
 
-def load(workdir: str, overrides=()):
-    """(model, params, tokenizer) of a workdir's latest checkpoint."""
-    from lmjax.config import config_from_dict, set_field
-    from lmjax.train.checkpoint import Checkpointer
-    from lmjax.train.loop import setup
-
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (lmjax train --workdir {workdir})")
-    config = config_from_dict(ckpt.restore_meta()[0])
-    ckpt.close()
-    for item in overrides:
-        key, _, value = item.partition("=")
-        set_field(config, key, value)
-    run = setup(config, workdir, with_data=False)
-    return run.model, run.state["params"], run.tokenizer
-
-
 def run(args, overrides=()):
     from lmjax.interp.report import write_report
+    from lmjax.train.workdir import open_workdir
 
-    model, params, tokenizer = load(args.workdir, overrides)
+    model, params, tokenizer = open_workdir(args.workdir).load(overrides)
     ex = write_report(args.out, model, params, tokenizer, args.prompt, target=args.target, contrast=args.contrast,
                       corrupt=args.corrupt, top_k=args.top_k)
     for line in ex.summary:

@@ -19,20 +19,19 @@ def add_parser(sub):
 
 
 def run(args, overrides):
-    from lmjax.commands._workdir import restored_config
     from lmjax.sample import sample
-    from lmjax.train.loop import setup
+    from lmjax.train.workdir import open_workdir
 
     prompts = list(args.prompt or [])
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as f:
             prompts += [line.rstrip("\n").replace("\\n", "\n") for line in f if line.strip()]
     prompts = [p for p in (prompts or [""]) for _ in range(args.num_samples)]
-    run = setup(restored_config(args.workdir, overrides), args.workdir, with_data=False)
+    model, params, tokenizer = open_workdir(args.workdir).load(overrides)
     streaming = len(prompts) == 1  # one prompt: print the text as it is produced
     if streaming:
         print(prompts[0], end="", flush=True)
-    texts = sample(run.state["params"], run.model, run.tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+    texts = sample(params, model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    stream=sys.stdout if streaming else None)
     if streaming:

@@ -8,6 +8,9 @@ def add_parser(sub):
     t.add_argument("--workdir", required=True, help="where checkpoints, metrics and TensorBoard logs go")
     t.add_argument("--stop_at", type=int, default=None, help="stop (with a checkpoint) at this step")
     t.add_argument("--no_progress", action="store_true", help="no progress bar (for logs)")
+    t.add_argument("--allow_changes", action="store_true",
+                   help="resume even though data.source, data.tokenizer, data.seq_len, data.val_fraction, "
+                        "train.batch_size or train.steps differ from the checkpoint's (otherwise an error)")
     m = t.add_argument_group(
         "multi-process", "join a multi-process run (or set LMJAX_COORDINATOR, LMJAX_NUM_PROCESSES, "
         "LMJAX_PROCESS_ID); without them a multi-host TPU or a SLURM job with >1 task is detected")
@@ -29,7 +32,8 @@ def run(args, overrides):
     from lmjax.sample import sample
     from lmjax.train.loop import train
 
-    summary = train(config, args.workdir, stop_at_step=args.stop_at, progress=not args.no_progress)
+    summary = train(config, args.workdir, stop_at_step=args.stop_at, progress=not args.no_progress,
+                    allow_changes=args.allow_changes)
     lead = jax.process_index() == 0
     if "val_loss" in summary and lead:
         print(f"final: val loss {summary['val_loss']:.4f} nats/token, val bits/byte {summary['val_bpb']:.4f}")

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from lmjax import sharding
 from lmjax.config import config_from_dict, default_config, model_config, validate
 from lmjax.data.tokenizer_json import tokenizer_from_json
+from lmjax.errors import PathExistsError
 from lmjax.hf.export import DEFAULT_SHARD_BYTES, export_hf
 from lmjax.hf.families import family_for_config
 from lmjax.hf.load import load_params, plan, read_hf_config
@@ -29,7 +30,8 @@ from lmjax.model.accounting import count_params
 from lmjax.train.checkpoint import Checkpointer
 from lmjax.train.loop import config_json
 from lmjax.train.optimizer import make_optimizer
-from lmjax.train.steps import init_state, state_shardings
+from lmjax.train.steps import state_shardings
+from lmjax.train.workdir import CHECKPOINTS, open_workdir
 
 
 def workdir_config(cfg):
@@ -75,10 +77,10 @@ def get_config(arg=None):
 def import_to_workdir(hf_dir: str, workdir: str, *, dtype: str = "float32", scan_layers: bool = False) -> str:
     """Import `hf_dir` as the step-0 checkpoint of a new `workdir`; returns a summary line."""
 
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    target = os.path.join(workdir, "checkpoints")
+    wd = open_workdir(workdir)
+    workdir, target = os.fspath(wd.path), os.fspath(wd.checkpoints)
     if os.path.isdir(target) and os.listdir(target):
-        raise ValueError(f"{workdir} already holds checkpoints: import into a new --workdir")
+        raise PathExistsError(f"{workdir} already holds checkpoints: import into a new --workdir")
     hf = read_hf_config(hf_dir)
     tokenizer = load_tokenizer(hf_dir, hf)
     if tokenizer is None:
@@ -103,7 +105,7 @@ def import_to_workdir(hf_dir: str, workdir: str, *, dtype: str = "float32", scan
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.convert-", dir=os.path.dirname(workdir))
     config_file = os.path.join(workdir, CONFIG_FILE)
     try:
-        with Checkpointer(os.path.join(tmp, "checkpoints"), async_save=False) as ckpt_out:
+        with Checkpointer(os.path.join(tmp, CHECKPOINTS), async_save=False) as ckpt_out:
             ckpt_out.save(0, state, config=config_json(config), tokenizer=tokenizer.to_json(), force=True)
             ckpt_out.wait()
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
@@ -114,7 +116,7 @@ def import_to_workdir(hf_dir: str, workdir: str, *, dtype: str = "float32", scan
         else:
             if os.path.isdir(target):
                 os.rmdir(target)  # empty (checked above)
-            os.rename(os.path.join(tmp, "checkpoints"), target)
+            os.rename(os.path.join(tmp, CHECKPOINTS), target)
             if not os.path.exists(config_file):
                 os.rename(os.path.join(tmp, CONFIG_FILE), config_file)
     finally:
@@ -130,26 +132,15 @@ def export_from_workdir(workdir: str, out_dir: str, *, step: int | None = None, 
                         max_shard_bytes: int | None = None) -> list[str]:
     """Export a workdir's checkpoint (latest, or `step`) as a Hugging Face directory."""
 
-    checkpoints = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")  # orbax wants absolute paths
-    if not os.path.isdir(checkpoints):
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    wd = open_workdir(workdir)
     out = os.path.abspath(os.path.expanduser(out_dir))
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise ValueError(f"{out} already exists and is not empty: choose a new directory")
-    with Checkpointer(checkpoints) as ckpt:
-        config_dict, tok_dict = ckpt.restore_meta(step)
-        step = step if step is not None else ckpt.latest_step()
-        config = config_from_dict(config_dict)
-        tokenizer = tokenizer_from_json(tok_dict)
-        cfg = model_config(config, tokenizer.vocab_size)
-        family_for_config(cfg)  # a model with no Hugging Face equivalent fails before anything is read
-        # Restore the train state as lmjax.train.loop.setup does (the checkpoint holds the whole state).
-        mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
-        model, optimizer = Transformer(cfg), make_optimizer(config.optimizer, config.train.steps)
-        abstract = jax.eval_shape(lambda: init_state(model, optimizer, mesh, config.train.seed, rules))
-        shardings = state_shardings(model, optimizer, mesh, rules)
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-        params = ckpt.restore(abstract, step)["params"]
+    _, config_dict, tok_dict = wd.meta(step)
+    # a model with no Hugging Face equivalent fails before any array is read
+    family_for_config(model_config(config_from_dict(config_dict), tokenizer_from_json(tok_dict).vocab_size))
+    restored = wd.restore(step=step, params_only=True)
+    step, cfg, params, tokenizer = restored.step, restored.model.cfg, restored.params, restored.tokenizer
     written = export_hf(out, cfg, params, tokenizer, dtype=dtype, max_shard_bytes=max_shard_bytes or DEFAULT_SHARD_BYTES)
     print(f"exported {workdir} (step {step}) to {out}: {', '.join(written)}")
     return written

@@ -1,8 +1,10 @@
 """The training loop: data, state, steps, evals, logs, checkpoints, preemption.
 
-`train(config, workdir)` resumes automatically from the newest checkpoint in the workdir.
-Everything a step needs is a pure function of (config, step), so a resumed run sees
-exactly the batches and dropout masks an uninterrupted run would have seen.
+`train(config, workdir)` resumes automatically from the newest readable checkpoint in the
+workdir. Everything a step needs is a pure function of (config, step), so a resumed run
+sees exactly the batches and dropout masks an uninterrupted run would have seen; a resume
+whose config would change them (`RESUME_FIELDS`) is refused unless allow_changes=True.
+One run writes a workdir at a time: train holds its lock (lmjax.train.workdir.WorkdirLock).
 """
 from __future__ import annotations
 
@@ -22,20 +24,19 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from lmjax import distributed, sharding
-from lmjax.config import ConfigError, model_config
+from lmjax.config import ConfigError, config_from_dict, model_config
 from lmjax.errors import LmjaxError
 from lmjax.data import TokenData, eval_batches, prepare_tokens, text_source
 from lmjax.data.batches import train_rows
 from lmjax.data.shards import is_local
-from lmjax.data.tokenizer_json import tokenizer_from_json
 from lmjax.data.tokenizers import build_tokenizer
 from lmjax.model import Transformer
 from lmjax.model.accounting import count_params, flops_per_token
 from lmjax.train import mfu as mfu_lib
-from lmjax.train.checkpoint import Checkpointer
+from lmjax.train.checkpoint import Checkpointer, warn
 from lmjax.train.optimizer import learning_rate_schedule, make_optimizer
-from lmjax.train.steps import (auto_grad_accum, init_state, make_eval_step, make_train_step, param_shardings,
-                                state_shardings)
+from lmjax.train.steps import auto_grad_accum, init_state, make_eval_step, make_train_step, param_shardings
+from lmjax.train.workdir import METRICS, TENSORBOARD, Workdir, WorkdirBusyError, build, open_workdir
 from lmjax.train.writers import JsonlWriter, MultiWriter, TensorBoardWriter
 
 
@@ -68,96 +69,107 @@ def config_json(config) -> dict:
     return json.loads(config.to_json())
 
 
-def _tokenizer_for(config, checkpointer: Checkpointer, source):
-    """The checkpoint's tokenizer when resuming, else a new one built from the config."""
-    if checkpointer.latest_step() is not None:
-        _, tok = checkpointer.restore_meta()
-        return tokenizer_from_json(tok)
-    d = config.data
-    return build_tokenizer(
-        d.tokenizer,
-        texts=source.documents,
-        vocab_size=d.spm_vocab_size,
-        model_type=d.spm_model_type,
-        model_path=d.spm_model_path or None,
-    )
+class ResumeChangedError(ConfigError):
+    """Resuming with a config that would not continue the saved run (see RESUME_FIELDS)."""
 
 
-def _check_same_model(config, checkpointer: Checkpointer, vocab_size: int):
-    """Resuming a workdir trained with another model is an error, before anything is loaded."""
-    if checkpointer.latest_step() is None:
-        return
-    saved, _ = checkpointer.restore_meta()
+# What a resumed run must share with the saved one to continue it: the data its batches
+# come from, their shape, and train.steps (the learning-rate schedule is stretched over it).
+RESUME_FIELDS = ("data.source", "data.tokenizer", "data.val_fraction", "data.seq_len", "train.batch_size",
+                 "train.steps")
+_SENTENCEPIECE_FIELDS = ("data.spm_vocab_size", "data.spm_model_type", "data.spm_model_path")
+
+
+def _resume_fields(config) -> dict:
+    def get(dotted):
+        section, key = dotted.split(".")
+        return config[section][key]
+
+    fields = {name: get(name) for name in RESUME_FIELDS}
+    fields["data.seq_len"] = config.data.seq_len or config.model.max_len  # 0 means max_len
+    if config.data.tokenizer == "sentencepiece":
+        fields.update((name, get(name)) for name in _SENTENCEPIECE_FIELDS)
+    return fields
+
+
+def _check_resume(config, workdir: str, step: int, stored: dict, vocab_size: int, allow_changes: bool) -> None:
+    """Resuming with another model is an error; so is a changed RESUME_FIELDS unless allowed.
+
+    A step-0 checkpoint (`lmjax convert --from_hf`) has taken no step on any data yet, so
+    fine-tuning it with a new data.source and train.steps is not a change.
+    """
     mine = dataclasses.asdict(model_config(config, vocab_size))
-    theirs = dict(saved["model"], vocab_size=saved["model"]["vocab_size"] or vocab_size)
+    theirs = dict(stored["model"], vocab_size=stored["model"]["vocab_size"] or vocab_size)
     # scan_layers/remat/dtype change the program, not the model's shape; everything else must match
     ignore = {"scan_layers", "remat", "dtype", "dropout"}
     diff = {k: (theirs.get(k), v) for k, v in mine.items() if k not in ignore and theirs.get(k) != v}
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
         raise ConfigError(
-            f"workdir {checkpointer.directory} holds a checkpoint of a different model ({lines}); "
+            f"workdir {workdir} holds a checkpoint of a different model ({lines}); "
             "use another --workdir or the checkpoint's config"
         )
+    if step == 0 or allow_changes:
+        return
+    before, now = _resume_fields(config_from_dict(stored)), _resume_fields(config)
+    changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(before.keys() | now.keys())
+               if before.get(k) != now.get(k)]
+    if changed:
+        note = " (the checkpoint's tokenizer is kept either way)" if before["data.tokenizer"] != now["data.tokenizer"] else ""
+        raise ResumeChangedError(
+            f"workdir {workdir} was trained to step {step} with another config: {', '.join(changed)}{note}; a resumed "
+            "run would not continue it (other batches or learning-rate schedule). If that is intended, pass "
+            "--allow_changes (train(..., allow_changes=True)); else use the saved values or another --workdir")
 
 
-def setup(config, workdir: str, *, with_data: bool = True) -> Run:
+def setup(config, workdir, *, with_data: bool = True, writer: bool = False, allow_changes: bool = False) -> Run:
     """Tokenizer, token shards, model, mesh and (restored or fresh) sharded state.
 
-    with_data=False skips the token shards (sampling from a checkpoint needs none).
+    with_data=False skips the token shards. writer=True: this process writes the workdir
+    (it holds the lock): Orbax removes the temporary directories of killed saves, and
+    committed steps newer than the one resumed from, which could not be read, are moved
+    aside (`<step>.unreadable`) so that the run can save those steps again.
+    allow_changes: resume even if RESUME_FIELDS differ from the checkpoint's config.
     """
-    _workdir(workdir).mkdir(parents=True, exist_ok=True)
-    checkpointer = Checkpointer(
-        os.fspath(_workdir(workdir) / "checkpoints"),
-        keep=config.checkpoint.keep,
-        save_every=config.checkpoint.every,
-        async_save=config.checkpoint.async_save,
-    )
+    wd = open_workdir(workdir)
+    wd.path.mkdir(parents=True, exist_ok=True)
+    checkpointer = wd.checkpointer(keep=config.checkpoint.keep, save_every=config.checkpoint.every,
+                                   async_save=config.checkpoint.async_save, exclusive=writer)
+    optimizer = make_optimizer(config.optimizer, config.train.steps)
     source = text_source(config.data.source) if with_data or checkpointer.latest_step() is None else None
-    tokenizer = _tokenizer_for(config, checkpointer, source)
-    _check_same_model(config, checkpointer, tokenizer.vocab_size)
-    cfg = model_config(config, tokenizer.vocab_size)
-    if cfg.vocab_size < tokenizer.vocab_size:
-        raise ConfigError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
-    rules = sharding.logical_rules(config.mesh)
-    try:
-        mesh = sharding.make_mesh(config.mesh)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    problems = sharding.problems(mesh, batch_size=config.train.batch_size, n_head=cfg.n_head, n_kv_head=cfg.kv_heads, rules=rules)
-    if problems:
-        raise ConfigError("; ".join(problems))
+    if checkpointer.latest_step() is None:
+        d = config.data
+        tokenizer = build_tokenizer(d.tokenizer, texts=source.documents, vocab_size=d.spm_vocab_size,
+                                    model_type=d.spm_model_type, model_path=d.spm_model_path or None)
+        model, mesh, rules = build(config, tokenizer.vocab_size, batch_size=config.train.batch_size)
+        state = None  # initialised after the data checks below
+    else:
+        # Straight into this run's shardings: the checkpoint may come from another mesh shape.
+        restored = wd.restore(config, batch_size=config.train.batch_size, checkpointer=checkpointer,
+                              check=lambda step, stored, tok: _check_resume(config, wd.given, step, stored,
+                                                                            tok.vocab_size, allow_changes))
+        tokenizer, model, mesh, rules, state = (restored.tokenizer, restored.model, restored.mesh, restored.rules,
+                                                restored.state)
+        for bad in [s for s in checkpointer.all_steps() if s > restored.step] if writer else ():
+            warn(f"moved unreadable checkpoint step {bad} aside to {checkpointer.set_aside(bad)}; "
+                 f"training continues from step {restored.step}")
     data = None
     if with_data:
         data = prepare_tokens(
             source, tokenizer, config.data.cache_dir or default_cache_dir(), val_fraction=config.data.val_fraction,
             progress=jax.process_index() == 0, group=distributed.process_group(),
         )
-        seq_len = config.data.seq_len or cfg.max_len
+        seq_len = config.data.seq_len or model.cfg.max_len
         for split, tokens, rows in (("train", data.train, 1), ("val", data.val, config.train.batch_size)):
             if len(tokens) < rows * seq_len + 1:
                 raise ConfigError(
                     f"data: the {split} split has {len(tokens)} tokens, fewer than {rows} window(s) of "
                     f"{seq_len} + 1; use more text, a smaller data.seq_len or train.batch_size"
                 )
-    model = Transformer(cfg)
-    optimizer = make_optimizer(config.optimizer, config.train.steps)
     _, notes = param_shardings(model, mesh, rules, with_notes=True)
-    if checkpointer.latest_step() is None:
+    if state is None:
         state = init_state(model, optimizer, mesh, config.train.seed, rules)
-    else:
-        # Restore straight into this run's shardings: the checkpoint may come from another mesh shape.
-        abstract = jax.eval_shape(lambda: init_state(model, optimizer, mesh, config.train.seed, rules))
-        shardings = state_shardings(model, optimizer, mesh, rules)
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-        state = checkpointer.restore(abstract)
-    return Run(config, workdir, tokenizer, data, model, optimizer, mesh, state, checkpointer, rules, tuple(notes))
-
-
-def _workdir(workdir) -> epath.Path:
-    text = os.fspath(workdir)
-    # Orbax (tensorstore) wants absolute local paths: `--workdir runs/qs` is relative.
-    return epath.Path(os.path.abspath(os.path.expanduser(text)) if is_local(text) else text)
+    return Run(config, wd.given, tokenizer, data, model, optimizer, mesh, state, checkpointer, rules, tuple(notes))
 
 
 def _global_batch(run: Run, global_rows: int, load_rows) -> dict:
@@ -234,15 +246,48 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(config, workdir: str, *, stop_at_step: int | None = None, progress: bool = True, quiet: bool = False) -> dict:
+def _lock(wd: Workdir, say):
+    """Take the workdir's lock (process 0 takes it for the whole run; every process learns the
+    outcome, so all of them refuse together), or say why a bucket workdir is not locked."""
+    lock, busy = wd.lock(), None
+    if jax.process_index() == 0:
+        try:
+            if not lock.acquire():
+                say(f"note: {wd.given} is not on a local disk, so it is not locked; run one `lmjax train` on it at a time")
+        except WorkdirBusyError as e:
+            busy = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # multi-process runs only
+
+        if int(multihost_utils.broadcast_one_to_all(np.int32(busy is not None))) and busy is None:
+            busy = WorkdirBusyError(f"workdir {wd.given} is in use by another `lmjax train` (found by process 0)")
+    if busy is not None:
+        raise busy
+    return lock
+
+
+def train(config, workdir: str, *, stop_at_step: int | None = None, progress: bool = True, quiet: bool = False,
+          allow_changes: bool = False) -> dict:
     """Train (or resume) until config.train.steps; returns a summary of the run.
 
     stop_at_step: stop (with a checkpoint) once this step is reached, as if preempted there.
+    allow_changes: resume even if data.source, the tokenizer, data.seq_len, train.batch_size
+    or train.steps differ from the checkpoint's config (RESUME_FIELDS); otherwise an error.
+    A second run on a workdir that another live run is training in is a WorkdirBusyError.
     """
     lead = jax.process_index() == 0  # only process 0 prints, logs metrics and shows progress
     say = print if lead and not quiet else (lambda *a: None)
-    progress = progress and lead
-    run = setup(config, workdir)
+    wd = open_workdir(workdir)
+    lock = _lock(wd, say)
+    try:
+        return _train(setup(config, wd, writer=True, allow_changes=allow_changes), stop_at_step=stop_at_step,
+                      progress=progress and lead, say=say)
+    finally:
+        lock.release()
+
+
+def _train(run: Run, *, stop_at_step, progress, say) -> dict:
+    lead = jax.process_index() == 0
     c, model, state = run.config, run.model, run.state
     start = int(state["step"])
     total = c.train.steps
@@ -252,6 +297,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None, progress: bo
     peak, peak_source = mfu_lib.peak_flops_per_device()
     n_params = count_params(state["params"])
     meta = {"config": config_json(c), "tokenizer": run.tokenizer.to_json()}
+    workdir = run.workdir
     say(
         f"lmjax: {n_params / 1e6:.2f}M params, {fpt / 1e6:.1f} MFLOPs/token, "
         f"{len(run.data.train):,} train / {len(run.data.val):,} val tokens, mesh {sharding.describe(run.mesh)}"
@@ -381,21 +427,24 @@ class _MetricsWriter:
 
     A workdir on a bucket (objects there can't be appended to) gets them through a local
     mirror under the token cache directory: existing metrics are fetched first, and the
-    files are copied up at every checkpoint and at the end.
+    files are copied up at every checkpoint and at the end. A line that a killed run left
+    half-written is dropped before the resumed run appends to the file.
     """
 
     def __init__(self, workdir):
-        self.remote = None if is_local(os.fspath(workdir)) else _workdir(workdir)
-        local = os.fspath(_workdir(workdir)) if self.remote is None else os.path.join(
-            default_cache_dir(), "workdirs", hashlib.sha256(os.fspath(workdir).encode()).hexdigest()[:16])
+        wd = open_workdir(workdir)
+        self.remote = None if is_local(os.fspath(wd)) else wd.path
+        local = os.fspath(wd) if self.remote is None else os.path.join(
+            default_cache_dir(), "workdirs", hashlib.sha256(wd.given.encode()).hexdigest()[:16])
         self.local = local
         if self.remote is not None:
             shutil.rmtree(local, ignore_errors=True)
             os.makedirs(local)
-            if (self.remote / "metrics.jsonl").exists():
-                (self.remote / "metrics.jsonl").copy(epath.Path(local) / "metrics.jsonl")
-        self._writer = MultiWriter([JsonlWriter(os.path.join(local, "metrics.jsonl")),
-                                    TensorBoardWriter(os.path.join(local, "tb"))])
+            if wd.metrics.exists():
+                wd.metrics.copy(epath.Path(local) / METRICS)
+        _drop_partial_line(os.path.join(local, METRICS))
+        self._writer = MultiWriter([JsonlWriter(os.path.join(local, METRICS)),
+                                    TensorBoardWriter(os.path.join(local, TENSORBOARD))])
 
     def write_scalars(self, step, scalars):
         self._writer.write_scalars(step, scalars)
@@ -404,11 +453,27 @@ class _MetricsWriter:
         if self.remote is None:
             return
         self._writer.flush()
-        (self.remote / "tb").mkdir(parents=True, exist_ok=True)
-        (epath.Path(self.local) / "metrics.jsonl").copy(self.remote / "metrics.jsonl", overwrite=True)
-        for f in (epath.Path(self.local) / "tb").iterdir():
-            f.copy(self.remote / "tb" / f.name, overwrite=True)
+        (self.remote / TENSORBOARD).mkdir(parents=True, exist_ok=True)
+        (epath.Path(self.local) / METRICS).copy(self.remote / METRICS, overwrite=True)
+        for f in (epath.Path(self.local) / TENSORBOARD).iterdir():
+            f.copy(self.remote / TENSORBOARD / f.name, overwrite=True)
 
     def close(self):
         self.sync()
         self._writer.close()
+
+
+def _drop_partial_line(path: str) -> None:
+    """Cut a last line without its newline (a write that was killed) off a JSON-lines file."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if not size:
+            return
+        start = max(size - 65536, 0)  # metric lines are short: the tail holds the last newline
+        f.seek(start)
+        tail = f.read()
+        cut = tail.rfind(b"\n")
+        if not tail.endswith(b"\n") and (cut >= 0 or start == 0):
+            f.truncate(start + cut + 1)
