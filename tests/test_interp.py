@@ -325,30 +325,29 @@ def _induction_batches(steps, batch=64, keep=0.7, seed=0):
 
 @pytest.fixture(scope="module")
 def induction_model():
-    import flax.linen as nn
+    """Attention only: the MLPs are zeroed and frozen (zero weights write nothing)."""
     import optax
+
+    from lmjax.train.steps import init_params, make_train_step, new_state
 
     cfg = ModelConfig(vocab_size=IV + 1, n_layer=2, d_model=64, n_head=2, d_mlp=4, max_len=2 * IN + 1)
     model = Transformer(cfg)
-    params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    params = init_params(model, jax.random.key(0))
     params = {k: {**v, "mlp": jax.tree.map(jnp.zeros_like, v["mlp"])} if k.startswith("blocks_") else v
               for k, v in params.items()}
-    frozen = jax.tree_util.tree_map_with_path(lambda path, _: any(getattr(p, "key", "") == "mlp" for p in path), params)
-    opt = optax.multi_transform({False: optax.adamw(1e-2, b2=0.98, weight_decay=0.0), True: optax.set_to_zero()},
-                                frozen)
+    is_mlp = lambda path: any(getattr(p, "key", "") == "mlp" for p in path)  # noqa: E731
+    optimizer = optax.adamw(1e-2, b2=0.98, weight_decay=0.0)
 
-    def step(carry, tokens):
-        p, s = carry
-        loss, g = jax.value_and_grad(lambda p: NextTokenLoss(tokens)(model.apply({"params": p}, tokens)).mean())(p)
-        u, s = opt.update(g, s, p)
-        return (optax.apply_updates(p, u), s), loss
+    def loss_fn(p, tokens, key):
+        return NextTokenLoss(tokens)(model.apply({"params": p}, tokens)).mean()
 
-    train = jax.jit(lambda carry, batches: jax.lax.scan(step, carry, batches))
-    carry = (params, opt.init(params))
+    step = make_train_step(model, optimizer, loss_fn=loss_fn, frozen=is_mlp, jit=False)
+    train = jax.jit(lambda state, batches: jax.lax.scan(lambda s, b: (step(s, b)[0], None), state, batches))
+    state = new_state(params, optimizer, is_mlp)
     batches = _induction_batches(ISTEPS)
     for start in range(0, ISTEPS, 250):  # one compiled chunk of 250 steps
-        carry, losses = train(carry, jnp.asarray(batches[start:start + 250]))
-    return model, carry[0]
+        state, _ = train(state, jnp.asarray(batches[start:start + 250]))
+    return model, state["params"]
 
 
 def test_induction_circuit_detected_and_ablated(induction_model):

@@ -25,6 +25,7 @@ from lmjax.model.mixers import mixer_class
 from lmjax.sample import generate
 from lmjax.model.accounting import count_params, flops_per_token, matmul_params, param_count
 from lmjax.train.optimizer import decay_mask
+from lmjax.train.steps import make_train_step, new_state
 
 from _model_fixtures import FAST_COMPILE, stack_layers
 
@@ -299,24 +300,15 @@ def test_each_mixer_trains_on_the_embedded_corpus(kind):
     rng = np.random.RandomState(0)
     params = nn.unbox(fast_jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     opt = optax.adam(1e-2)
-
-    def loss_fn(p, x, y):
-        return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
-
-    def train_step(p, s, x, y):
-        loss, g = jax.value_and_grad(loss_fn)(p, x, y)
-        updates, s = opt.update(g, s, p)
-        return optax.apply_updates(p, updates), s, loss
-
-    state = opt.init(params)
+    state = new_state(params, opt)
     starts = rng.randint(0, len(data) - 33, (40, 16))
     windows = np.stack([[data[s:s + 33] for s in row] for row in starts])
-    x0, y0 = windows[0, :, :-1], windows[0, :, 1:]
-    step = jax.jit(train_step).lower(params, state, x0, y0).compile(FAST_COMPILE)
+    batches = [{"inputs": w[:, :-1], "targets": w[:, 1:]} for w in windows]
+    step = jax.jit(make_train_step(model, opt, jit=False)).lower(state, batches[0]).compile(FAST_COMPILE)
     losses = []
-    for w in windows:
-        params, state, loss = step(params, state, w[:, :-1], w[:, 1:])
-        losses.append(float(loss))
+    for batch in batches:
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
     assert losses[0] > 5.0  # ~ln 256 at the start
     assert np.mean(losses[-5:]) < 3.6, losses
 
