@@ -47,6 +47,45 @@ def test_outputs_are_stripped():
         assert "find_spec(\"lmjax\")" in code[0].source and "pip" in code[0].source, f"{name}: no install cell first"
 
 
+def _install_cell() -> str:
+    cells = {name: nbformat.read(os.path.join(COLABS, name), as_version=4).cells[1].source for name in NOTEBOOKS}
+    assert len(set(cells.values())) == 1, "the notebooks' install cells differ"
+    return cells[NOTEBOOKS[0]]
+
+
+def test_install_cell_installs_the_checkout_or_says_what_to_set(monkeypatch, tmp_path):
+    """Where lmjax is missing, the first cell pip-installs LMJAX_PIP_SPEC, else the checkout
+    that holds the notebook (found from the working directory); outside a checkout, without
+    the variable, it stops with a message naming LMJAX_PIP_SPEC. pip itself is faked here."""
+    import importlib.util
+    import subprocess
+
+    source = _install_cell()
+    calls = []
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append(args))
+
+    def run_cell(cwd, spec=None, installed=False):
+        calls.clear()
+        monkeypatch.chdir(cwd)
+        if spec is None:
+            monkeypatch.delenv("LMJAX_PIP_SPEC", raising=False)
+        else:
+            monkeypatch.setenv("LMJAX_PIP_SPEC", spec)
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: real_find_spec(name, *a) if installed or name != "lmjax" else None)
+        exec(compile(source, "install cell", "exec"), {})
+        return [args[-1] for args in calls]
+
+    checkout = os.path.dirname(COLABS)
+    assert run_cell(COLABS) == [checkout]  # Jupyter runs a notebook in its folder: colabs/ of the checkout
+    assert run_cell(tmp_path, spec="git+https://example.org/fork/lmjax.git") == ["git+https://example.org/fork/lmjax.git"]
+    assert run_cell(COLABS, installed=True) == []  # already importable: nothing installed
+    with pytest.raises(RuntimeError, match="LMJAX_PIP_SPEC"):
+        run_cell(tmp_path)  # e.g. Colab's /content: no checkout above it
+    assert calls == []
+
+
 def test_quickstart_trains_and_samples(monkeypatch, tmp_path):
     r, nb = execute("quickstart.ipynb", monkeypatch, tmp_path)
     assert r["last_train_loss"] < r["first_train_loss"] - 1.0  # 60 steps: ~5.0 -> ~2.8 nats/byte
