@@ -74,6 +74,8 @@ def test_repro_command_line_variant_out_and_names(tmp_path):
         _common.parse_args("grokking", ["--out", str(tmp_path / "file")])
     with pytest.raises(LmjaxError, match="unknown reproduction 'nope'.*grokking"):
         repro.run("nope:small", [])
+    with pytest.raises(LmjaxError, match="no reproduction config.*grokking"):
+        _common.load_repro_config("nope")
 
 
 def test_reference_data_paths_need_lmjax_data(monkeypatch, tmp_path):

@@ -25,7 +25,8 @@ import ml_collections
 import numpy as np
 
 from lmjax.config import load_config
-from lmjax.errors import LmjaxError
+from lmjax.errors import LmjaxError, MissingFileError, PathExistsError
+from lmjax.repro import REPRODUCTIONS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,7 +41,7 @@ def load_repro_config(name: str, variant: str | None = None, overrides=()) -> ml
     name, variant = _variant(name, variant)
     path = config_path(name)
     if not os.path.isfile(path):
-        raise LmjaxError(f"reproduction config {path} not found")
+        raise MissingFileError(f"no reproduction config {path}; the reproductions: {sorted(REPRODUCTIONS)}")
     return load_config(f"{path}:{variant or ''}", overrides)
 
 
@@ -80,7 +81,7 @@ def parse_args(name: str, argv, doc: str | None = None, variant: str | None = No
 def make_out_dir(out: str) -> None:
     """--out is always a directory: make it, or say in one line why it cannot be one."""
     if os.path.exists(out) and not os.path.isdir(out):
-        raise LmjaxError(f"--out {out} is a file; --out names the directory for the figures and results.json")
+        raise PathExistsError(f"--out {out} is a file; --out names the directory for the figures and results.json")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:

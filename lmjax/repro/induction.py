@@ -47,7 +47,7 @@ from lmjax import plotting
 from lmjax.data import reference
 from lmjax.data.sources import text_source
 from lmjax.data.tokenizers import CharTokenizer
-from lmjax.errors import LmjaxError
+from lmjax.errors import MissingFileError
 from lmjax.interp import ablation, heads
 from lmjax.interp.metrics import NextTokenLoss
 from lmjax.model import ModelConfig, Transformer
@@ -62,7 +62,7 @@ def load_text(path: str) -> str:
     if path:
         path = reference.resolve(path, "--config.data")
         if not os.path.isfile(path):
-            raise LmjaxError(f"--config.data={path}: no such file; give a text file, or '' for the embedded corpus")
+            raise MissingFileError(f"--config.data={path}: no such file; give a text file, or '' for the embedded corpus")
         with open(path, encoding="utf-8") as f:
             return f.read()
     source = text_source("stdlib")

@@ -45,7 +45,7 @@ import numpy as np
 
 from lmjax import plotting
 from lmjax.config import validate
-from lmjax.errors import LmjaxError
+from lmjax.errors import PathExistsError
 from lmjax.repro import _common
 from lmjax.sample import sample
 from lmjax.train.loop import train
@@ -105,7 +105,7 @@ def jax_window_losses(model, params):
 
 def run(config, workdir: str, *, progress: bool = True) -> dict:
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise LmjaxError(f"{workdir} already holds a run (training would resume and the wall time would mean "
+        raise PathExistsError(f"{workdir} already holds a run (training would resume and the wall time would mean "
                          "nothing); use another --out or remove it")
     start = time.perf_counter()
     summary = train(config, workdir, progress=progress, quiet=not progress)

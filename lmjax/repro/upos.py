@@ -32,7 +32,7 @@ import numpy as np
 from lmjax import plotting
 from lmjax.config import validate
 from lmjax.data import reference
-from lmjax.errors import LmjaxError
+from lmjax.errors import MissingFileError
 from lmjax.interp import probes
 from lmjax.repro import _common
 from lmjax.train.loop import train as train_lm
@@ -59,7 +59,7 @@ def probe_model(model, params, tokenizer, config, conllu: str):
 def run(config, out: str, progress: bool = True) -> dict:
     conllu = reference.resolve(config.conllu, "--config.conllu")
     if not os.path.isfile(conllu):
-        raise LmjaxError(f"--config.conllu={conllu}: no such file; give UD English EWT's dev split "
+        raise MissingFileError(f"--config.conllu={conllu}: no such file; give UD English EWT's dev split "
                          "($LMJAX_DATA/ud_english_ewt/en_ewt-ud-dev.conllu)")
     lm_cfg = lm_config(config)  # every path checked before the training starts
     summary = train_lm(lm_cfg, os.path.join(os.path.abspath(out), "lm"), progress=progress, quiet=not progress)
