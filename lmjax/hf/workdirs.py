@@ -135,7 +135,7 @@ def export_from_workdir(workdir: str, out_dir: str, *, step: int | None = None, 
     wd = open_workdir(workdir)
     out = os.path.abspath(os.path.expanduser(out_dir))
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise ValueError(f"{out} already exists and is not empty: choose a new directory")
+        raise PathExistsError(f"{out} already exists and is not empty: choose a new directory")
     _, config_dict, tok_dict = wd.meta(step)
     # a model with no Hugging Face equivalent fails before any array is read
     family_for_config(model_config(config_from_dict(config_dict), tokenizer_from_json(tok_dict).vocab_size))
