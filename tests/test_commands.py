@@ -66,6 +66,14 @@ def test_missing_config_file(capsys, tmp_path):
                "nope.py", "not found")
 
 
+def test_repro_names_its_variant_after_a_colon(capsys, tmp_path):
+    """NAME:variant reaches the reproduction's config (an unknown variant is refused there,
+    naming the allowed ones), and an unknown NAME is refused before anything is imported."""
+    error_line(capsys, ["repro", "grokking:nosuch", "--out", str(tmp_path / "g")], "unknown variant 'nosuch'", "small")
+    error_line(capsys, ["repro", "nosuch:small"], "unknown reproduction 'nosuch'")
+    assert not (tmp_path / "g").exists()
+
+
 def test_eval_on_an_empty_workdir(capsys, tmp_path):
     error_line(capsys, ["eval", "--workdir", str(tmp_path / "empty")], "no checkpoint")
 
