@@ -12,7 +12,7 @@ an L2 penalty, a fixed number of steps in one `lax.scan`, vmapped over layers an
 Data: `read_conllu` reads Universal Dependencies treebanks (word forms and UPOS tags);
 `align_words` maps each word to a model token (its first or last sub-token) from the
 tokenizer's token lengths; `upos_dataset` caches residual-stream activations at those
-tokens. Runs on ../shared/data/ud_english_ewt/ (read in place).
+tokens. Runs on $LMJAX_DATA/ud_english_ewt/ (read in place; lmjax.data.reference).
 """
 from __future__ import annotations
 

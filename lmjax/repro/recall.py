@@ -14,8 +14,8 @@ recipe (2400 steps of 32 rows, AdamW 3e-3, cosine) on a mixture of 1-32 pairs, v
 - transformer "CA": a short gated causal convolution (width 4), then attention. This is
   Zoology's own layout (every model there has a short convolution as its first layer):
   the convolution hands each position its previous token, which a two-attention-layer
-  model must first learn with a previous-token head (here that took more than the 3000
-  steps we tried, stuck at the "pick any value from the context" plateau);
+  model must first learn with a previous-token head (with this recipe it had not learnt
+  one within 3000 steps, stuck at the "pick any value from the context" plateau);
 - mamba "MM": Mamba blocks with a deliberately small state (d_state 4, expand 1: 256
   numbers per layer);
 - hybrid "MA": that Mamba block, then attention.
@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 from lmjax import plotting
 from lmjax.model import ModelConfig, Transformer
+from lmjax.errors import LmjaxError
 from lmjax.model.accounting import count_params
 from lmjax.repro import _common
 from lmjax.train.loss import masked_cross_entropy
@@ -89,7 +90,7 @@ def mqar_batch(rng: np.random.Generator, pair_counts, vocab_size: int, seq_len: 
     first = np.zeros((rows, seq_len), np.float32)
     for r, n in enumerate(pair_counts):
         if 4 * n > seq_len + 1 or n > len(keys):
-            raise ValueError(f"{n} pairs need {4 * n} positions and {n} distinct keys; "
+            raise LmjaxError(f"{n} pairs need {4 * n} positions and {n} distinct keys; "
                              f"have seq_len {seq_len} + 1 and {len(keys)} keys (raise task.vocab_size)")
         k = rng.choice(keys, n, replace=False)
         v = rng.choice(values, n, replace=True)
@@ -114,7 +115,7 @@ def model_configs(config) -> dict[str, ModelConfig]:
     for name, m in config.models.items():
         cfg = ModelConfig.from_dict(dict(m, vocab_size=t.vocab_size, max_len=seq_len))
         if cfg.problems():
-            raise ValueError(f"models.{name}: " + "; ".join(cfg.problems()))
+            raise LmjaxError(f"models.{name}: " + "; ".join(cfg.problems()))
         out[name] = cfg
     return out
 

@@ -29,10 +29,10 @@ The training run's workdir is OUT/workdir; a second run into the same --out is r
   bench/shakespeare_parity.py --nanogpt PATH trains nanoGPT's own code beside lmjax and
   measures both alike: over seeds 0-5 (nanoGPT's 1337-1342) lmjax 1.9076 +- 0.0052,
   nanoGPT 1.9048 +- 0.0100 on the whole val split, a paired difference of +0.003 +- 0.003.
-  The 1.886 quoted for nanoGPT is what its seed 1337 prints (1.8857, rerun here in 77 s):
+  The 1.886 quoted for nanoGPT is what its seed 1337 prints (1.8857 in 77 s on the 2-core AMD EPYC, 2026-11-22):
   one draw of its estimator, on a model whose whole-split loss is 1.898.
-- GPU config: not run in this session (no GPU lent); an earlier session measured, on one
-  NVIDIA H200 with `lmjax train`, best val 1.4271 at step 2000 (1.654 after 5000 steps: it
+- GPU config, measured on one NVIDIA H200, 2026-11-26, with `lmjax train --config
+  configs/shakespeare_char.py`: best val 1.4271 at step 2000 (1.654 after 5000 steps: it
   overfits), 76 s for the whole command, 7.9 ms/step (nanoGPT: best 1.4697 on an A100).
 """
 from __future__ import annotations

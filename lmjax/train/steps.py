@@ -75,9 +75,8 @@ def activation_sharding(mesh: Mesh | None, rules=None):
     sums are (batch, length, embed)); inside this context, while a step is traced, the
     `rules` map them to the mesh, e.g. split over the batch only under FSDP. Without it
     XLA may split these activations along d_model like the FSDP parameters and pay for it
-    in all-to-alls. 8 simulated CPU devices, 4x256 model, one step, same run (2026-11-26):
-    FSDP 291 ms with the annotations vs 957 ms without, FSDP x TP 282 vs 567, one device
-    246 ms.
+    in all-to-alls: without the annotations an FSDP step on 8 simulated CPU devices took
+    ~3x as long (timings: bench/README.md).
     """
     if mesh is None or mesh.size == 1:
         return contextlib.nullcontext()
@@ -129,10 +128,8 @@ def _threefry_as_gpu_kernel():
 
 # On a CPU, a step over micro-batches of about this many tokens per device is faster than
 # one pass over the whole batch: XLA:CPU's elementwise passes (GELU, norms, softmax) ran 2-4x
-# faster per element on the smaller activations (presumably they stay in cache). Measured on
-# 2026-11-26, 2-core AMD EPYC, one step of batch 8 x 256: 6x384 546 -> 462 ms at 512 tokens per
-# micro-batch (1024: 491, 256: 549); 12x768 3.49 -> 3.17 s; nanoGPT's shakespeare_char CPU
-# model (12 x 64 tokens) 30 -> 21 ms at 384.
+# faster per element on the smaller activations (presumably they stay in cache). 512 was the
+# fastest of 256 / 512 / 1024 tokens (timings: bench/README.md).
 CPU_MICRO_BATCH_TOKENS = 512
 
 
