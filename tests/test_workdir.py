@@ -233,6 +233,13 @@ def test_resuming_with_changed_data_or_schedule_names_the_fields(trained, copy, 
     assert issubclass(ResumeChangedError, LmjaxError)
 
 
+def test_eval_may_use_other_data_and_batches(trained, env):
+    other = trained["dir"] / "other.txt"
+    _, out, _ = lmjax(env, "eval", "--workdir", trained["workdir"], f"--config.data.source={other}",
+                      "--config.train.batch_size=4", "--config.train.steps=100")
+    assert re.search(r"^step 6: val_loss \d", out, re.MULTILINE), out  # evaluating continues no run
+
+
 def test_allow_changes_resumes_with_the_new_config(trained, copy, env):
     _, out, _ = lmjax(env, "train", "--config", trained["cfg"], "--workdir", copy, "--no_progress",
                       "--config.train.steps=8", "--allow_changes")

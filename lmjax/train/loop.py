@@ -115,7 +115,8 @@ def _check_resume(config, workdir: str, step: int, stored: dict, vocab_size: int
     changed = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(before.keys() | now.keys())
                if before.get(k) != now.get(k)]
     if changed:
-        note = " (the checkpoint's tokenizer is kept either way)" if before["data.tokenizer"] != now["data.tokenizer"] else ""
+        kept = before["data.tokenizer"] != now["data.tokenizer"]
+        note = " (the checkpoint's tokenizer is kept either way)" if kept else ""
         raise ResumeChangedError(
             f"workdir {workdir} was trained to step {step} with another config: {', '.join(changed)}{note}; a resumed "
             "run would not continue it (other batches or learning-rate schedule). If that is intended, pass "
@@ -129,7 +130,8 @@ def setup(config, workdir, *, with_data: bool = True, writer: bool = False, allo
     (it holds the lock): Orbax removes the temporary directories of killed saves, and
     committed steps newer than the one resumed from, which could not be read, are moved
     aside (`<step>.unreadable`) so that the run can save those steps again.
-    allow_changes: resume even if RESUME_FIELDS differ from the checkpoint's config.
+    allow_changes: resume even if RESUME_FIELDS differ from the checkpoint's config (only
+    a writer is held to them).
     """
     wd = open_workdir(workdir)
     wd.path.mkdir(parents=True, exist_ok=True)
@@ -144,13 +146,15 @@ def setup(config, workdir, *, with_data: bool = True, writer: bool = False, allo
         model, mesh, rules = build(config, tokenizer.vocab_size, batch_size=config.train.batch_size)
         state = None  # initialised after the data checks below
     else:
+        def check(step, stored, tokenizer):  # a reader (eval) may change all but the model: it continues no run
+            _check_resume(config, wd.given, step, stored, tokenizer.vocab_size, allow_changes or not writer)
+
         # Straight into this run's shardings: the checkpoint may come from another mesh shape.
-        restored = wd.restore(config, batch_size=config.train.batch_size, checkpointer=checkpointer,
-                              check=lambda step, stored, tok: _check_resume(config, wd.given, step, stored,
-                                                                            tok.vocab_size, allow_changes))
+        restored = wd.restore(config, batch_size=config.train.batch_size, checkpointer=checkpointer, check=check)
         tokenizer, model, mesh, rules, state = (restored.tokenizer, restored.model, restored.mesh, restored.rules,
                                                 restored.state)
-        for bad in [s for s in checkpointer.all_steps() if s > restored.step] if writer else ():
+        newer = [s for s in checkpointer.all_steps() if s > restored.step]  # each one failed to read
+        for bad in newer if writer else ():
             warn(f"moved unreadable checkpoint step {bad} aside to {checkpointer.set_aside(bad)}; "
                  f"training continues from step {restored.step}")
     data = None
@@ -253,7 +257,8 @@ def _lock(wd: Workdir, say):
     if jax.process_index() == 0:
         try:
             if not lock.acquire():
-                say(f"note: {wd.given} is not on a local disk, so it is not locked; run one `lmjax train` on it at a time")
+                say(f"note: {wd.given} is not on a local disk, so it is not locked; "
+                    "run one `lmjax train` on it at a time")
         except WorkdirBusyError as e:
             busy = e
     if jax.process_count() > 1:
