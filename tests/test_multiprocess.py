@@ -232,48 +232,48 @@ OVERRIDES = [  # the quickstart model, shrunk to keep the test short
 
 
 def test_two_processes_train_like_one_save_and_resume(tmp_path):
-    from lmjax.config import load_config
-    from lmjax.train.loop import train
-
     corpus = write_corpus(tmp_path / "corpus", 4)
     overrides = OVERRIDES + [f"data.source={corpus}"]
-    env = {**os.environ, "LMJAX_CACHE": str(tmp_path / "cache")}
-    workdir = tmp_path / "two"
+    # Every run compiles at -O0: these 6-step runs are mostly compiling, and the losses below
+    # are compared to rtol 1e-5 (rounding differs far less).
+    env = {**os.environ, "LMJAX_CACHE": str(tmp_path / "cache"),
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"}
 
-    def launch(*extra):
-        cmd = [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--num_processes", "2",
-               "--devices_per_process", "4", "--", sys.executable, "-m", "lmjax", "train",
+    def launch(workdir, processes, *extra):
+        cmd = [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--num_processes", str(processes),
+               "--devices_per_process", str(8 // processes), "--", sys.executable, "-m", "lmjax", "train",
                "--config", os.path.join(ROOT, "configs", "quickstart.py"), "--workdir", str(workdir), "--no_progress",
-               # the DCN split puts data=2 across the two processes
-               "--config.mesh.dcn_data=2", *[f"--config.{o}" for o in overrides], *extra]
+               *[f"--config.{o}" for o in overrides], *extra]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         return out.stdout
 
-    first = launch("--stop_at", "3")
+    two = tmp_path / "two"
+    # the DCN split puts data=2 across the two processes
+    first = launch(two, 2, "--config.mesh.dcn_data=2", "--stop_at", "3")
     assert "mesh data=2xfsdp=2xtensor=2 over 2 processes" in first
-    assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]
-    second = launch()
+    assert sorted(os.listdir(two / "checkpoints")) == ["3"]
+    second = launch(two, 2, "--config.mesh.dcn_data=2")
     assert "[0] resuming from step 3" in second and "[1] resuming" not in second  # process 0 reports
-    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+    assert sorted(os.listdir(two / "checkpoints")) == ["3", "6"]
 
     # One process with the same 8 devices, straight through.
     one = tmp_path / "one"
-    config = load_config(os.path.join(ROOT, "configs", "quickstart.py"), overrides + ["mesh.data=2"])
-    summary = train(config, str(one), progress=False, quiet=True)
+    assert "mesh data=2xfsdp=2xtensor=2, " in launch(one, 1, "--config.mesh.data=2")
 
     def records(workdir):
         return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
 
-    two_rec, one_rec = records(workdir), records(one)
+    two_rec, one_rec = records(two), records(one)
     two_loss = {r["step"]: r["loss"] for r in two_rec if "loss" in r}
     one_loss = {r["step"]: r["loss"] for r in one_rec if "loss" in r}
     # The first step of each run is logged with the second (its compile is kept out of tokens/s):
     # the stopped-and-resumed run logs 2, 3, 5, 6; the straight one 2, 3, 4, 5, 6.
-    assert sorted(two_loss) == [2, 3, 5, 6]
+    assert sorted(two_loss) == [2, 3, 5, 6] and sorted(one_loss) == [2, 3, 4, 5, 6]
     np.testing.assert_allclose([two_loss[s] for s in (2, 3, 6)], [one_loss[s] for s in (2, 3, 6)], rtol=1e-5)
     two_val = [r["val_loss"] for r in two_rec if "val_loss" in r]
-    assert two_val == pytest.approx([summary["val_loss"]], rel=1e-5)
+    one_val = [r["val_loss"] for r in one_rec if "val_loss" in r]
+    assert len(one_val) == 1 and two_val == pytest.approx(one_val, rel=1e-5)
 
 
 def test_bucket_code_path_through_epath(tmp_path, monkeypatch):
