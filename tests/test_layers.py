@@ -8,7 +8,6 @@ or the line above: an optional extra, start-up time, `jax.distributed` before de
 from __future__ import annotations
 
 import ast
-import os
 import shutil
 from pathlib import Path
 

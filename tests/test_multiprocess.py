@@ -294,17 +294,18 @@ def test_bucket_code_path_through_epath(tmp_path, monkeypatch):
 
 
 def test_metrics_for_a_bucket_workdir_go_through_a_local_mirror(tmp_path, monkeypatch):
-    import lmjax.train.loop as loop
+    import lmjax.train.run_metrics as run_metrics
 
-    monkeypatch.setattr(loop, "is_local", lambda path: False)
+    monkeypatch.setattr(run_metrics, "is_local", lambda path: False)
     workdir = tmp_path / "bucket" / "run"
-    w = loop._MetricsWriter(str(workdir))
+    cache = str(tmp_path / "cache")
+    w = run_metrics.RunMetrics(str(workdir), cache)
     assert not w.local.startswith(str(tmp_path / "bucket"))
     w.write_scalars(1, {"loss": 2.0})
-    w.sync()
+    w.flush()
     assert [json.loads(line)["loss"] for line in open(workdir / "metrics.jsonl")] == [2.0]
     w.close()
-    w = loop._MetricsWriter(str(workdir))  # a resumed run (on another machine) appends
+    w = run_metrics.RunMetrics(str(workdir), cache)  # a resumed run (on another machine) appends
     w.write_scalars(2, {"loss": 1.5})
     w.close()
     assert [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")] == [1, 2]

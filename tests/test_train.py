@@ -246,10 +246,10 @@ def test_trained_tokenizer_travels_with_the_checkpoint(corpus, tmp_path, tokeniz
     ('{"step": 1, "lo', []),
 ])
 def test_a_half_written_metrics_line_is_dropped_when_a_run_resumes(tmp_path, before, kept):
-    from lmjax.train.loop import _MetricsWriter
+    from lmjax.train.run_metrics import RunMetrics
 
     (tmp_path / "metrics.jsonl").write_text(before)
-    writer = _MetricsWriter(str(tmp_path))
+    writer = RunMetrics(str(tmp_path), str(tmp_path / "cache"))
     writer.write_scalars(2, {"loss": 1.5})
     writer.close()
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]

@@ -65,6 +65,11 @@ class TokenData:
         return self.meta["n_tokens_val"] / n_bytes if n_bytes else float("nan")
 
 
+def default_cache_dir() -> str:
+    """Where token shards (and other caches) go: $LMJAX_CACHE, else ~/.cache/lmjax."""
+    return os.environ.get("LMJAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lmjax")
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype used for ids of this vocabulary (uint16 or uint32)."""
     return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)

@@ -19,12 +19,12 @@ import jax.numpy as jnp
 
 from lmjax import sharding
 from lmjax.config import config_from_dict, default_config, model_config, validate
+from lmjax.data.hf_tokenizer import load_tokenizer
 from lmjax.data.tokenizer_json import tokenizer_from_json
-from lmjax.errors import PathExistsError
+from lmjax.errors import LmjaxError, MissingFileError, PathExistsError
 from lmjax.hf.export import DEFAULT_SHARD_BYTES, export_hf
 from lmjax.hf.families import family_for_config
 from lmjax.hf.load import load_params, plan, read_hf_config
-from lmjax.data.hf_tokenizer import load_tokenizer
 from lmjax.model import Transformer
 from lmjax.model.accounting import count_params
 from lmjax.train.checkpoint import Checkpointer
@@ -84,12 +84,12 @@ def import_to_workdir(hf_dir: str, workdir: str, *, dtype: str = "float32", scan
     hf = read_hf_config(hf_dir)
     tokenizer = load_tokenizer(hf_dir, hf)
     if tokenizer is None:
-        raise FileNotFoundError(f"{hf_dir} has no tokenizer.json or tokenizer.model: lmjax keeps the tokenizer in "
-                                "the checkpoint (for sample/eval); copy the model's tokenizer files there")
+        raise MissingFileError(f"{hf_dir} has no tokenizer.json or tokenizer.model: lmjax keeps the tokenizer in "
+                               "the checkpoint (for sample/eval); copy the model's tokenizer files there")
     cfg, ckpt, _ = plan(hf_dir, dtype=dtype, scan_layers=scan_layers)  # every check, before any data is read
     ckpt.close()
     if tokenizer.vocab_size > cfg.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+        raise LmjaxError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
                          f"{cfg.vocab_size}: ids past the embedding cannot be used")
     config = workdir_config(cfg)
     mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)

@@ -11,16 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import signal
 import time
 
-import hashlib
-import shutil
 
 import jax
 import numpy as np
-from etils import epath
 from tqdm.auto import tqdm
 
 from lmjax import distributed, sharding
@@ -28,7 +24,7 @@ from lmjax.config import ConfigError, config_from_dict, model_config
 from lmjax.errors import LmjaxError
 from lmjax.data import TokenData, eval_batches, prepare_tokens, text_source
 from lmjax.data.batches import train_rows
-from lmjax.data.shards import is_local
+from lmjax.data.shards import default_cache_dir
 from lmjax.data.tokenizers import build_tokenizer
 from lmjax.model import Transformer
 from lmjax.model.accounting import count_params, flops_per_token
@@ -36,8 +32,9 @@ from lmjax.train import mfu as mfu_lib
 from lmjax.train.checkpoint import Checkpointer, warn
 from lmjax.train.optimizer import learning_rate_schedule, make_optimizer
 from lmjax.train.steps import auto_grad_accum, init_state, make_eval_step, make_train_step, param_shardings
-from lmjax.train.workdir import METRICS, TENSORBOARD, Workdir, WorkdirBusyError, build, open_workdir
-from lmjax.train.writers import JsonlWriter, MultiWriter, TensorBoardWriter
+from lmjax.train.workdir import Workdir, WorkdirBusyError, build, open_workdir
+from lmjax.train.run_metrics import RunMetrics
+from lmjax.train.writers import MultiWriter
 
 
 class NonFiniteLossError(LmjaxError):
@@ -59,10 +56,6 @@ class Run:
     checkpointer: Checkpointer
     rules: tuple = sharding.LOGICAL_RULES
     notes: tuple = ()  # parameter dimensions replicated because they do not divide the mesh
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("LMJAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lmjax")
 
 
 def config_json(config) -> dict:
@@ -322,7 +315,7 @@ def _train(run: Run, *, stop_at_step, progress, say) -> dict:
     train_step = make_train_step(model, run.optimizer, grad_accum=grad_accum, seed=c.train.seed,
                                  mesh=run.mesh, rules=run.rules)
     eval_step = make_eval_step(model, run.mesh, jax.tree.map(lambda x: x.sharding, state["params"]), run.rules)
-    writer = _MetricsWriter(workdir) if lead else _NullWriter()
+    writer = RunMetrics(workdir, c.data.cache_dir or default_cache_dir()) if lead else MultiWriter([])
 
     def batch_at(step):
         return _global_batch(run, c.train.batch_size, lambda a, b: train_rows(
@@ -399,7 +392,7 @@ def _train(run: Run, *, stop_at_step, progress, say) -> dict:
                 window["t"] = time.perf_counter()  # keep eval time out of tokens/s
             if run.checkpointer.should_save(step):
                 save(step)
-                writer.sync()
+                writer.flush()  # a bucket workdir gets its metrics with each checkpoint
             if preempt.requested:
                 break
     if pending:
@@ -413,72 +406,3 @@ def _train(run: Run, *, stop_at_step, progress, say) -> dict:
     summary["run"] = run
     summary["state"] = state
     return summary
-
-
-
-class _NullWriter:
-    def write_scalars(self, step, scalars):
-        pass
-
-    def sync(self):
-        pass
-
-    def close(self):
-        pass
-
-
-class _MetricsWriter:
-    """metrics.jsonl and TensorBoard files in the workdir.
-
-    A workdir on a bucket (objects there can't be appended to) gets them through a local
-    mirror under the token cache directory: existing metrics are fetched first, and the
-    files are copied up at every checkpoint and at the end. A line that a killed run left
-    half-written is dropped before the resumed run appends to the file.
-    """
-
-    def __init__(self, workdir):
-        wd = open_workdir(workdir)
-        self.remote = None if is_local(os.fspath(wd)) else wd.path
-        local = os.fspath(wd) if self.remote is None else os.path.join(
-            default_cache_dir(), "workdirs", hashlib.sha256(wd.given.encode()).hexdigest()[:16])
-        self.local = local
-        if self.remote is not None:
-            shutil.rmtree(local, ignore_errors=True)
-            os.makedirs(local)
-            if wd.metrics.exists():
-                wd.metrics.copy(epath.Path(local) / METRICS)
-        _drop_partial_line(os.path.join(local, METRICS))
-        self._writer = MultiWriter([JsonlWriter(os.path.join(local, METRICS)),
-                                    TensorBoardWriter(os.path.join(local, TENSORBOARD))])
-
-    def write_scalars(self, step, scalars):
-        self._writer.write_scalars(step, scalars)
-
-    def sync(self):
-        if self.remote is None:
-            return
-        self._writer.flush()
-        (self.remote / TENSORBOARD).mkdir(parents=True, exist_ok=True)
-        (epath.Path(self.local) / METRICS).copy(self.remote / METRICS, overwrite=True)
-        for f in (epath.Path(self.local) / TENSORBOARD).iterdir():
-            f.copy(self.remote / TENSORBOARD / f.name, overwrite=True)
-
-    def close(self):
-        self.sync()
-        self._writer.close()
-
-
-def _drop_partial_line(path: str) -> None:
-    """Cut a last line without its newline (a write that was killed) off a JSON-lines file."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if not size:
-            return
-        start = max(size - 65536, 0)  # metric lines are short: the tail holds the last newline
-        f.seek(start)
-        tail = f.read()
-        cut = tail.rfind(b"\n")
-        if not tail.endswith(b"\n") and (cut >= 0 or start == 0):
-            f.truncate(start + cut + 1)
