@@ -14,7 +14,12 @@ DATA = os.environ["LMJAX_DATA"]
 import pytest  # noqa: E402
 
 # pytest registers every pytest_* name of a conftest as a hook, imported ones included.
-from _strict import pytest_configure, pytest_make_collect_report, pytest_report_header, pytest_runtest_makereport  # noqa: E402,F401
+from _strict import (  # noqa: E402,F401
+    pytest_configure,
+    pytest_make_collect_report,
+    pytest_report_header,
+    pytest_runtest_makereport,
+)
 
 
 @pytest.fixture(autouse=True, scope="session")

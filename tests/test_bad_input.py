@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import re
 import json
-import os
 import struct
 
 import numpy as np

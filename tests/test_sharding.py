@@ -147,7 +147,8 @@ def test_train_step_keeps_the_residual_stream_split_over_the_batch_only():
     model = Transformer(CFG)
     optimizer = make_optimizer(config_from_dict({}).optimizer, 10)
     mesh = mesh_of(1, 8, 1)
-    state = jax.eval_shape(lambda: init_state(model, optimizer, mesh, seed=0))  # shapes and shardings: lowering needs no values
+    # shapes and shardings: lowering needs no values (nor compiling the init)
+    state = jax.eval_shape(lambda: init_state(model, optimizer, mesh, seed=0))
     tokens = jax.ShapeDtypeStruct((BATCH, CFG.max_len), jnp.int32, sharding=sharding.batch_sharding(mesh))
     batch = {"inputs": tokens, "targets": tokens}
     text = make_train_step(model, optimizer, mesh=mesh).lower(state, batch).as_text()

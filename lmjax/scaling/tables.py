@@ -38,7 +38,8 @@ def read_columns(path: str, names: dict[str, str]) -> dict[str, np.ndarray]:
             except ValueError:
                 value = None
             if value is None or not math.isfinite(value):
-                what = "is empty" if not cell else f"is {cell!r}, {'not finite' if value is not None else 'not a number'}"
+                why = "not finite" if value is not None else "not a number"
+                what = f"is {cell!r}, {why}" if cell else "is empty"
                 raise LmjaxError(f"{path}: column {column!r}, row {number} (line {line}) {what}; "
                                  "every value must be a finite number")
             values.append(value)
