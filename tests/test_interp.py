@@ -392,7 +392,7 @@ def test_attribution_patching_agrees_with_activation_patching(induction_model):
     big = np.abs(e) > 0.1
     print(f"attribution vs activation patching: Pearson r = {corr:.3f} over {a.size} cells; "
           f"sign agreement on |effect| > 0.1: {np.mean(np.sign(a[big]) == np.sign(e[big])):.2f}")
-    assert corr > 0.8
+    assert corr > 0.98  # docs/interpretability.md states Pearson 0.99
     assert np.mean(np.sign(a[big]) == np.sign(e[big])) > 0.9
     # Attribution finds the cells that matter: its largest |values| are exactly the cells
     # with a real effect. (Their order within that set is not checked: patching a residual
