@@ -16,7 +16,8 @@ import ml_collections
 
 
 def get_config(arg=None):
-    del arg
+    if arg:
+        raise ValueError(f"unknown variant {arg!r}; this config has none")
     c = ml_collections.ConfigDict()
     c.model = dict(mixer="mamba", n_layer=7, d_model=128, mamba_mlp=False, norm="rmsnorm", use_bias=False,
                    pos_embedding="none", max_len=128, d_state=16, d_conv=4, expand=2)
