@@ -28,8 +28,9 @@ setup(
         # tensorboard only reads our event files back in tests; lmjax writes them itself.
         # torch (CPU is enough) and transformers are the reference the Hugging Face parity
         # tests (tests/test_hf.py) compare against; lmjax itself never imports torch.
-        # nbclient/nbformat/ipykernel execute the colabs (tests/test_colabs.py).
-        "test": ["pytest>=7", "tensorboard", "torch>=2.4", "transformers>=4.45", "tokenizers>=0.19",
+        # nbclient/nbformat/ipykernel execute the colabs (tests/test_colabs.py); pytest-xdist runs
+        # the suite on two workers (pytest.ini).
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "tensorboard", "torch>=2.4", "transformers>=4.45", "tokenizers>=0.19",
                  "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
         # Hugging Face import/export (lmjax.hf, `lmjax convert`): tokenizer.json files.
         # Safetensors are read and written by lmjax itself (NumPy + mmap), without PyTorch.
