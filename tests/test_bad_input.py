@@ -14,7 +14,7 @@ import pytest
 from lmjax.commands import main
 from lmjax.data.tokenizers import ByteTokenizer
 from lmjax.errors import LmjaxError
-from lmjax.hf.safetensors_io import Checkpoint, read_header, write_file
+from lmjax.data.safetensors_io import Checkpoint, read_header, write_file
 from lmjax.interp.report import explain
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from lmjax import sharding  # noqa: E402
 from lmjax.hf import HFTokenizer, UnsupportedModel, export_hf, load_hf, load_params  # noqa: E402
-from lmjax.hf.safetensors_io import Checkpoint, write_file  # noqa: E402
+from lmjax.data.safetensors_io import Checkpoint, write_file  # noqa: E402
 from lmjax.model import Transformer  # noqa: E402
 from lmjax.sample import generate  # noqa: E402
 

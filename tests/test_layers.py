@@ -24,7 +24,7 @@ LAYERS = (
     ("data", "sharding", "distributed"),
     ("config",),
     ("train", "sample"),
-    ("interp",),
+    ("interp", "sae"),
     ("scaling", "hf"),
     ("repro",),
     ("commands", "__main__"),

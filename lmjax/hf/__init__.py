@@ -6,7 +6,7 @@
 
 `lmjax convert --from_hf DIR --workdir OUT` and `lmjax convert --workdir DIR --to_hf OUT`
 do the same from the command line (`workdirs` is the library side of it). Module map:
-`safetensors_io` reads and writes the file format with NumPy, `families` maps configs and
+`lmjax.data.safetensors_io` reads and writes the file format with NumPy, `families` maps configs and
 tensor names, `load` imports slice by slice into the target sharding, `export` writes.
 The tokenizer.json wrapper lives with the other tokenizers (lmjax.data.hf_tokenizer).
 """

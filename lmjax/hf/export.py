@@ -20,7 +20,7 @@ import numpy as np
 
 from lmjax.errors import LmjaxError, PathExistsError
 from lmjax.hf.families import family_for_config
-from lmjax.hf.safetensors_io import INDEX_FILE, SINGLE_FILE, write_file
+from lmjax.data.safetensors_io import INDEX_FILE, SINGLE_FILE, write_file
 from lmjax.data.hf_tokenizer import write_tokenizer
 from lmjax.model import ModelConfig
 

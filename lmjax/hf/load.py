@@ -25,7 +25,7 @@ import numpy as np
 from lmjax import sharding as sharding_lib
 from lmjax.errors import LmjaxError, MissingFileError
 from lmjax.hf.families import Link, UnsupportedModel, family_for_hf
-from lmjax.hf.safetensors_io import Checkpoint
+from lmjax.data.safetensors_io import Checkpoint
 from lmjax.model import ModelConfig, Transformer
 
 CONFIG_FILE = "config.json"

@@ -263,3 +263,27 @@ def write_file(path: str, entries: Iterable[tuple[str, tuple[int, ...], np.dtype
                 raise LmjaxError(f"tensor {name}: produced {array.shape} {array.dtype}, header says "
                                  f"{tuple(shape)} {np.dtype(dtype)}")
             f.write(array.reshape(-1).view(np.uint8).data)  # raw bytes, any dtype (bfloat16 too)
+
+
+def save_arrays(path: str, arrays: dict, metadata: dict | None = None) -> None:
+    """Write {name: array} as one safetensors file, whole or not at all (a temporary name,
+    then a rename)."""
+    arrays = {name: np.asarray(a) for name, a in arrays.items()}
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write_file(tmp, [(n, a.shape, a.dtype) for n, a in arrays.items()], arrays.__getitem__, metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_arrays(path: str) -> tuple[dict[str, np.ndarray], dict]:
+    """({name: array}, __metadata__) of one safetensors file, read whole."""
+    tensors, data_start, metadata = read_header(path)
+    out = {}
+    with open(path, "rb") as f:
+        for name, info in tensors.items():
+            f.seek(data_start + info.begin)
+            out[name] = np.frombuffer(f.read(info.end - info.begin), dtype=info.dtype).reshape(info.shape).copy()
+    return out, metadata
