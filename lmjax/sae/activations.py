@@ -51,13 +51,16 @@ class ModelSource:
     tokens: a 1-D token array (a corpus, e.g. TokenData.train); each step draws
     ceil(batch_size / (seq_len - skip)) windows of seq_len and keeps the positions after
     the first `skip` (the first position of a window sees no context). `hook_in` may be a
-    list (every layer at once): batches then carry a leading member axis.
+    list (every layer at once): batches then carry a leading member axis (one dictionary
+    per hook), or with `layer_axis=True` a layer axis after the rows ([batch, L, d]: the
+    input of one cross-layer transcoder).
     """
 
     def __init__(self, model, params, tokens, hook_in, hook_out=None, *, seq_len: int = 128, seed: int = 0,
-                 skip: int = 1):
+                 skip: int = 1, layer_axis: bool = False):
         self.model, self.params, self.tokens = model, params, tokens
-        self.member_axis = not isinstance(hook_in, str)
+        self.layer_axis = layer_axis and not isinstance(hook_in, str)
+        self.member_axis = not isinstance(hook_in, str) and not self.layer_axis
         self.hooks_in = [hook_in] if isinstance(hook_in, str) else list(hook_in)
         if hook_out is None:
             self.hooks_out = None
@@ -82,6 +85,8 @@ class ModelSource:
 
     def _stack(self, cache, hooks, keep):
         arrays = [_flatten(cache[h][:, self.skip:])[:keep] for h in hooks]
+        if self.layer_axis:
+            return jnp.stack(arrays, axis=1)
         return jnp.stack(arrays) if self.member_axis else arrays[0]
 
     def batch(self, step: int, batch_size: int):

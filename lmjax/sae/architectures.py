@@ -39,6 +39,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lmjax.errors import LmjaxError
 
@@ -360,6 +361,21 @@ class Dictionary:
 
     def init_shapes(self) -> dict:
         return {k: tuple(v.shape) for k, v in jax.eval_shape(self.init, jax.random.key(0)).items()}
+
+    @property
+    def n_latents(self) -> int:
+        return self.width
+
+    def with_scales(self, x, y=None) -> "Dictionary":
+        """A copy whose scales make E||x s|| = sqrt(d) on the sample x [n, d_in] (y [n, d_out])."""
+        s_in = scale_for(x)
+        return dataclasses.replace(self, input_scale=s_in, output_scale=s_in if y is None else scale_for(y))
+
+    def scale_inputs(self, x):
+        return x * np.float32(self.input_scale)
+
+    def scale_targets(self, y):
+        return y * np.float32(self.output_scale)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -106,15 +106,17 @@ def _zero(y, payload):
 def ce_recovered(model, params, tokens, dictionary, dparams, *, error: bool = False) -> dict:
     """CE_clean, CE_spliced, CE_zero, CE loss recovered, delta CE and KL on `tokens`
     [batch, seq] (next-token loss over every position but the last). `error=True` splices
-    with the error term (so recovered must be 1 and the logits the model's)."""
+    with the error term (so recovered must be 1 and the logits the model's). A cross-layer
+    transcoder replaces (and the zero ablation zeroes) every layer's output."""
     tokens = jnp.asarray(tokens)
     splice = Splice(dictionary, dparams, error=error)
+    outputs = tuple(dictionary.hooks_out) if hasattr(dictionary, "hooks_out") else (dictionary.hook_out,)
 
     @jax.jit
     def run(params, splice, tokens):
         clean = model.run_with_cache(params, tokens, ())[0]
         spliced = spliced_run(model, params, tokens, [splice])[0]
-        zero = model.run_with_hooks(params, tokens, {dictionary.hook_out: (_zero, jnp.zeros(()))})
+        zero = model.run_with_hooks(params, tokens, {h: (_zero, jnp.zeros(())) for h in outputs})
         return _ce(clean, tokens), _ce(spliced, tokens), _ce(zero, tokens), _kl(clean, spliced), \
             jnp.max(jnp.abs(clean - spliced))
 

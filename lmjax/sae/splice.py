@@ -100,8 +100,8 @@ def spliced_run(model, params, tokens, splices: Sequence[Splice], names=(), posi
     own `interventions` too, upstream or elsewhere). Each output hook's new value is computed
     from the input hook of the model spliced so far, in forward order."""
     order = _forward_order(model)
-    splices = sorted(splices, key=lambda s: order[s.dictionary.hook_out])
-    outs = [s.dictionary.hook_out for s in splices]
+    splices = sorted(splices, key=lambda s: order[_outputs(s.dictionary)[0]])
+    outs = [h for s in splices for h in _outputs(s.dictionary)]
     if len(set(outs)) != len(outs):
         raise LmjaxError(f"two dictionaries write the same hook point: {outs}")
     clash = sorted(set(outs) & set(interventions or {}))
@@ -110,6 +110,9 @@ def spliced_run(model, params, tokens, splices: Sequence[Splice], names=(), posi
     fixed = dict(interventions or {})
     for s in splices:
         d = s.dictionary
+        if hasattr(d, "hooks_out"):
+            _splice_crosslayer(model, params, tokens, s, positions, fixed)
+            continue
         if d.hook_in == d.hook_out:
             fixed[d.hook_out] = (_apply_splice_same, s)
             continue
@@ -117,6 +120,35 @@ def spliced_run(model, params, tokens, splices: Sequence[Splice], names=(), posi
         y_new = s.output(_true_output(model, params, tokens, d.hook_out, positions, fixed), cache[d.hook_in])
         fixed[d.hook_out] = (_replace, y_new)
     return model.run_with_cache(params, tokens, tuple(names), positions, fixed)
+
+
+def _outputs(dictionary) -> tuple:
+    return tuple(dictionary.hooks_out) if hasattr(dictionary, "hooks_out") else (dictionary.hook_out,)
+
+
+def _splice_crosslayer(model, params, tokens, s: Splice, positions, fixed: dict) -> None:
+    """Replace each layer's output by the cross-layer transcoder's, layer by layer: layer t's
+    features read the model spliced below t (one pass per layer). Edits and steering are
+    for single-layer dictionaries; here only `error` applies."""
+    if s.edits or s.steer:
+        raise LmjaxError("clamping, ablating and steering apply to single-layer dictionaries; "
+                         "a cross-layer transcoder splices with or without its error term only")
+    d, p = s.dictionary, s.params
+    features = []
+    for t in range(d.n_layers):
+        names = (d.hooks_in[t], d.hooks_out[t])
+        _, cache = model.run_with_cache(params, tokens, names, positions, fixed)
+        x = cache[d.hooks_in[t]]
+        x = x.reshape(x.shape[:2] + (-1,)) * d.input_scales[t]
+        pre = jnp.einsum("...d,dw->...w", x, p["W_enc"][t]) + p["b_enc"][t]
+        sub = {"threshold": p["threshold"][t]} if "threshold" in p else {}
+        features.append(d.layer.activate(sub, pre)[0])
+        recon = p["b_dec"][t] + sum(features[l] @ p["W_dec"][l][:, t - l] for l in range(t + 1))
+        recon = recon / d.output_scales[t]
+        y = cache[d.hooks_out[t]]
+        # With its error term (true output minus reconstruction) the replacement gives back y itself.
+        new = y if s.error else recon.reshape(y.shape)
+        fixed[d.hooks_out[t]] = (_replace, new.astype(y.dtype))
 
 
 def _apply_splice_same(y, splice):

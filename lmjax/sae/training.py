@@ -21,8 +21,6 @@ N); AuxK uses the latents dead by `aux_window` tokens (default: the same).
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 from typing import Any, Optional, Sequence
 
 import jax
@@ -32,7 +30,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lmjax.errors import LmjaxError
-from lmjax.sae.architectures import Dictionary, scale_for
+from lmjax.sae.architectures import Dictionary
 from lmjax.sae.store import open_run, save_dictionaries
 
 BATCH_AXES = ("data",)
@@ -146,7 +144,7 @@ def make_step(dictionary, optimizer, *, n_members: int, member_inputs: bool, aux
         grads = dictionary.project_gradient(params, grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = dictionary.constrain(optax.apply_updates(params, updates), aux)
-        tokens = x.shape[0] if x.ndim == 2 else math.prod(x.shape[:-1])
+        tokens = x.shape[0]
         since = jnp.where(aux["fired"] > 0, 0, since + tokens)
         metrics = {"loss": loss, "mse": aux["mse"], "l0": aux["l0"]}
         for key in ("aux_loss", "sparsity"):
@@ -239,10 +237,8 @@ def fit(dictionary: Dictionary, source, *, steps: int, batch_size: int = 4096, l
     # Scaling and b_dec's start, from a sample of the source.
     x0, y0 = source.sample(min(8192, 16 * batch_size))
     if scale:
-        xs = x0.reshape(-1, x0.shape[-1]) if not member_inputs else x0[0]
-        ys = None if y0 is None else (y0.reshape(-1, y0.shape[-1]) if not member_inputs else y0[0])
-        dictionary = dataclasses.replace(dictionary, input_scale=scale_for(xs),
-                                         output_scale=scale_for(xs) if ys is None else scale_for(ys))
+        dictionary = dictionary.with_scales(x0[0] if member_inputs else x0,
+                                            None if y0 is None else (y0[0] if member_inputs else y0))
     optimizer = make_optimizer(lr, steps, warmup_steps=warmup_steps, decay_fraction=decay_fraction)
 
     def init_member(i):
@@ -250,14 +246,14 @@ def fit(dictionary: Dictionary, source, *, steps: int, batch_size: int = 4096, l
         if init_b_dec == "mean":
             target = (x0 if y0 is None else y0)
             target = target[i] if member_inputs else target
-            params["b_dec"] = jnp.asarray(np.mean(target.reshape(-1, target.shape[-1]), 0) * dictionary.output_scale,
+            params["b_dec"] = jnp.asarray(dictionary.scale_targets(np.mean(np.asarray(target, np.float64), 0)),
                                           jnp.float32)
         return params
 
     members = [init_member(i) for i in range(n)]
     params = jax.tree.map(lambda *a: jnp.stack(a), *members)
     state = {"params": params, "opt": jax.vmap(optimizer.init)(params),
-             "since_fired": jnp.zeros((n, dictionary.width), jnp.int32), "step": jnp.zeros((), jnp.int32)}
+             "since_fired": jnp.zeros((n, dictionary.n_latents), jnp.int32), "step": jnp.zeros((), jnp.int32)}
     x_sh = None
     if mesh is not None:
         state_sh, x_sh = _state_shardings(mesh, state, member_inputs)
@@ -277,12 +273,11 @@ def fit(dictionary: Dictionary, source, *, steps: int, batch_size: int = 4096, l
 
     history = []
     bar = _progress(steps, start, progress)
-    scale_in, scale_out = dictionary.input_scale, dictionary.output_scale
     try:
         for step in range(start, steps):
             x, y = source.batch(step, batch_size)
-            x = np.asarray(x, np.float32) * np.float32(scale_in)
-            y = None if y is None else np.asarray(y, np.float32) * np.float32(scale_out)
+            x = dictionary.scale_inputs(np.asarray(x, np.float32))
+            y = None if y is None else dictionary.scale_targets(np.asarray(y, np.float32))
             if x_sh is not None:
                 x = jax.device_put(x, x_sh)
                 y = None if y is None else jax.device_put(y, x_sh)
