@@ -30,13 +30,15 @@ setup(
         # tests (tests/test_hf.py) compare against; lmjax itself never imports torch.
         # nbclient/nbformat/ipykernel execute the colabs (tests/test_colabs.py); pytest-xdist runs
         # the suite on two workers (pytest.ini).
+        # sae-lens and circuit-tracer are the references the dictionary tests (tests/test_sae_*.py)
+        # read and write files with, and check dashboards and toy benchmarks against.
         "test": ["pytest>=7", "pytest-xdist>=3.5", "tensorboard", "torch>=2.4", "transformers>=4.45", "tokenizers>=0.19",
-                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "sae-lens>=6.5", "circuit-tracer>=0.5"],
         # Hugging Face import/export (lmjax.hf, `lmjax convert`): tokenizer.json files.
         # Safetensors are read and written by lmjax itself (NumPy + mmap), without PyTorch.
         "hf": ["tokenizers>=0.19"],
         # The PyTorch baselines that bench/ compares against.
-        "bench": ["torch", "transformers"],
+        "bench": ["torch", "transformers", "sae-lens"],
         # Workdirs, token caches and corpora on Google Cloud Storage (gs://...).
         "gcs": ["gcsfs"],
     },

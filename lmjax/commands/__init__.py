@@ -1,4 +1,4 @@
-"""`lmjax train | eval | sample | convert | explain | scaling | repro`: the command line.
+"""`lmjax train | eval | sample | convert | explain | scaling | repro | sae`: the command line.
 
     lmjax train --config configs/quickstart.py --workdir runs/qs [--config.train.steps=100 ...]
                 [--coordinator HOST:PORT --num_processes N --process_id I]
@@ -33,10 +33,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Each command module imports the library inside its `run`: `lmjax --help` and a bad
 # config answer at once, without loading JAX.
-from lmjax.commands import convert, evaluate, explain, repro, sample, scaling, train  # noqa: E402
+from lmjax.commands import convert, evaluate, explain, repro, sae, sample, scaling, train  # noqa: E402
 from lmjax.errors import LmjaxError  # noqa: E402
 
-COMMANDS = (train, evaluate, sample, convert, explain, scaling, repro)
+COMMANDS = (train, evaluate, sample, convert, explain, scaling, repro, sae)
 
 
 def split_overrides(argv):
@@ -65,6 +65,8 @@ OUT_KINDS = {
     "scaling emergence": {"out": "file"},
     "scaling chinchilla": {"out": "dir"},
     "repro": {"out": "dir"},  # in the reproduction's own flags (args.rest)
+    "sae train": {"out": "dir"},
+    "sae dashboard": {"out": "file"},
 }
 FILE_SUFFIXES = (".json", ".csv", ".png", ".pdf", ".svg", ".html", ".txt")
 
@@ -100,7 +102,8 @@ def _flag_value(argv, flag: str):
 
 def check_outputs(args) -> None:
     """Apply the --out rule (OUT_KINDS) to a parsed command line."""
-    name = " ".join(n for n in (args.command, getattr(args, "scaling_command", None)) if n)
+    name = " ".join(n for n in (args.command, getattr(args, "scaling_command", None),
+                                getattr(args, "sae_command", None)) if n)
     for dest, kind in OUT_KINDS.get(name, {}).items():
         flag = f"--{dest}"
         value = getattr(args, dest, None) if hasattr(args, dest) else _flag_value(getattr(args, "rest", []), flag)
@@ -130,7 +133,7 @@ def _given(argv, args):
             seen.add(arg)
             yield (before if before.startswith("-") else ""), arg
     for dest, value in vars(args).items():
-        if isinstance(value, str) and value not in seen and dest not in ("command", "scaling_command"):
+        if isinstance(value, str) and value not in seen and dest not in ("command", "scaling_command", "sae_command"):
             yield f"--{dest}", value
 
 

@@ -13,7 +13,9 @@ URIs (no network, opens from disk or an email attachment). Sections:
    detector scores on this prompt. A Mamba layer is one "head" here: its implicit
    attention (lmjax.interp.ssm) is the pattern, its whole mixer output what is ablated;
 6. activation patching against a corrupted prompt (when given): residual stream layer x
-   position, and each head.
+   position, and each head;
+7. any extra sections the caller adds (`render_html(..., sections=...)`), e.g. the features
+   of a sparse dictionary (lmjax.sae.dashboard.features_section, `lmjax explain --dictionary`).
 """
 from __future__ import annotations
 
@@ -276,7 +278,9 @@ def _section(sid: str, title: str, body: str) -> str:
     return f'<section id="{sid}"><h2>{html.escape(title)}</h2><div class="body">{body}</div></section>'
 
 
-def render_html(ex: Explanation, title: str = "lmjax explain") -> str:
+def render_html(ex: Explanation, title: str = "lmjax explain", sections=()) -> str:
+    """The page; `sections`: extra (id, nav label, title, body HTML) appended after the others."""
+    extra = list(sections)
     tok = lambda s: f'<span class="tok">{html.escape(s)}</span>'  # noqa: E731
     sections = []
     sections.append(_section("summary", "Summary", '<ul class="summary">' +
@@ -345,10 +349,11 @@ def render_html(ex: Explanation, title: str = "lmjax explain") -> str:
     else:
         body = '<p class="note">No corrupted prompt given (--corrupt): no patching heatmap.</p>'
     sections.append(_section("patching", "Activation patching", body))
+    sections += [_section(sid, heading, body) for sid, _, heading, body in extra]
 
     nav = "".join(f'<a href="#{sid}">{name}</a>' for sid, name in [
         ("summary", "Summary"), ("prediction", "Prediction"), ("logit-lens", "Logit lens"),
-        ("dla", "DLA"), ("heads", "Heads"), ("patching", "Patching")])
+        ("dla", "DLA"), ("heads", "Heads"), ("patching", "Patching")] + [(sid, name) for sid, name, _, _ in extra])
     meta = html.escape(json.dumps({"tokens": ex.tokens, "target": ex.target, "contrast": ex.contrast}))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style>'
@@ -366,11 +371,17 @@ def plots_label(ex: Explanation, token_id) -> str:
     return ex.vocab_labels.get(int(token_id), str(int(token_id)))
 
 
-def write_report(path: str, model, params, tokenizer, prompt: str, **kwargs) -> Explanation:
-    """explain() + render_html() + write the file; returns the Explanation. The page is
-    written under a temporary name and renamed: an existing report is never half-overwritten."""
+def write_report(path: str, model, params, tokenizer, prompt: str, sections=None, **kwargs) -> Explanation:
+    """explain() + render_html() + write the file; returns the Explanation. `sections(ex)`, when
+    given, returns extra sections for render_html. The page is written under a temporary name
+    and renamed: an existing report is never half-overwritten."""
     ex = explain(model, params, tokenizer, prompt, **kwargs)
-    page = render_html(ex)
+    extra = ()
+    if sections is not None:
+        start = time.time()
+        extra = list(sections(ex))
+        ex.seconds += time.time() - start
+    page = render_html(ex, sections=extra)
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(page)

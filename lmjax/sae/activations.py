@@ -96,7 +96,9 @@ class ModelSource:
         cache = self._run(self.params, jnp.asarray(window))
         x = self._stack(cache, self.hooks_in, batch_size)
         y = None if self.hooks_out is None else self._stack(cache, self.hooks_out, batch_size)
-        return x, y
+        # On the host, like every source's batches: the model may be sharded over a mesh the
+        # dictionary does not share.
+        return jax.device_get((x, y))
 
     def sample(self, n: int):
         return self.batch(2**20, n)

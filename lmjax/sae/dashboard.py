@@ -279,13 +279,23 @@ def _batches(model, params, dictionary, dparams, tokens, features, batch_size, c
     return gen
 
 
+def _row_searchsorted(cum, targets):
+    """Per row i, np.searchsorted(cum[i], targets[i], side="left"), for non-decreasing rows of
+    non-negative values: one call on the rows laid end to end, each offset past the last."""
+    n, bins = cum.shape
+    step = float(max(cum.max(initial=0), np.max(targets, initial=0))) + 1.0
+    offset = np.arange(n, dtype=np.float64)[:, None] * step
+    flat = np.searchsorted((cum + offset).ravel(), (targets + offset).ravel(), side="left")
+    return flat.reshape(targets.shape) - np.arange(n)[:, None] * bins
+
+
 def _percentiles(hist, lo, hi, qs):
     """Values at the quantiles qs of each row's histogram (linear within a bin) -> [F, len(qs)]."""
     n_feat, bins = hist.shape
     cum = np.cumsum(hist, 1)
     total = cum[:, -1:]
     target = np.asarray(qs)[None, :] * total  # [F, Q]
-    j = np.minimum(np.array([np.searchsorted(cum[i], target[i], side="left") for i in range(n_feat)]), bins - 1)
+    j = np.minimum(_row_searchsorted(cum, target), bins - 1)
     below = np.where(j > 0, np.take_along_axis(cum, np.maximum(j - 1, 0), 1), 0)
     inbin = np.maximum(np.take_along_axis(hist, j, 1), 1)
     frac = np.clip((target - below) / inbin, 0, 1)
@@ -301,7 +311,7 @@ def _interval_edges(hist, lo, hi, n_intervals):
     cum = np.cumsum(hist, 1)
     total = np.maximum(cum[:, -1:], 1)
     qs = np.arange(1, n_intervals) / n_intervals
-    j = np.array([np.searchsorted(cum[i] / total[i], qs, side="left") for i in range(len(hist))]).reshape(len(hist), -1)
+    j = _row_searchsorted(cum, qs[None, :] * total)
     inner = lo[:, None] + (np.minimum(j, bins - 1) + 1) * (hi - lo)[:, None] / bins
     first = lo[:, None] - np.maximum(np.abs(lo[:, None]), 1.0) * 1e-6
     edges = np.concatenate([first, inner, hi[:, None]], 1)
@@ -408,6 +418,13 @@ def compute(model, params, tokenizer, dictionary, dparams, tokens, features=None
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or tokens.size == 0:
         raise LmjaxError(f"the token set must be a non-empty [n_seq, seq_len] array; got shape {tokens.shape}")
+    if tokens.min() < 0 or tokens.max() >= model.cfg.vocab_size:
+        raise LmjaxError(f"the token set holds ids outside the model's vocabulary [0, {model.cfg.vocab_size})")
+    for name, v, least in (("top", top, 1), ("n_intervals", n_intervals, 1), ("per_interval", per_interval, 1),
+                           ("bins", bins, 1), ("fine", fine, 1), ("n_logits", n_logits, 1),
+                           ("batch_size", batch_size, 1), ("window[0]", window[0], 0), ("window[1]", window[1], 0)):
+        if int(v) != v or v < least:
+            raise LmjaxError(f"{name}={v!r}: must be an integer >= {least}")
     if tokens.shape[1] > model.cfg.max_len:
         raise LmjaxError(f"the token set's rows are {tokens.shape[1]} tokens, longer than the model's context "
                          f"of {model.cfg.max_len}")
@@ -444,7 +461,8 @@ def compute(model, params, tokenizer, dictionary, dparams, tokens, features=None
     edges = _interval_edges(fine_hist, act_min, act_max, n_intervals)
 
     # pass 3: uniform samples from each interval
-    state = {"count": full((n_intervals, n_feat), 0, np.int32), "score": full((n_intervals, n_feat, per_interval), -2.0),
+    state = {"count": full((n_intervals, n_feat), 0, np.int32),
+             "score": full((n_intervals, n_feat, per_interval), -2.0),
              "value": full((n_intervals, n_feat, per_interval), 0.0), **slots(per_interval, (n_intervals,))}
     for i, (f, tok, valid, row0) in enumerate(batches()):
         state = _sample_step(state, f, tok, valid, row0, edges, np.uint32(seed), np.int32(i), window)
@@ -543,7 +561,8 @@ CSS = """
 .fd-ctx{font-family:ui-monospace,monospace;font-size:12px;white-space:pre;line-height:1.9;overflow-x:auto}
 .fd-ctx .v{display:inline-block;width:64px;color:#666;text-align:right;margin-right:8px}
 .fd-t{border-radius:2px;padding:1px 0}.fd-t.max{outline:1.5px solid #c0392b}
-table.fd-logits{border-collapse:collapse;font-size:12px}table.fd-logits td{padding:1px 8px;border-bottom:1px solid #f0f0f0}
+table.fd-logits{border-collapse:collapse;font-size:12px}
+table.fd-logits td{padding:1px 8px;border-bottom:1px solid #f0f0f0}
 table.fd-logits td.num{text-align:right;font-family:ui-monospace,monospace}
 .fd-tok{font-family:ui-monospace,monospace;background:#f0f0f0;padding:0 3px;border-radius:3px;white-space:pre}
 .fd-pos{color:#1a7f37}.fd-neg{color:#b42318}.fd-nav a{margin-right:10px;font-size:13px}
@@ -555,7 +574,8 @@ header{background:#1f3a5f;color:#fff;padding:12px 24px}header h1{margin:0;font-s
 header .fd-meta{color:#dde}#layout{display:flex}
 #index{position:sticky;top:0;height:100vh;overflow-y:auto;width:150px;flex:none;background:#eef2f7;
   border-right:1px solid #d5dde8;padding:8px;font-size:13px}#index a{display:block;color:#1f3a5f;text-decoration:none}
-#index a.active{font-weight:bold}#index input{width:120px;margin-bottom:6px}main{padding:0 24px 40px;max-width:1100px;flex:1}
+#index a.active{font-weight:bold}#index input{width:120px;margin-bottom:6px}
+main{padding:0 24px 40px;max-width:1100px;flex:1}
 """
 
 _PAGE_JS = """
@@ -772,11 +792,12 @@ def features_section(pf: PromptFeatures) -> tuple[str, str, str, str]:
     carded = {f.index for f in pf.dashboards.features}
     ref = lambda i: f'<a href="#f-{i}">{i}</a>' if i in carded else str(i)  # noqa: E731
     labels = pf.dashboards.labels
-    logits = {f.index: " ".join(labels.get(t, str(t)) for t, _ in f.top_logits[:5]) for f in pf.dashboards.features}
+    logits = {f.index: " ".join(f'<span class="tok">{_esc(labels.get(t, t))}</span>' for t, _ in f.top_logits[:5])
+              for f in pf.dashboards.features}
     kind = f"transcoder {d.hook_in} -> {d.hook_out}" if d.is_transcoder else f"SAE on {d.hook_in}"
     body = [f"<style>{CSS}</style>", f'<p class="note">{_esc(d.arch)} {_esc(kind)}, width {d.width}.</p>']
     if pf.last:
-        rows = "".join(f"<tr><td>{ref(i)}</td><td class=\"num\">{a:.3f}</td><td>{_esc(logits.get(i, ''))}</td></tr>"
+        rows = "".join(f"<tr><td>{ref(i)}</td><td class=\"num\">{a:.3f}</td><td>{logits.get(i, '')}</td></tr>"
                        for i, a in pf.last)
         body.append(f"<p>Most active at the last position ('{_esc(pf.token_strs[-1])}'):</p>"
                     f"<table><tr><th>feature</th><th>activation</th><th>top logits</th></tr>{rows}</table>")

@@ -25,8 +25,9 @@ threshold_{l}) and ``W_dec_{l}.safetensors`` (W_dec_{l} [width, L - l, d]). Its 
 are relu or pre * (pre > threshold) (exactly lmjax's JumpReLU). This is the layout of
 circuit-tracer's local cache (``load_transcoders_from_cache``) and of its Hub repositories.
 
-lmjax keeps input_scale / output_scale beside the weights; both formats work in model
-units, so export folds them in and import sets them to 1:
+lmjax keeps input_scale / output_scale (a CLT: input_scales[l] / output_scales[t], per
+layer) beside the weights; both formats work in model units, so export folds them in and
+import sets them to 1:
 
     pre   = (x s - b_dec) W_enc + b_enc = (x - b_dec / s) (s W_enc) + b_enc
     y_raw = (f W_dec + b_dec + x s W_skip) / s_out
@@ -37,20 +38,19 @@ the config last, so a directory with a config is complete.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import re
-import struct
 
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from lmjax.data.safetensors_io import load_arrays, save_arrays
 from lmjax.errors import LmjaxError, MissingFileError
-from lmjax.sae import architectures
 from lmjax.sae.architectures import Dictionary
+from lmjax.sae.crosslayer import CLT_ARCHS, CrossLayerTranscoder
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -73,68 +73,20 @@ SAELENS_ARCHS = {
 }
 
 
-# -- safetensors, NumPy only (lmjax.hf.safetensors_io sits above lmjax.sae in the layer order)
-
-_DTYPES = {"F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-           "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32)}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 _CFG_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16,
                "bfloat16": ml_dtypes.bfloat16}
+_ST_METADATA = {"format": "pt"}  # what torch's safetensors writers put there
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """All tensors of one safetensors file, by name (each read straight into its array)."""
+def _read(path: str) -> dict[str, np.ndarray]:
+    """All tensors of one safetensors file, by name; a missing file is a MissingFileError."""
     if not os.path.isfile(path):
         raise MissingFileError(f"{path}: no such file")
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        (n,) = struct.unpack("<Q", raw) if len(raw) == 8 else (size,)
-        if n > size - 8:
-            raise LmjaxError(f"{path}: truncated or not a safetensors file ({size} bytes)")
-        try:
-            header = json.loads(f.read(n))
-            if not isinstance(header, dict):
-                raise ValueError("not a JSON object")
-        except (UnicodeDecodeError, ValueError) as e:
-            raise LmjaxError(f"{path}: corrupt safetensors header ({e})") from None
-        header.pop("__metadata__", None)
-        out = {}
-        for name, entry in header.items():
-            try:
-                dtype, shape = _DTYPES[entry["dtype"]], tuple(int(s) for s in entry["shape"])
-                begin, end = (int(o) for o in entry["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise LmjaxError(f"{path}: tensor {name!r} has an unreadable header entry {entry} "
-                                 f"(dtypes read: {', '.join(_DTYPES)})") from None
-            if begin < 0 or 8 + n + end > size or end - begin != dtype.itemsize * math.prod(shape):
-                raise LmjaxError(f"{path}: tensor {name!r} ({entry['dtype']} {list(shape)}) does not fit its "
-                                 f"byte range {begin}..{end} in {size} bytes (truncated or corrupt file)")
-            f.seek(8 + n + begin)
-            out[name] = np.fromfile(f, dtype, math.prod(shape)).reshape(shape)
-    return out
+    return load_arrays(path)[0]
 
 
-def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
-    """Write tensors (row-major, as given) to `path` through a temporary file and a rename."""
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    header, offset = {"__metadata__": {"format": "pt", **(metadata or {})}}, 0
-    for name, a in arrays.items():
-        if a.dtype not in _DTYPE_NAMES:
-            raise LmjaxError(f"{path}: tensor {name!r} has dtype {a.dtype}; allowed: {sorted(map(str, _DTYPE_NAMES))}")
-        header[name] = {"dtype": _DTYPE_NAMES[a.dtype], "shape": list(a.shape),
-                        "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-
-    def write(f):
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for a in arrays.values():
-            f.write(a.reshape(-1).view(np.uint8).data)
-
-    _atomic(path, write)
+def _write(path: str, tensors: dict[str, np.ndarray]) -> None:
+    save_arrays(path, tensors, _ST_METADATA)
 
 
 def _atomic(path: str, write) -> None:
@@ -202,7 +154,8 @@ def _check_params(d: Dictionary, params: dict) -> None:
         shapes["W_skip"] = (d.d_in, d.d_out)
     for name, shape in shapes.items():
         if name not in params:
-            raise LmjaxError(f"params lack {name!r}, which a {d.arch} dictionary{' with a skip' if d.skip else ''} needs")
+            what = f"a {d.arch} dictionary" + (" with a skip" if d.skip else "")
+            raise LmjaxError(f"params lack {name!r}, which {what} needs")
         if tuple(np.shape(params[name])) != shape:
             raise LmjaxError(f"params[{name!r}] has shape {list(np.shape(params[name]))}; the dictionary "
                              f"(d_in={d.d_in}, width={d.width}, d_out={d.d_out}) needs {list(shape)}")
@@ -282,7 +235,7 @@ def save_saelens(dictionary: Dictionary, params: dict, path: str, *, model_name:
     if "W_skip" in tensors:
         tensors["W_skip"] = np.ascontiguousarray(tensors["W_skip"].T)  # SAELens: [d_out, d_in]
     _mkdir(path)
-    write_safetensors(os.path.join(path, SAELENS_WEIGHTS), tensors)
+    _write(os.path.join(path, SAELENS_WEIGHTS), tensors)
     _write_text(os.path.join(path, SAELENS_CFG), json.dumps(cfg, indent=2))
     return path
 
@@ -306,7 +259,8 @@ def load_saelens(path: str, *, dtype=None, scale: float | None = None) -> tuple[
     weights_path = os.path.join(path, SAELENS_WEIGHTS)
     for p in (cfg_path, weights_path):
         if not os.path.isfile(p):
-            raise MissingFileError(f"{p}: no such file (an SAELens directory holds {SAELENS_CFG} and {SAELENS_WEIGHTS})")
+            raise MissingFileError(f"{p}: no such file (an SAELens directory holds {SAELENS_CFG} and "
+                                   f"{SAELENS_WEIGHTS})")
     try:
         with open(cfg_path, encoding="utf-8") as f:
             cfg = json.load(f)
@@ -331,12 +285,13 @@ def load_saelens(path: str, *, dtype=None, scale: float | None = None) -> tuple[
         raise LmjaxError(f"{cfg_path}: needs integer d_in and d_sae ({e!r} missing or not an integer)") from None
     hook_in = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point") or ""
     hook_out = (meta.get("hook_name_out") or cfg.get("hook_name_out") or "") if transcoder else hook_in
-    if meta.get("hook_head_index", cfg.get("hook_head_index")) is not None:
-        raise LmjaxError(f"{cfg_path}: the SAE reads one attention head (hook_head_index="
-                         f"{meta.get('hook_head_index', cfg.get('hook_head_index'))}), which lmjax dictionaries do not select")
+    head = meta.get("hook_head_index", cfg.get("hook_head_index"))
+    if head is not None:
+        raise LmjaxError(f"{cfg_path}: the SAE reads one attention head (hook_head_index={head}), which lmjax "
+                         "dictionaries do not select")
     in_scale = _saelens_scale(path, cfg, cfg_path, scale)
 
-    t = read_safetensors(weights_path)
+    t = _read(weights_path)
     w_enc = _expect(weights_path, t, "W_enc", (d_in, width)).astype(np.float64)
     b_enc = _expect(weights_path, t, "b_enc", (width,)).astype(np.float64)
     w_dec = _expect(weights_path, t, "W_dec", (width, d_out)).astype(np.float64)
@@ -416,7 +371,8 @@ def _saelens_scale(path: str, cfg: dict, cfg_path: str, scale: float | None) -> 
         return 1.0 if scale is None else float(scale)
     if norm != "expected_average_only_in":
         raise LmjaxError(f"{cfg_path}: normalize_activations={norm!r} normalises each input at run time, which "
-                         "an lmjax dictionary (one constant input scale) cannot do; allowed: none, expected_average_only_in")
+                         "an lmjax dictionary (one constant input scale) cannot do; allowed: none, "
+                         "expected_average_only_in")
     if scale is not None:
         return float(scale)
     scaler = os.path.join(path, SAELENS_SCALER)
@@ -448,8 +404,8 @@ def _common_suffix(names: list[str], what: str, given: str | None) -> str:
     if given:
         return given
     if not any(names):
-        raise LmjaxError(f"the dictionaries have no {what} hook names; pass feature_"
-                         f"{'input' if what == 'input' else 'output'}_hook= (e.g. 'ln2.hook_normalized', 'hook_mlp_out')")
+        raise LmjaxError(f"the dictionaries have no {what} hook names; pass feature_{what}_hook= "
+                         "(e.g. 'ln2.hook_normalized', 'hook_mlp_out')")
     found = set()
     for layer, name in enumerate(names):
         s = _suffix(name, layer)
@@ -460,14 +416,6 @@ def _common_suffix(names: list[str], what: str, given: str | None) -> str:
     if len(found) > 1:
         raise LmjaxError(f"the {what} hooks differ between layers ({sorted(found)}); circuit-tracer has one per set")
     return found.pop()
-
-
-def _clt_hook_suffix(name: str) -> str:
-    """A CrossLayerTranscoder hook (a template with {l}, blocks.N.X, or a bare suffix) -> X."""
-    if "{" in name:
-        name = name.replace("{layer}", "0").replace("{l}", "0")
-    m = re.fullmatch(r"blocks\.\d+\.(.+)", name)
-    return m.group(1) if m else name
 
 
 def save_circuit_tracer(dictionaries, params, path: str, *, feature_input_hook: str | None = None,
@@ -486,12 +434,15 @@ def save_circuit_tracer(dictionaries, params, path: str, *, feature_input_hook: 
     if isinstance(dictionaries, Dictionary):
         raise LmjaxError("save_circuit_tracer takes a list of per-layer Dictionary objects (layer l at index l) "
                          "or a CrossLayerTranscoder; wrap a single layer-0 transcoder in a list")
+    if not isinstance(dictionaries, (list, tuple, CrossLayerTranscoder)):
+        raise LmjaxError("save_circuit_tracer takes a list of Dictionary objects or a CrossLayerTranscoder, "
+                         f"not a {type(dictionaries).__name__}")
     _mkdir(path)
-    if isinstance(dictionaries, (list, tuple)):
+    if isinstance(dictionaries, CrossLayerTranscoder):
+        config, lm = _save_clt(dictionaries, params, path, feature_input_hook, feature_output_hook, dtype)
+    else:
         config, lm = _save_transcoder_set(list(dictionaries), list(params), path, feature_input_hook,
                                           feature_output_hook, dtype)
-    else:
-        config, lm = _save_clt(dictionaries, params, path, feature_input_hook, feature_output_hook, dtype)
     if model_name:
         config["model_name"] = model_name
     if scan:
@@ -532,64 +483,54 @@ def _save_transcoder_set(dicts, plist, path, in_hook, out_hook, dtype):
             tensors["activation_function.threshold"] = raw["threshold"]
         if d.skip:
             tensors["W_skip"] = raw["W_skip"].T  # applied as x @ W_skip.T
-        write_safetensors(os.path.join(path, f"layer_{layer}.safetensors"), {k: v.astype(dt) for k, v in tensors.items()})
+        _write(os.path.join(path, f"layer_{layer}.safetensors"),
+                          {k: v.astype(dt) for k, v in tensors.items()})
     _remove_stale(path, r"layer_(\d+)\.safetensors", len(dicts))
     lm = {"arch": [d.arch for d in dicts], "k": [d.k for d in dicts],
           "matryoshka_widths": [list(d.matryoshka_widths) for d in dicts]}
     return config, lm
 
 
-def _scales(value, n: int, what: str) -> np.ndarray:
-    s = np.asarray(value, np.float64).reshape(-1)
-    if s.size not in (1, n):
-        raise LmjaxError(f"the CLT's {what} has {s.size} entries; expected 1 or n_layers={n}")
-    return np.broadcast_to(s, (n,))
-
-
-def _save_clt(clt, p, path, in_hook, out_hook, dtype):
-    arch = getattr(clt, "arch", "relu")
-    _ct_arch_check(arch, "the cross-layer transcoder")
-    if getattr(clt, "skip", False) or "W_skip" in p:
+def _save_clt(clt: CrossLayerTranscoder, p, path, in_hook, out_hook, dtype):
+    _ct_arch_check(clt.arch, "the cross-layer transcoder")
+    if "W_skip" in p:
         raise LmjaxError("circuit-tracer's CLT files hold no W_skip (load_clt never reads one); "
                          "a CLT with a skip cannot be saved in its format")
-    n, d_in, width = (int(s) for s in np.shape(p["W_enc"]))
-    d_out = int(np.shape(p["b_dec"])[-1])
-    if d_in != d_out:
-        raise LmjaxError(f"the CLT maps d_in={d_in} to d_out={d_out}; circuit-tracer's CLT maps d_model to itself")
-    want = {"b_enc": (n, width), "b_dec": (n, d_out)}
-    if arch in JUMP_FAMILY:
+    n, d, width = clt.n_layers, clt.d_in, clt.width
+    if clt.d_out != d:
+        raise LmjaxError(f"the CLT maps d_in={d} to d_out={clt.d_out}; circuit-tracer's CLT maps d_model to itself")
+    want = {"W_enc": (n, d, width), "b_enc": (n, width), "b_dec": (n, d)}
+    if clt.arch in JUMP_FAMILY:
         want["threshold"] = (n, width)
     for name, shape in want.items():
         if name not in p or tuple(np.shape(p[name])) != shape:
-            raise LmjaxError(f"CLT params[{name!r}] has shape {list(np.shape(p.get(name, ())))}, expected {list(shape)}")
-    if len(p["W_dec"]) != n or any(tuple(np.shape(w)) != (width, n - l, d_out) for l, w in enumerate(p["W_dec"])):
-        raise LmjaxError(f"CLT params['W_dec'] must be {n} arrays, entry l of shape [{width}, {n} - l, {d_out}]; got "
-                         f"{[list(np.shape(w)) for w in p['W_dec']]}")
-    s_in = _scales(getattr(clt, "input_scale", 1.0), n, "input_scale")
-    s_out = _scales(getattr(clt, "output_scale", 1.0), n, "output_scale")
-    dt = _float_dtype(p, dtype)
-    hook_in = getattr(clt, "hook_in", "") or ""
-    hook_out = getattr(clt, "hook_out", "") or ""
+            got = list(np.shape(p[name])) if name in p else "missing"
+            raise LmjaxError(f"CLT params[{name!r}] is {got}; the CLT (n_layers={n}, d_in={d}, width={width}) "
+                             f"needs {list(shape)}")
+    w_decs = p.get("W_dec", ())
+    if len(w_decs) != n or any(tuple(np.shape(w)) != (width, n - l, d) for l, w in enumerate(w_decs)):
+        raise LmjaxError(f"CLT params['W_dec'] must be {n} arrays, entry l of shape [{width}, {n} - l, {d}]; got "
+                         f"{[list(np.shape(w)) for w in w_decs]}")
+    if not (in_hook or clt.hooks_in) or not (out_hook or clt.hooks_out):
+        raise LmjaxError("the CLT has no hooks_in / hooks_out; pass feature_input_hook= and feature_output_hook= "
+                         "(e.g. 'hook_resid_mid', 'hook_mlp_out')")
     config = {"model_kind": "cross_layer_transcoder",
-              "feature_input_hook": in_hook or _clt_hook_suffix(hook_in),
-              "feature_output_hook": out_hook or _clt_hook_suffix(hook_out)}
-    if not config["feature_input_hook"] or not config["feature_output_hook"]:
-        raise LmjaxError("the CLT has no hook names; pass feature_input_hook= and feature_output_hook= "
-                         "(e.g. 'ln2.hook_normalized', 'hook_mlp_out')")
+              "feature_input_hook": _common_suffix(list(clt.hooks_in), "input", in_hook),
+              "feature_output_hook": _common_suffix(list(clt.hooks_out), "output", out_hook)}
+    s_in, s_out = np.asarray(clt.input_scales, np.float64), np.asarray(clt.output_scales, np.float64)
+    dt = _float_dtype(p, dtype)
     for l in range(n):
-        w_enc = _np(p["W_enc"][l])
-        b_enc = _np(p["b_enc"][l])
-        if getattr(clt, "b_dec_to_input", False):
-            b_enc = b_enc - _np(p["b_dec"][l]) @ w_enc
-        enc = {f"W_enc_{l}": (w_enc * s_in[l]).T, f"b_enc_{l}": b_enc, f"b_dec_{l}": _np(p["b_dec"][l]) / s_out[l]}
-        if arch in JUMP_FAMILY:
+        # pre = (x s_in[l]) W_enc[l] + b_enc[l]; y_raw[t] = (sum_l f_l W_dec_l[:, t - l] + b_dec[t]) / s_out[t]
+        enc = {f"W_enc_{l}": (_np(p["W_enc"][l]) * s_in[l]).T, f"b_enc_{l}": _np(p["b_enc"][l]),
+               f"b_dec_{l}": _np(p["b_dec"][l]) / s_out[l]}
+        if clt.arch in JUMP_FAMILY:
             enc[f"threshold_{l}"] = _np(p["threshold"][l])
-        write_safetensors(os.path.join(path, f"W_enc_{l}.safetensors"), {k: v.astype(dt) for k, v in enc.items()})
-        w_dec = _np(p["W_dec"][l]) / s_out[l:][None, :, None]  # layer l's features write to l..n-1
-        write_safetensors(os.path.join(path, f"W_dec_{l}.safetensors"), {f"W_dec_{l}": w_dec.astype(dt)})
+        _write(os.path.join(path, f"W_enc_{l}.safetensors"), {k: v.astype(dt) for k, v in enc.items()})
+        w_dec = _np(w_decs[l]) / s_out[l:][None, :, None]  # layer l's features write to l..n-1
+        _write(os.path.join(path, f"W_dec_{l}.safetensors"), {f"W_dec_{l}": w_dec.astype(dt)})
     for pattern in (r"W_enc_(\d+)\.safetensors", r"W_dec_(\d+)\.safetensors"):
         _remove_stale(path, pattern, n)
-    return config, {"arch": arch, "k": int(getattr(clt, "k", 32))}
+    return config, {"arch": clt.arch, "k": clt.k}
 
 
 def _numbered(path: str, pattern: str) -> list[str]:
@@ -606,7 +547,8 @@ def load_circuit_tracer(path: str, *, dtype=None, feature_input_hook: str | None
 
     A transcoder set -> (list of `Dictionary`, list of params), layer l at index l, with
     hook_in / hook_out blocks.{l}.<feature_input_hook / feature_output_hook>; a cross-layer
-    transcoder -> (`CrossLayerTranscoder`, params). Scales are 1. Without a config.yaml the
+    transcoder -> (`CrossLayerTranscoder`, params), hooks_in / hooks_out those names for
+    every layer. Scales are 1. Without a config.yaml the
     kind comes from the file names and the hooks from the arguments. Reads local
     safetensors only: hf:// paths in a config's `transcoders` list must be downloaded
     first (circuit_tracer.utils.caching.save_transcoders_to_cache writes this layout), and
@@ -661,9 +603,10 @@ def _load_transcoder_set(path, cfg, hooks, lm, dtype):
     for layer, file in enumerate(files):
         if not file.endswith(".safetensors"):
             raise LmjaxError(f"{file}: lmjax reads circuit-tracer's safetensors transcoders, not this file type")
-        t = read_safetensors(file)
+        t = _read(file)
         if "w_enc" in t:
-            raise LmjaxError(f"{file}: a GemmaScope-2 checkpoint (w_enc, affine_skip_connection), which lmjax does not read")
+            raise LmjaxError(f"{file}: a GemmaScope-2 checkpoint (w_enc, affine_skip_connection), which lmjax "
+                             "does not read")
         if "log_thresholds" in t:
             raise LmjaxError(f"{file}: log_thresholds, which circuit-tracer itself refuses")
         for name in ("b_enc", "b_dec"):
@@ -712,15 +655,6 @@ def _lmjax_arch(lm: dict, layer: int | None, arch: str, width: int):
     return arch, 32, ()
 
 
-def _make_clt(**kw):
-    """A CrossLayerTranscoder from the fields it has among `kw`."""
-    cls = getattr(architectures, "CrossLayerTranscoder", None)
-    if cls is None:
-        raise LmjaxError("this lmjax has no CrossLayerTranscoder (lmjax.sae.architectures)")
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in kw.items() if k in names})
-
-
 def _load_clt(path, hooks, lm, dtype):
     enc_files = _numbered(path, r"W_enc_(\d+)\.safetensors")
     if not enc_files:
@@ -728,17 +662,12 @@ def _load_clt(path, hooks, lm, dtype):
                                "W_dec_{l}.safetensors)")
     n = len(enc_files)
     w_enc, b_enc, b_dec, thr, w_dec = [], [], [], [], []
-    width = d = None
-    stored = None
     for l, file in enumerate(enc_files):
-        t = read_safetensors(file)
-        if f"W_enc_{l}" not in t:
-            raise LmjaxError(f"{file}: tensor 'W_enc_{l}' is missing (it has {sorted(t)})")
-        if width is None:
-            width, d = t[f"W_enc_{l}"].shape if t[f"W_enc_{l}"].ndim == 2 else (None, None)
-            if width is None:
-                raise LmjaxError(f"{file}: W_enc_{l} has shape {list(t[f'W_enc_{l}'].shape)}, expected [width, d_model]")
-            stored = t[f"W_enc_{l}"].dtype
+        t = _read(file)
+        if l == 0:  # layer 0 fixes width and d_model, as in circuit-tracer's load_clt
+            if "W_enc_0" not in t or t["W_enc_0"].ndim != 2:
+                raise LmjaxError(f"{file}: needs a tensor 'W_enc_0' of shape [width, d_model] (it has {sorted(t)})")
+            (width, d), stored = t["W_enc_0"].shape, t["W_enc_0"].dtype
         w_enc.append(_expect(file, t, f"W_enc_{l}", (width, d)).T)
         b_enc.append(_expect(file, t, f"b_enc_{l}", (width,)))
         b_dec.append(_expect(file, t, f"b_dec_{l}", (d,)))
@@ -747,7 +676,7 @@ def _load_clt(path, hooks, lm, dtype):
         elif thr:
             raise LmjaxError(f"{file}: threshold_{l} is missing, but the layers before have thresholds")
         dec_file = os.path.join(path, f"W_dec_{l}.safetensors")
-        w_dec.append(_expect(dec_file, read_safetensors(dec_file), f"W_dec_{l}", (width, n - l, d)))
+        w_dec.append(_expect(dec_file, _read(dec_file), f"W_dec_{l}", (width, n - l, d)))
     if thr and len(thr) != n:
         raise LmjaxError(f"{path}: only the first {len(thr)} of {n} layers have thresholds")
     target = stored if dtype is None else dtype
@@ -757,7 +686,9 @@ def _load_clt(path, hooks, lm, dtype):
     if thr:
         params["threshold"] = jnp.asarray(np.stack(thr).astype(target))
     arch, k, _ = _lmjax_arch(lm, None, arch, width)
-    clt = _make_clt(arch=arch, n_layers=n, d_in=d, width=width, d_out=d, k=k, skip=False, b_dec_to_input=False,
-                    hook_in=_layer_hook(hooks[0], 0).replace("blocks.0.", "blocks.{l}.") if hooks[0] else "",
-                    hook_out=_layer_hook(hooks[1], 0).replace("blocks.0.", "blocks.{l}.") if hooks[1] else "")
+    if arch not in CLT_ARCHS:  # a hand-edited lmjax block (matryoshka): the threshold rule is what runs
+        arch, k = "jumprelu", 32
+    clt = CrossLayerTranscoder(arch, n, d, width, d_out=d, k=k,
+                               hooks_in=tuple(_layer_hook(hooks[0], l) for l in range(n)) if hooks[0] else (),
+                               hooks_out=tuple(_layer_hook(hooks[1], l) for l in range(n)) if hooks[1] else ())
     return clt, params

@@ -68,6 +68,7 @@ def reconstruction_metrics(dictionary, params, batches) -> dict:
     """FVU, explained variance, L0, dead fraction, shrinkage and per-latent density over
     `batches`, an iterable of (x, y) in model units (y None for an SAE)."""
     stats = ReconstructionStats(dictionary.width)
+    params = jax.device_get(params)  # host arrays follow the batches to their devices
     run = jax.jit(lambda p, x: _forward(dictionary, p, x))
     for x, y in batches:
         f, y_hat = run(params, jnp.asarray(x))
@@ -109,7 +110,7 @@ def ce_recovered(model, params, tokens, dictionary, dparams, *, error: bool = Fa
     with the error term (so recovered must be 1 and the logits the model's). A cross-layer
     transcoder replaces (and the zero ablation zeroes) every layer's output."""
     tokens = jnp.asarray(tokens)
-    splice = Splice(dictionary, dparams, error=error)
+    splice = Splice(dictionary, jax.device_get(dparams), error=error)  # host arrays: the model may be sharded
     outputs = tuple(dictionary.hooks_out) if hasattr(dictionary, "hooks_out") else (dictionary.hook_out,)
 
     @jax.jit

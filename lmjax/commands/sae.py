@@ -1,0 +1,203 @@
+"""`lmjax sae train | eval | dashboard`: sparse dictionaries on a trained model's hook points.
+
+    lmjax sae train --workdir MODEL --hook blocks.2.hook_resid_post --arch topk --k 32 --width 4096 --out DIR
+                    [--hook_out H] [--steps N] [--config configs/sae.py:VARIANT] [--config.KEY=VALUE ...]
+    lmjax sae eval --workdir MODEL --dictionary DIR [--tokens N]
+    lmjax sae dashboard --workdir MODEL --dictionary DIR --out features.html [--features 32]
+
+`train` streams activations from the model (or caches them first: --config.cache=DIR),
+trains with checkpoints in DIR (run it again to resume), then prints and writes
+DIR/eval.json: FVU, explained variance, L0, dead latents, shrinkage and CE loss recovered
+on the model's val split. Bad input (a hook the model lacks, k > width, a dictionary of
+another model) is a one-line error before anything compiles.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "sae.py")
+FLAG_KEYS = ("hook", "hook_out", "arch", "k", "width", "steps")
+
+
+def add_parser(sub):
+    s = sub.add_parser("sae", help="sparse dictionaries (SAEs, transcoders) on a model's hook points")
+    ssub = s.add_subparsers(dest="sae_command", required=True)
+    t = ssub.add_parser("train", help="train a dictionary on a workdir's model")
+    t.add_argument("--workdir", required=True, help="the trained model (a training workdir)")
+    t.add_argument("--out", required=True, help="the run directory: checkpoints, metrics, the dictionary")
+    t.add_argument("--config", default=DEFAULT_CONFIG, help="a config file[:variant] (default configs/sae.py)")
+    t.add_argument("--hook", help="the hook point to read, e.g. blocks.2.hook_resid_post")
+    t.add_argument("--hook_out", help="a transcoder's target hook point, e.g. blocks.2.hook_mlp_out")
+    t.add_argument("--arch", help="relu, topk, batchtopk, jumprelu or matryoshka")
+    t.add_argument("--k", type=int, help="latents kept per token (topk family)")
+    t.add_argument("--width", type=int, help="the number of latents")
+    t.add_argument("--steps", type=int, help="training steps")
+    t.add_argument("--no_progress", action="store_true")
+    t.set_defaults(run=run_train)
+    e = ssub.add_parser("eval", help="a dictionary's FVU, L0, dead latents and CE loss recovered")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--dictionary", required=True, help="a dictionary or run directory")
+    e.add_argument("--tokens", type=int, default=65536, help="eval tokens from the model's val split")
+    e.set_defaults(run=run_eval)
+    d = ssub.add_parser("dashboard", help="feature dashboards: a self-contained HTML page and JSON")
+    d.add_argument("--workdir", required=True)
+    d.add_argument("--dictionary", required=True)
+    d.add_argument("--out", default="features.html", help="the HTML file (the JSON goes beside it)")
+    d.add_argument("--features", type=int, default=32, help="how many features (the most frequent first)")
+    d.add_argument("--tokens", type=int, default=32768, help="val tokens the contexts come from")
+    d.set_defaults(run=run_dashboard)
+    return s
+
+
+def _model_identity(config) -> dict:
+    return {"model": config.model.to_dict(), "tokenizer": config.data.tokenizer}
+
+
+def _corpus(workdir, config, tokenizer):
+    from lmjax.data.shards import default_cache_dir, prepare_tokens
+    from lmjax.data.sources import text_source
+
+    return prepare_tokens(text_source(config.data.source), tokenizer, config.data.cache_dir or default_cache_dir(),
+                          val_fraction=config.data.val_fraction, progress=False)
+
+
+def _seq_len(model, requested: int) -> int:
+    return requested or min(model.cfg.max_len, 128)
+
+
+def run_train(args, overrides=()):
+    from lmjax.config import load_config
+    from lmjax.sae.activations import CachedSource, ModelSource, cache_activations, check_hooks
+    from lmjax.sae.architectures import Dictionary
+    from lmjax.sae.training import fit
+    from lmjax.train.workdir import open_workdir
+
+    flags = [f"{k}={getattr(args, k)}" for k in FLAG_KEYS if getattr(args, k) is not None]
+    c = load_config(args.config, list(overrides) + flags)
+    wd = open_workdir(args.workdir)
+    model, params, tokenizer = wd.load()
+    check_hooks(model, [c.hook] + ([c.hook_out] if c.hook_out else []))
+    # Checked now (k > width, ...), before anything compiles; its widths come from the source.
+    dictionary = Dictionary(c.arch, 1, c.width, k=c.k, skip=c.skip, hook_in=c.hook, hook_out=c.hook_out or c.hook,
+                            l1=c.l1, l0_coef=c.l0_coef, l0_penalty=c.l0_penalty, target_l0=c.target_l0 or None)
+    config = wd.config()
+    data = _corpus(wd, config, tokenizer)
+    source = ModelSource(model, params, data.train, c.hook, c.hook_out or None, seq_len=_seq_len(model, c.seq_len),
+                         seed=c.seed)
+    dictionary = dataclasses.replace(dictionary, d_in=source.d_in, d_out=source.d_out)
+    if c.cache:
+        cache_activations(source, c.cache, n_tokens=c.cache_tokens, progress=not args.no_progress)
+        source = CachedSource(c.cache, seed=c.seed)
+    identity = _model_identity(config)
+    result = fit(dictionary, source, steps=c.steps, batch_size=c.batch_size, lr=c.lr, seed=c.seed,
+                 seeds=list(range(c.seed, c.seed + c.seeds)) if c.seeds > 1 else None,
+                 dead_window=c.dead_window, warmup_steps=c.warmup_steps, decay_fraction=c.decay_fraction,
+                 workdir=args.out, save_every=c.save_every, progress=not args.no_progress,
+                 config={"trained_on": identity, "hook": c.hook, "hook_out": c.hook_out})
+    from lmjax.sae.store import save_dictionaries
+    save_dictionaries(args.out, result.dictionaries, result.params, trained_on=identity)
+    report = _evaluate(model, params, data.val, result.dictionaries, result.params, c.eval_tokens,
+                       _seq_len(model, c.seq_len))
+    with open(os.path.join(args.out, "eval.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    for i, r in enumerate(report):
+        print(_line(i, r))
+    print(f"wrote {args.out}")
+
+
+def _evaluate(model, params, tokens, dictionaries, dparams, n_tokens: int, seq_len: int) -> list[dict]:
+    import jax
+    import numpy as np
+
+    from lmjax.data.batches import eval_batches
+    from lmjax.errors import LmjaxError
+    from lmjax.sae.activations import ModelSource
+    from lmjax.sae.metrics import ce_recovered, reconstruction_metrics
+
+    rows = max(n_tokens // seq_len, 1)
+    if len(tokens) < seq_len + 1:
+        raise LmjaxError(f"the val split has {len(tokens)} tokens, fewer than one window of {seq_len}")
+    windows = np.concatenate([b["inputs"] for b in eval_batches(tokens, batch_size=8, seq_len=seq_len)])[:rows]
+    out = []
+    for i, d in enumerate(dictionaries):
+        p = dparams if len(dictionaries) == 1 else jax.tree.map(lambda a: a[i], dparams)
+        source = ModelSource(model, params, tokens, d.hook_in, d.hook_out if d.is_transcoder else None,
+                             seq_len=seq_len, skip=1)
+        batches = [source.batch(10**6 + j, 4096) for j in range(max(n_tokens // 4096, 1))]
+        m = reconstruction_metrics(d, p, batches)
+        m.pop("density")
+        m.update(ce_recovered(model, params, windows[: min(len(windows), 64)], d, p))
+        out.append(m)
+    return out
+
+
+def _line(i, r) -> str:
+    return (f"dictionary {i}: explained variance {r['explained_variance']:.4f} (FVU {r['fvu']:.4f}), "
+            f"L0 {r['l0']:.1f}, dead {r['dead_fraction']:.3f} of latents over {r['dead_window_tokens']} tokens, "
+            f"shrinkage {r['shrinkage']:.3f}, CE recovered {r['ce_loss_recovered']:.3f} "
+            f"(clean {r['ce_clean']:.3f}, spliced {r['ce_spliced']:.3f}, zero {r['ce_zero_ablated']:.3f}, "
+            f"KL {r['kl']:.4f})")
+
+
+def _check_same_model(dictionary_dir, config) -> None:
+    from lmjax.errors import LmjaxError
+    from lmjax.sae.store import trained_on
+
+    stored = trained_on(dictionary_dir)
+    if stored and stored != json.loads(json.dumps(_model_identity(config))):
+        raise LmjaxError(f"the dictionary {dictionary_dir} was trained on another model than this workdir's "
+                         "(its model config or tokenizer differ); give the workdir it was trained on")
+
+
+def _open(args):
+    from lmjax.sae.activations import check_hooks
+    from lmjax.sae.store import load_dictionary
+    from lmjax.train.workdir import open_workdir
+
+    wd = open_workdir(args.workdir)
+    config = wd.config()
+    _check_same_model(args.dictionary, config)
+    dictionary, dparams = load_dictionary(args.dictionary)
+    model, params, tokenizer = wd.load()
+    check_hooks(model, [dictionary.hook_in, dictionary.hook_out])
+    return wd, config, model, params, tokenizer, dictionary, dparams
+
+
+def run_eval(args, overrides=()):
+    wd, config, model, params, tokenizer, dictionary, dparams = _open(args)
+    data = _corpus(wd, config, tokenizer)
+    report = _evaluate(model, params, data.val, [dictionary], dparams, args.tokens, _seq_len(model, 0))
+    print(_line(0, report[0]))
+
+
+def run_dashboard(args, overrides=()):
+    import numpy as np
+
+    from lmjax.data.batches import eval_batches
+    from lmjax.sae import dashboard
+
+    wd, config, model, params, tokenizer, dictionary, dparams = _open(args)
+    data = _corpus(wd, config, tokenizer)
+    seq_len = _seq_len(model, 0)
+    windows = np.concatenate([b["inputs"] for b in eval_batches(data.val, batch_size=8, seq_len=seq_len)])
+    windows = windows[: max(args.tokens // seq_len, 1)]
+    dash = dashboard.compute(model, params, tokenizer, dictionary, dparams, windows, features=_frequent(
+        model, params, dictionary, dparams, windows, args.features))
+    dashboard.write_html(dash, args.out)
+    json_dir = os.path.splitext(args.out)[0] + "_features"
+    dashboard.write_circuit_tracer(dash, json_dir)
+    print(f"wrote {args.out} and {json_dir}/ (circuit-tracer's feature JSON)")
+
+
+def _frequent(model, params, dictionary, dparams, windows, n: int):
+    """The n most frequently firing features on the windows."""
+    import numpy as np
+
+    from lmjax.sae import dashboard
+
+    acts = dashboard.feature_activations(model, params, dictionary, dparams, windows[:64])
+    counts = (np.asarray(acts) != 0).reshape(-1, acts.shape[-1]).sum(0)
+    return [int(i) for i in np.argsort(-counts, kind="stable")[:n]]
