@@ -12,8 +12,11 @@ few hundred small steps, for a first look). Activations are streamed from the mo
 (nothing on disk) unless `cache` names a directory: then `cache_tokens` of them are
 written there once (memory-mapped) and read back shuffled.
 
-Expected (2-core CPU, quickstart model after 300 steps, blocks.1.hook_resid_post, topk k 16,
-width 1024, quick): explained variance ~0.9 in about a minute.
+Measured (2-core AMD EPYC under load, 2026-12-02; the quickstart model after 300 steps,
+`--hook blocks.1.hook_resid_post --arch topk --k 16 --width 1024`, variant quick): explained
+variance 0.963, L0 16, 15.5% of latents dead over 16,384 tokens, CE loss recovered 0.998
+(clean 2.258, spliced 2.275, zero-ablated 10.149 nats/byte); the model's training and the
+dictionary's together took 5 min 56 s.
 """
 import ml_collections
 

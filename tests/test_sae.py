@@ -256,6 +256,21 @@ def test_vmapped_members_equal_separate_runs():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
 
 
+def test_every_layer_in_one_step_equals_each_layer_alone(attn_model):
+    """A source with one hook per layer trains one dictionary per layer in the same vmapped
+    step; each equals the dictionary trained on its layer alone."""
+    model, params = attn_model
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    d = Dictionary("topk", 32, 64, k=4, hook_in=hooks[1])
+    both = fit(d, ModelSource(model, params, CORPUS, hooks, seq_len=32), steps=6, batch_size=128, seeds=[0, 0],
+               scale=False, progress=False)
+    alone = fit(d, ModelSource(model, params, CORPUS, hooks[1], seq_len=32), steps=6, batch_size=128, scale=False,
+                progress=False)
+    for a, b in zip(jax.tree.leaves(both.member(1)[1]), jax.tree.leaves(alone.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+    assert not np.allclose(both.member(0)[1]["b_dec"], both.member(1)[1]["b_dec"])  # each layer's own mean
+
+
 def test_resume_is_bitwise(tmp_path):
     _, sample = _toy_sampler()
     src = GeneratorSource(sample)
