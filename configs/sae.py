@@ -66,9 +66,7 @@ def get_config(arg=None):
 
 
 def problems(c) -> list[str]:
-    out = []
-    if not c.hook:
-        out.append("hook: give the hook point to read (--hook, e.g. blocks.0.hook_resid_post)")
+    out = []  # an empty hook is refused by `lmjax sae train` itself (the config may leave it to --hook)
     if c.arch not in ARCHS:
         out.append(f"arch: {c.arch!r} is not one of {', '.join(ARCHS)}")
     if c.l0_penalty not in L0_PENALTIES:

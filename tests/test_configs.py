@@ -32,6 +32,8 @@ VARIANTS = {
     "configs/repro/recall.py": ["", "small"],
     "configs/repro/shakespeare.py": ["", "gpu", "small"],
     "configs/repro/upos.py": ["", "small"],
+    "configs/repro/features.py": ["", "small"],
+    "configs/sae.py": ["", "transcoder", "quick"],
     "configs/scaling/cpu_isoflop.py": [""],
     "configs/scaling/tpu_isoflop.py": [""],
 }
@@ -49,7 +51,7 @@ def test_every_shipped_config_is_listed():
 
 
 def _is_training_config(path):
-    return not path.startswith("configs/repro/")
+    return not path.startswith("configs/repro/") and path != "configs/sae.py"
 
 
 @pytest.mark.parametrize("path, variant", CASES, ids=[f"{p[8:-3]}:{v}" if v else p[8:-3] for p, v in CASES])

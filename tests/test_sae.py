@@ -370,6 +370,7 @@ def test_sae_command_trains_resumes_and_evaluates(model_workdir, tmp_path, capsy
 def test_sae_command_bad_input(model_workdir, tmp_path, capsys):
     workdir, cfg = model_workdir
     base = ["sae", "train", "--workdir", workdir, "--out", str(tmp_path / "s"), "--no_progress"]
+    assert "--hook NAME" in _error(capsys, base)
     line = _error(capsys, base + ["--hook", "blocks.9.hook_resid_post"])
     assert "unknown hook point" in line and "blocks.9.hook_resid_post" in line
     assert "k: 99 must be between 1 and width=64" in _error(capsys, base + ["--hook", "blocks.0.hook_resid_post",

@@ -70,6 +70,7 @@ def _seq_len(model, requested: int) -> int:
 
 def run_train(args, overrides=()):
     from lmjax.config import load_config
+    from lmjax.errors import LmjaxError
     from lmjax.sae.activations import CachedSource, ModelSource, cache_activations, check_hooks
     from lmjax.sae.architectures import Dictionary
     from lmjax.sae.training import fit
@@ -77,6 +78,8 @@ def run_train(args, overrides=()):
 
     flags = [f"{k}={getattr(args, k)}" for k in FLAG_KEYS if getattr(args, k) is not None]
     c = load_config(args.config, list(overrides) + flags)
+    if not c.hook:
+        raise LmjaxError("give the hook point to read: --hook NAME (e.g. blocks.0.hook_resid_post), or a config that sets it")
     wd = open_workdir(args.workdir)
     model, params, tokenizer = wd.load()
     check_hooks(model, [c.hook] + ([c.hook_out] if c.hook_out else []))
