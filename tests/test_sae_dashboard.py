@@ -29,7 +29,7 @@ from lmjax.data.tokenizers import ByteTokenizer
 from lmjax.errors import LmjaxError
 from lmjax.interp import compiling
 from lmjax.model import ModelConfig, Transformer
-from lmjax.sae import dashboard
+from lmjax.sae import dashboard, dashboard_html
 from lmjax.sae.architectures import Dictionary
 
 from _model_fixtures import FAST_COMPILE, GPT2, random_params
@@ -232,7 +232,7 @@ def _chromium_dom(path):
 def test_dashboard_page_renders_in_headless_chromium(setup, tmp_path):
     assert CHROMIUM, "no chromium on PATH (CI installs Debian's chromium in .ci/run)"
     dash = setup["sae_dash"]
-    path = dashboard.write_html(dash, str(tmp_path / "features.html"))
+    path = dashboard_html.write_html(dash, str(tmp_path / "features.html"))
     text = open(path, encoding="utf-8").read()
     assert not re.search(r'(src|href)="(https?:)?//', text) and "<link" not in text  # nothing fetched
     assert text.count('class="fd-card"') == WIDTH and text.count("<svg") == sum(f.n_fired > 0 for f in dash.features)
@@ -242,7 +242,7 @@ def test_dashboard_page_renders_in_headless_chromium(setup, tmp_path):
         assert f'id="f-{ft.index}"' in dom and f'href="#f-{ft.index}"' in dom
     assert f"Never fires on these {N_SEQ * SEQ} tokens" in dom
     # the transcoder page names its two sides
-    tc_path = dashboard.write_html(setup["tc_dash"], str(tmp_path / "tc.html"))
+    tc_path = dashboard_html.write_html(setup["tc_dash"], str(tmp_path / "tc.html"))
     tc_text = open(tc_path, encoding="utf-8").read()
     assert tc_text.count('class="fd-card"') == TC_WIDTH and "input side: Top activations" in tc_text
     assert "Top logits of the decoder direction (output side)" in tc_text

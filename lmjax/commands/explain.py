@@ -48,7 +48,7 @@ def run(args, overrides=()):
 def _features(args, model, params, tokenizer):
     """-> sections(ex) for write_report; the dictionary and the text are read and checked
     against the model first, before anything compiles."""
-    from lmjax.sae import dashboard
+    from lmjax.sae import dashboard, dashboard_html
     from lmjax.sae.store import load_dictionary
 
     dictionary, dparams = load_dictionary(args.dictionary)
@@ -62,6 +62,6 @@ def _features(args, model, params, tokenizer):
     def sections(ex):
         pf = dashboard.prompt_features(model, params, tokenizer, dictionary, dparams, ex.tokens, top=args.features,
                                        tokens=tokens)
-        return [dashboard.features_section(pf)]
+        return [dashboard_html.features_section(pf)]
 
     return sections

@@ -180,7 +180,7 @@ def run_dashboard(args, overrides=()):
     import numpy as np
 
     from lmjax.data.batches import eval_batches
-    from lmjax.sae import dashboard
+    from lmjax.sae import dashboard, dashboard_html
 
     wd, config, model, params, tokenizer, dictionary, dparams = _open(args)
     data = _corpus(wd, config, tokenizer)
@@ -189,7 +189,7 @@ def run_dashboard(args, overrides=()):
     windows = windows[: max(args.tokens // seq_len, 1)]
     dash = dashboard.compute(model, params, tokenizer, dictionary, dparams, windows, features=_frequent(
         model, params, dictionary, dparams, windows, args.features))
-    dashboard.write_html(dash, args.out)
+    dashboard_html.write_html(dash, args.out)
     json_dir = os.path.splitext(args.out)[0] + "_features"
     dashboard.write_circuit_tracer(dash, json_dir)
     print(f"wrote {args.out} and {json_dir}/ (circuit-tracer's feature JSON)")

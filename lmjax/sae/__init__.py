@@ -7,7 +7,8 @@
     store          dictionary and run directories on disk
     metrics        FVU, explained variance, L0, dead latents, shrinkage, density, CE recovered, KL
     splice         a dictionary as a hook intervention: splice, clamp, ablate, steer
-    dashboard      feature dashboards (HTML and circuit-tracer's JSON schema)
+    dashboard      feature dashboards: contexts, histograms, logits; circuit-tracer's JSON schema
+    dashboard_html the dashboards as a self-contained HTML page, and explain's features section
     interchange    SAELens and circuit-tracer file formats
     toy, matching  ground-truth data and the scores that compare a dictionary with it
 """
