@@ -16,6 +16,7 @@ REPRODUCTIONS = {
     "recall": "multi-query associative recall across architectures (Arora et al. 2023, Zoology)",
     "shakespeare": "nanoGPT's shakespeare_char, CPU variant",
     "upos": "linear part-of-speech probes by layer on UD English EWT",
+    "features": "dictionary features vs neurons: one-latent UPOS probes, and grokking's Fourier features",
 }
 
 
