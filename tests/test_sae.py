@@ -382,3 +382,10 @@ def test_sae_command_bad_input(model_workdir, tmp_path, capsys):
                     trained_on={"model": {"d_model": 999}, "tokenizer": "byte"})
     line = _error(capsys, ["sae", "eval", "--workdir", workdir, "--dictionary", str(tmp_path / "other")])
     assert "another model" in line
+
+
+def test_top_values_by_halves_equal_top_k():
+    from lmjax.sae.architectures import _top_values
+    for shape, k in (((7, 256), 8), ((3, 5, 64), 16), ((4, 30), 4), ((2, 9), 3)):
+        x = jax.random.normal(jax.random.key(shape[-1]), shape)
+        np.testing.assert_array_equal(np.asarray(_top_values(x, k)), np.asarray(jax.lax.top_k(x, k)[0]))

@@ -106,9 +106,21 @@ def topk_mask(pre, k: int, k_traced=None):
     both: measure zero for real-valued pre-activations). A comparison with the k-th value,
     not a scatter of indices: cheaper, and it differentiates as a mask. `k_traced` (<= k, a
     traced integer) keeps fewer: one compiled program for a sweep of k."""
-    values = jax.lax.top_k(pre, k)[0]
+    values = _top_values(pre, k)
     kth = values[..., -1:] if k_traced is None else jnp.take(values, k_traced - 1, axis=-1)[..., None]
     return (pre >= kth).astype(pre.dtype)
+
+
+def _top_values(x, k: int):
+    """jax.lax.top_k(x, k)[0], exactly, by halves: the k largest of each half of the last axis,
+    then the k largest of those 2k. On XLA's CPU backend a top_k over rows of thousands is
+    6-30x slower than over two half-rows (4096 x 12288, k 32: 12.0 s -> 0.6 s on a 2-core
+    AMD EPYC); elsewhere the extra top_k over 2k values costs little."""
+    width = x.shape[-1]
+    if width % 2 or width < 4 * k:
+        return jax.lax.top_k(x, k)[0]
+    halves = jax.lax.top_k(x.reshape(x.shape[:-1] + (2, width // 2)), k)[0]
+    return jax.lax.top_k(halves.reshape(x.shape[:-1] + (2 * k,)), k)[0]
 
 
 def topk_activation(pre, k: int, k_traced=None):
