@@ -21,6 +21,7 @@ N); AuxK uses the latents dead by `aux_window` tokens (default: the same).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional, Sequence
 
 import jax
@@ -138,8 +139,8 @@ def make_step(dictionary, optimizer, *, n_members: int, member_inputs: bool, aux
     """The compiled step (state, x, y, hypers) -> (state, metrics) for `n_members`
     vmapped dictionaries; state = {params, opt, since_fired, step} with a member axis."""
 
-    def one(params, opt_state, since, x, y, hyper):
-        dead = since >= aux_window
+    def one(params, opt_state, since, x, y, hyper, *, with_aux: bool):
+        dead = since >= aux_window if with_aux else None
         (loss, aux), grads = jax.value_and_grad(dictionary.loss, has_aux=True)(params, x, y, dead, hyper)
         grads = dictionary.project_gradient(params, grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -147,16 +148,29 @@ def make_step(dictionary, optimizer, *, n_members: int, member_inputs: bool, aux
         tokens = x.shape[0]
         since = jnp.where(aux["fired"] > 0, 0, since + tokens)
         metrics = {"loss": loss, "mse": aux["mse"], "l0": aux["l0"]}
-        for key in ("aux_loss", "sparsity"):
-            if key in aux:
-                metrics[key] = aux[key]
+        if "sparsity" in aux:
+            metrics["sparsity"] = aux["sparsity"]
+        if uses_aux:
+            metrics["aux_loss"] = aux.get("aux_loss", jnp.zeros((), loss.dtype))
         return params, opt_state, since, metrics
 
     in_axes = (0, 0, 0, 0 if member_inputs else None, 0 if member_inputs else None, 0)
+    uses_aux = getattr(dictionary, "arch", "") in ("topk", "batchtopk", "matryoshka") and not hasattr(dictionary,
+                                                                                                        "hooks_out")
+
+    def members(with_aux):
+        return jax.vmap(functools.partial(one, with_aux=with_aux), in_axes=in_axes)
 
     def step_fn(state, x, y, hypers):
-        params, opt, since, metrics = jax.vmap(one, in_axes=in_axes)(
-            state["params"], state["opt"], state["since_fired"], x, y, hypers)
+        args = (state["params"], state["opt"], state["since_fired"], x, y, hypers)
+        if uses_aux:
+            # AuxK costs a second top-k and decode; while no latent of any member is dead it
+            # adds exactly nothing, so the step skips it (a cond outside the vmap: inside, both
+            # branches would run).
+            any_dead = jnp.any(state["since_fired"] >= aux_window)
+            params, opt, since, metrics = jax.lax.cond(any_dead, members(True), members(False), *args)
+        else:
+            params, opt, since, metrics = members(False)(*args)
         return {"params": params, "opt": opt, "since_fired": since, "step": state["step"] + 1}, metrics
 
     return jax.jit(step_fn, donate_argnums=(0,)) if jit else step_fn
