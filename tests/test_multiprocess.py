@@ -208,11 +208,17 @@ def test_launcher_dry_run_prints_commands_and_environment(capsys):
     assert local.is_lmjax_train(["python", "-m", "lmjax", "train"]) and local.is_lmjax_train(["python", "-m", "lmjax.train"])
 
 
-def test_launcher_stops_the_others_when_one_fails(capsys):
+def test_launcher_stops_the_others_when_one_fails(capsys, tmp_path):
+    # process 1 fails only once process 0 has spoken (a file says so): on a loaded machine
+    # process 0 may otherwise be stopped before it has printed anything
+    said = str(tmp_path / "said")
     script = ("import os, sys, time\n"
               "i = os.environ['LMJAX_PROCESS_ID']\n"
               "print('hello from', i, flush=True)\n"
-              "sys.exit(3) if i == '1' else time.sleep(60)\n")
+              f"if i == '0': open({said!r}, 'w').close(); time.sleep(60)\n"
+              f"deadline = time.time() + 20\n"
+              f"while not os.path.exists({said!r}) and time.time() < deadline: time.sleep(0.05)\n"
+              "sys.exit(3)\n")
     t0 = time.monotonic()
     code = local.run(local.plan([sys.executable, "-c", script], 2, 1, local.free_port()), grace=5)
     assert code == 3 and time.monotonic() - t0 < 30
