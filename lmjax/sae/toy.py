@@ -294,7 +294,7 @@ def synthsaebench(key, config: Optional[SynthConfig] = None) -> Synth:
     if c.rank * c.corr_scale ** 2 >= 0.99:
         raise LmjaxError(f"rank * corr_scale^2 = {c.rank * c.corr_scale ** 2:.2f} must stay below 0.99 "
                          "(the copula's diagonal would go negative)")
-    k_feat, k_bias, k_corr, k_std, k_me, k_ortho = jax.random.split(key, 6)
+    k_feat, k_bias, k_corr, k_std, k_me = jax.random.split(key, 5)
 
     features = _unit_rows(k_feat, n, c.d)
     if c.ortho_steps:
