@@ -68,6 +68,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # SAELens's and datasets' progress b
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+from _machine import cpu_model, wait_quiet  # noqa: E402  (bench/, beside this script)
 
 SEQ_LEN = 128
 
@@ -82,37 +83,6 @@ def loadavg():
             return [float(v) for v in f.read().split()[:3]]
     except OSError:
         return None
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _runnable_tasks():
-    try:
-        with open("/proc/loadavg") as f:
-            return int(f.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def wait_quiet(max_s: float) -> bool:
-    """Wait up to max_s seconds until no other task is runnable; True if it was quiet."""
-    t0 = time.perf_counter()
-    while True:
-        n = _runnable_tasks()
-        if n is None or n <= 1:
-            return True
-        if time.perf_counter() - t0 >= max_s:
-            return False
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- model + activations

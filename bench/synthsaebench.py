@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _machine import cpu_model  # noqa: E402  (bench/, beside this script)
 from lmjax.sae import matching, toy  # noqa: E402
 from lmjax.sae.architectures import Dictionary  # noqa: E402
 from lmjax.sae.training import fit  # noqa: E402
@@ -52,16 +53,6 @@ PUBLISHED = {  # SynthSAEBench-16k, SAE L0 25 (Chanin & Garriga-Alonso 2026)
 }
 PUBLISHED_TRUE_L0, PUBLISHED_SAE_L0 = 34.0, 25.0
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 class PoolSource:
@@ -267,7 +258,7 @@ def main(argv=None):
 
     report = {
         "benchmark": "SynthSAEBench data model, scaled down (lmjax.sae.toy.synthsaebench)",
-        "cpu": cpu_name(), "cores": os.cpu_count(),
+        "cpu": cpu_model(), "cores": os.cpu_count(),
         "data": {"features": args.features, "d": args.d, "true_l0": round(true_l0, 2),
                  "hierarchy_roots": synth.config.roots, "pool": args.pool, "eval_tokens": args.eval,
                  "seconds": round(data_seconds, 1)},

@@ -44,6 +44,7 @@ import statistics
 import sys
 import time
 
+from _machine import wait_quiet  # bench/, on sys.path when run as a script
 from _torch_gpt import torch_gpt  # bench/, on sys.path when run as a script
 
 
@@ -74,32 +75,6 @@ def parse_steps(text: str, n_sizes: int):
 
 
 # --------------------------------------------------------------------------- contention
-
-
-def _runnable_tasks():
-    """Runnable tasks on the machine right now (Linux /proc/loadavg), or None elsewhere."""
-    try:
-        with open("/proc/loadavg") as f:
-            return int(f.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def wait_quiet(max_s: float) -> bool:
-    """Wait up to max_s seconds until no other task is runnable (we count as one).
-
-    The machine may be shared: a timed step that starts while another process is busy is
-    slowed for reasons that have nothing to do with the code under test. Returns whether
-    the machine was quiet when the wait ended.
-    """
-    t0 = time.perf_counter()
-    while True:
-        n = _runnable_tasks()
-        if n is None or n <= 1:
-            return True
-        if time.perf_counter() - t0 >= max_s:
-            return False
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- peaks
