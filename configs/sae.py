@@ -40,6 +40,7 @@ def defaults():
     c.lr = 4e-4
     c.warmup_steps = 0
     c.decay_fraction = 0.2
+    c.clip_norm = 0.0  # clip each gradient to this global norm before Adam (0 = no clip)
     c.seed = 0
     c.seeds = 1  # dictionaries trained at once (vmapped), seeds seed .. seed + seeds - 1
     c.seq_len = 0  # token windows (0 = the model's context, at most 128)

@@ -19,6 +19,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import Mesh
 
@@ -99,6 +100,18 @@ def test_unit_norm_decoder_and_parallel_gradient_removed():
     np.testing.assert_allclose(np.sum(np.asarray(g["W_dec"]) * np.asarray(p["W_dec"]), -1), 0, atol=1e-5)
     moved = d.constrain({**p, "W_dec": p["W_dec"] * 3})
     np.testing.assert_allclose(np.linalg.norm(np.asarray(moved["W_dec"]), axis=-1), 1, rtol=1e-5)
+
+
+def test_clip_norm_clips_each_members_gradient_before_adam():
+    from lmjax.sae.training import make_optimizer
+    grads = {"a": jnp.full((2, 3), 4.0), "b": jnp.full((2,), 3.0)}  # global norm sqrt(6*16 + 2*9)
+    opt = make_optimizer(1e-3, 10, clip_norm=0.5)
+    _, state = jax.vmap(opt.update)(grads, jax.vmap(opt.init)(grads), grads)
+    first_moment = optax.tree_utils.tree_get(state, "mu")
+    norm = np.sqrt(sum(float(jnp.sum(v[0] ** 2)) for v in jax.tree.leaves(first_moment)))
+    assert norm == pytest.approx(0.1 * 0.5, rel=1e-5)  # (1 - b1) * the clipped gradient
+    with pytest.raises(LmjaxError, match="clip_norm"):
+        make_optimizer(1e-3, 10, clip_norm=0.0)
 
 
 def test_auxk_reaches_only_dead_latents():
@@ -384,8 +397,11 @@ def test_sae_command_bad_input(model_workdir, tmp_path, capsys):
     assert "another model" in line
 
 
-def test_top_values_by_halves_equal_top_k():
-    from lmjax.sae.architectures import _top_values
+def test_topk_mask_keeps_each_rows_k_largest():
+    from lmjax.sae.architectures import topk_mask
     for shape, k in (((7, 256), 8), ((3, 5, 64), 16), ((4, 30), 4), ((2, 9), 3)):
-        x = jax.random.normal(jax.random.key(shape[-1]), shape)
-        np.testing.assert_array_equal(np.asarray(_top_values(x, k)), np.asarray(jax.lax.top_k(x, k)[0]))
+        x = np.asarray(jax.random.normal(jax.random.key(shape[-1]), shape))
+        ranks = np.argsort(np.argsort(-x, -1), -1)  # 0 = the row's largest
+        np.testing.assert_array_equal(np.asarray(topk_mask(jnp.asarray(x), k)), ranks < k)
+        np.testing.assert_array_equal(np.asarray(jax.jit(topk_mask, static_argnums=1)(jnp.asarray(x), k, k // 2)),
+                                      ranks < k // 2)

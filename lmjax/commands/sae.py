@@ -98,7 +98,7 @@ def run_train(args, overrides=()):
     result = fit(dictionary, source, steps=c.steps, batch_size=c.batch_size, lr=c.lr, seed=c.seed,
                  seeds=list(range(c.seed, c.seed + c.seeds)) if c.seeds > 1 else None,
                  dead_window=c.dead_window, warmup_steps=c.warmup_steps, decay_fraction=c.decay_fraction,
-                 workdir=args.out, save_every=c.save_every, progress=not args.no_progress,
+                 clip_norm=c.clip_norm or None, workdir=args.out, save_every=c.save_every, progress=not args.no_progress,
                  config={"trained_on": identity, "hook": c.hook, "hook_out": c.hook_out})
     from lmjax.sae.store import save_dictionaries
     save_dictionaries(args.out, result.dictionaries, result.params, trained_on=identity)

@@ -55,11 +55,14 @@ class ArraySource:
             raise LmjaxError(f"x has {self.n} rows but y has {np.shape(y)[n_axis]}; a transcoder needs one target per input")
         self.d_in = int(np.shape(x)[-1])
         self.d_out = int(np.shape(y)[-1]) if y is not None else self.d_in
+        self._epoch_order = (None, None)
 
     def _rows(self, step: int, batch_size: int) -> np.ndarray:
         per_epoch = max(self.n // batch_size, 1)
         epoch, offset = divmod(step, per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        if self._epoch_order[0] != epoch:  # one permutation per epoch, not per step
+            self._epoch_order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+        order = self._epoch_order[1]
         return np.sort(order[offset * batch_size:(offset + 1) * batch_size])  # sorted: fast memmap reads
 
     def batch(self, step: int, batch_size: int):
@@ -118,9 +121,13 @@ class Fitted:
 # -- The step -------------------------------------------------------------------------------
 
 def make_optimizer(lr: float, steps: int, *, warmup_steps: int = 0, decay_fraction: float = 0.0,
-                   b1: float = 0.9, b2: float = 0.999):
+                   b1: float = 0.9, b2: float = 0.999, clip_norm: Optional[float] = None):
     """Adam with an optional linear warmup and a linear decay to 0 over the last
-    `decay_fraction` of the steps (constant in between)."""
+    `decay_fraction` of the steps (constant in between). clip_norm: first scale the
+    gradient down to this global norm (SAELens always clips at 1.0); under vmap each
+    member's norm is its own."""
+    if clip_norm is not None and not clip_norm > 0:
+        raise LmjaxError(f"clip_norm must be a positive number or None; got {clip_norm}")
     decay = int(round(steps * decay_fraction))
     stable = max(steps - warmup_steps - decay, 0)
     parts, bounds = [], []
@@ -132,7 +139,8 @@ def make_optimizer(lr: float, steps: int, *, warmup_steps: int = 0, decay_fracti
         bounds.append(warmup_steps + stable)
         parts.append(optax.linear_schedule(lr, 0.0, decay))
     schedule = optax.join_schedules(parts, bounds) if bounds else parts[0]
-    return optax.adam(schedule, b1=b1, b2=b2)
+    adam = optax.adam(schedule, b1=b1, b2=b2)
+    return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
 
 def make_step(dictionary, optimizer, *, n_members: int, member_inputs: bool, aux_window: int, jit: bool = True):
@@ -222,7 +230,8 @@ def _state_shardings(mesh, state, member_inputs):
 def fit(dictionary: Dictionary, source, *, steps: int, batch_size: int = 4096, lr: float = 4e-4,
         seed: int = 0, seeds: Optional[Sequence[int]] = None, hypers: Optional[Sequence[dict]] = None,
         scale: bool = True, dead_window: int = DEFAULT_DEAD_WINDOW, aux_window: Optional[int] = None,
-        warmup_steps: int = 0, decay_fraction: float = 0.0, log_every: int = 100, workdir: Optional[str] = None,
+        warmup_steps: int = 0, decay_fraction: float = 0.0, clip_norm: Optional[float] = None,
+        log_every: int = 100, workdir: Optional[str] = None,
         save_every: int = 1000, progress: bool = True, mesh=None, init_b_dec: str = "mean",
         config: Optional[dict] = None) -> Fitted:
     """Train `dictionary` (or one per seed / per hyperparameter set / per source member, all
@@ -230,6 +239,7 @@ def fit(dictionary: Dictionary, source, *, steps: int, batch_size: int = 4096, l
 
     scale: set input_scale / output_scale so that E||x s|| = sqrt(d) on a sample of the source.
     init_b_dec: "mean" starts b_dec at the mean of the targets (scaled), "zero" at 0.
+    clip_norm: clip each member's gradient to this global norm before Adam (None: no clip).
     workdir: checkpoints (resumed automatically, bitwise), metrics.jsonl and tb/ go there.
     """
     if steps < 1 or batch_size < 1:
@@ -253,7 +263,8 @@ def fit(dictionary: Dictionary, source, *, steps: int, batch_size: int = 4096, l
     if scale:
         dictionary = dictionary.with_scales(x0[0] if member_inputs else x0,
                                             None if y0 is None else (y0[0] if member_inputs else y0))
-    optimizer = make_optimizer(lr, steps, warmup_steps=warmup_steps, decay_fraction=decay_fraction)
+    optimizer = make_optimizer(lr, steps, warmup_steps=warmup_steps, decay_fraction=decay_fraction,
+                               clip_norm=clip_norm)
 
     def init_member(i):
         params = dictionary.init(jax.random.key(seeds[i]))
@@ -279,6 +290,8 @@ def fit(dictionary: Dictionary, source, *, steps: int, batch_size: int = 4096, l
     run_config = {"dictionary": dictionary.to_dict(), "steps": steps, "batch_size": batch_size, "lr": lr,
                   "seeds": seeds, "hypers": list(hypers or []), "dead_window": dead_window, "aux_window": aux_window,
                   "warmup_steps": warmup_steps, "decay_fraction": decay_fraction, **(config or {})}
+    if clip_norm is not None:  # absent when unset: run directories written before it still resume
+        run_config["clip_norm"] = clip_norm
     if workdir is not None:
         checkpointer, writer, restored = open_run(workdir, state, run_config, save_every=save_every)
         if restored is not None:
