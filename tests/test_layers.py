@@ -25,6 +25,7 @@ LAYERS = (
     ("config",),
     ("train", "sample"),
     ("interp", "sae"),
+    ("graph",),
     ("scaling", "hf"),
     ("repro",),
     ("commands", "__main__"),

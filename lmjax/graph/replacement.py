@@ -1,0 +1,235 @@
+"""The local replacement model of one prompt: the model made linear in its node vectors.
+
+For a prompt, every MLP output is replaced by what a transcoder (or a cross-layer
+transcoder over all layers) writes there, plus an error vector (true output minus the
+reconstruction) that makes the replacement reproduce the model. Attention patterns and
+normalisation scales are then frozen at their values on this prompt: each hook_pattern
+and hook_scale is replaced by its cached value. What remains between the residual stream's
+inputs and the logits (embeddings, frozen attention, frozen norms, residual additions, the
+unembedding) is affine, so
+
+    linear(u_embed, u_mlp) -> (the transcoders' inputs [P, L, d_in], logits [P, vocab])
+
+with u_embed [P, d] = what enters at blocks.0.hook_resid_pre (token + position
+embedding), u_mlp [L, P, d] = what each layer writes at hook_mlp_out. At the prompt's own u
+it reproduces the model; its vector-Jacobian products are the attribution graph's edges.
+
+The patterns are frozen by value (not by stop_gradient), so `linear` is affine for any u,
+not only at the prompt: injecting a vector and running it forward is the exactness check.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmjax.errors import LmjaxError
+from lmjax.model import hook_names
+from lmjax.sae.architectures import Dictionary
+from lmjax.sae.crosslayer import CrossLayerTranscoder
+
+EMBED_HOOK = "blocks.0.hook_resid_pre"
+
+
+def _replace(_activation, frozen):
+    return frozen
+
+
+# -- The transcoders, one interface for per-layer transcoders and a cross-layer one -------------
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Transcoders:
+    """The MLP replacement: L layers of features, each read at hooks_in[l] and written, in
+    model units, to hooks_out[t] for t in writes(l) (a per-layer transcoder: t = l; a
+    cross-layer transcoder: t = l..L-1).
+
+    From per-layer transcoders: `Transcoders.of(dictionaries, params)`; from a CLT:
+    `Transcoders.of(clt, params)`."""
+
+    kind: str  # "per_layer" or "cross_layer"
+    dictionaries: Any  # a tuple of Dictionary (per layer) or one CrossLayerTranscoder
+    params: Any  # a tuple of their params, or the CLT's params
+    n_layers: int
+    width: int
+    hooks_in: tuple
+    hooks_out: tuple
+
+    @classmethod
+    def of(cls, dictionaries, params) -> "Transcoders":
+        if isinstance(dictionaries, CrossLayerTranscoder):
+            clt = dictionaries
+            return cls("cross_layer", clt, params, clt.n_layers, clt.width, clt.hooks_in, clt.hooks_out)
+        dictionaries, params = tuple(dictionaries), tuple(params)
+        if not dictionaries or len(dictionaries) != len(params):
+            raise LmjaxError(f"give one params per transcoder; got {len(dictionaries)} transcoders and "
+                             f"{len(params)} params")
+        for d in dictionaries:
+            if not isinstance(d, Dictionary) or not d.is_transcoder:
+                raise LmjaxError(f"an attribution graph needs transcoders (hook_in != hook_out); got "
+                                 f"{getattr(d, 'hook_in', d)!r} -> {getattr(d, 'hook_out', '')!r}")
+            if d.skip:
+                raise LmjaxError(f"the transcoder at {d.hook_out} has a linear skip; attribution through a skip "
+                                 "path is not supported yet: train it with skip=False")
+        widths = {d.width for d in dictionaries}
+        if len(widths) != 1:
+            raise LmjaxError(f"the transcoders have different widths {sorted(widths)}; the graph needs one width")
+        return cls("per_layer", dictionaries, params, len(dictionaries), widths.pop(),
+                   tuple(d.hook_in for d in dictionaries), tuple(d.hook_out for d in dictionaries))
+
+    def check_model(self, model) -> None:
+        """One-line errors for a model the transcoders do not replace completely."""
+        cfg = model.cfg
+        mlp_layers = [l for l, m in enumerate(cfg.layer_mixers) if cfg.has_mlp(m)]
+        want = tuple(f"blocks.{l}.hook_mlp_out" for l in mlp_layers)
+        if self.hooks_out != want:
+            raise LmjaxError(f"the transcoders write to {list(self.hooks_out)}; the replacement model needs one "
+                             f"per MLP, in order: {list(want)}")
+        others = sorted({m for m in cfg.layer_mixers if m != "attention"})
+        if others:
+            raise LmjaxError(f"attribution graphs freeze attention only for now; this model has {others} mixers")
+        model.check_hook_names(self.hooks_in)
+
+    def encode(self, x):
+        """x [P, L, d_in] raw -> (pre-activations, activations) [P, L, width]."""
+        if self.kind == "cross_layer":
+            clt = self.dictionaries
+            pre = clt.pre_acts(self.params, clt.scale_inputs(x))
+            return pre, clt.activate(self.params, pre)[0]
+        pres, acts = [], []
+        for l, (d, p) in enumerate(zip(self.dictionaries, self.params)):
+            pre = d.pre_acts(p, x[:, l] * d.input_scale)
+            pres.append(pre)
+            acts.append(d.activate(p, pre)[0])
+        return jnp.stack(pres, 1), jnp.stack(acts, 1)
+
+    def encoder_columns(self, layer, index):
+        """[n, d_in]: d pre-activation / d raw input of features (layer[i], index[i])."""
+        layer, index = np.asarray(layer), np.asarray(index)
+        if self.kind == "cross_layer":
+            clt = self.dictionaries
+            w = np.asarray(self.params["W_enc"])[layer, :, index]  # [n, d_in]
+            return w * np.asarray(clt.input_scales, np.float32)[layer][:, None]
+        w = np.stack([np.asarray(p["W_enc"]) * d.input_scale for d, p in zip(self.dictionaries, self.params)])
+        return w[layer, :, index]
+
+    def decoder_rows(self, layer, index):
+        """[n, L, d_out]: what features (layer[i], index[i]) write per unit of activation to
+        each layer's MLP output, in model units (zero where they do not write)."""
+        layer, index = np.asarray(layer), np.asarray(index)
+        n = len(layer)
+        if self.kind == "cross_layer":
+            clt = self.dictionaries
+            out = np.zeros((n, self.n_layers, clt.d_out), np.float32)
+            scales = np.asarray(clt.output_scales, np.float32)
+            for l in np.unique(layer):
+                rows = np.flatnonzero(layer == l)
+                w = np.asarray(self.params["W_dec"][l])[index[rows]]  # [r, L - l, d]
+                out[rows, l:] = w / scales[l:][None, :, None]
+            return out
+        d_out = self.dictionaries[0].d_out
+        out = np.zeros((n, self.n_layers, d_out), np.float32)
+        for l in np.unique(layer):
+            rows = np.flatnonzero(layer == l)
+            d, p = self.dictionaries[l], self.params[l]
+            out[rows, l] = np.asarray(p["W_dec"])[index[rows]] / d.output_scale
+        return out
+
+    def reconstruct(self, acts):
+        """activations [P, L, width] -> what they write to each MLP output [P, L, d_out], and
+        the decoder biases' part of it, both in model units."""
+        if self.kind == "cross_layer":
+            clt = self.dictionaries
+            scales = jnp.asarray(clt.output_scales, jnp.float32)[:, None]
+            return clt.decode(self.params, acts) / scales, self.params["b_dec"] / scales
+        outs, biases = [], []
+        for l, (d, p) in enumerate(zip(self.dictionaries, self.params)):
+            outs.append(d.decode(p, acts[:, l]) / d.output_scale)
+            biases.append(p["b_dec"] / d.output_scale)
+        return jnp.stack(outs, 1), jnp.stack(biases)
+
+
+# -- The prompt's frozen state ----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Replacement:
+    """One prompt's local replacement model (see the module docstring)."""
+
+    model: Any
+    params: Any
+    tokens: jax.Array  # [P]
+    transcoders: Transcoders
+    frozen: dict  # hook name -> its value on this prompt (patterns, scales)
+    u_embed: jax.Array  # [P, d]
+    mlp_out: jax.Array  # [L, P, d]: the true MLP outputs
+    reconstruction: jax.Array  # [L, P, d]: what the features write, decoder biases included
+    bias: jax.Array  # [L, d]: the decoder biases' part of the reconstruction
+    errors: jax.Array  # [L, P, d] = mlp_out - reconstruction
+    pre: jax.Array  # [P, L, width]
+    acts: jax.Array  # [P, L, width]
+    logits: jax.Array  # [P, vocab]: the model's own
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def linear(self, u_embed, u_mlp, *, with_inputs: bool = True):
+        """The affine replacement: (u_embed [P, d], u_mlp [L, P, d]) -> (inputs [P, L, d_in]
+        or None, logits [P, vocab])."""
+        return linear(self.model, self.transcoders, self.params, self.tokens, self.frozen, u_embed, u_mlp,
+                      with_inputs=with_inputs)
+
+    def u(self):
+        """The prompt's own (u_embed, u_mlp): reconstruction + error = the true MLP outputs."""
+        return self.u_embed, self.reconstruction + self.errors
+
+
+def linear(model, transcoders: Transcoders, params, tokens, frozen: dict, u_embed, u_mlp, *,
+           with_inputs: bool = True):
+    """Replacement.linear as a pure function of arrays (what a compiled program takes as
+    arguments rather than as constants)."""
+    interventions = {name: (_replace, value) for name, value in frozen.items()}
+    interventions[EMBED_HOOK] = (_replace, u_embed[None])
+    for l, name in enumerate(transcoders.hooks_out):
+        interventions[name] = (_replace, u_mlp[l][None])
+    names = transcoders.hooks_in if with_inputs else ()
+    # explicit positions select attention's explicit core, whose pattern is the hooked one
+    positions = jnp.arange(tokens.shape[0])[None]
+    logits, cache = model.run_with_cache(params, tokens[None], names, positions=positions,
+                                         interventions=interventions)
+    inputs = jnp.stack([cache[n][0] for n in names], 1) if with_inputs else None
+    return inputs, logits[0]
+
+
+def frozen_hook_names(model) -> list[str]:
+    """Every hook point whose value is frozen for the replacement: attention patterns and
+    normalisation scales."""
+    return [n for n in hook_names(model.cfg) if n.endswith(".hook_pattern") or n.endswith(".hook_scale")]
+
+
+def build_replacement(model, params, tokens, transcoders: Transcoders) -> Replacement:
+    """Run the model once on `tokens` [P] (one prompt) and freeze what the replacement needs."""
+    transcoders.check_model(model)
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 1:
+        raise LmjaxError(f"an attribution graph traces one prompt: tokens must be [positions]; got shape "
+                         f"{tuple(tokens.shape)}")
+    if tokens.shape[0] > model.cfg.max_len:
+        raise LmjaxError(f"the prompt has {tokens.shape[0]} tokens; the model's context is {model.cfg.max_len}")
+    frozen_names = frozen_hook_names(model)
+    names = tuple(frozen_names) + (EMBED_HOOK,) + transcoders.hooks_in + transcoders.hooks_out
+    positions = jnp.arange(tokens.shape[0])[None]  # the explicit attention core, as in `linear`
+    logits, cache = _cache(model, params, tokens, names, positions)
+    x = jnp.stack([cache[n][0] for n in transcoders.hooks_in], 1)
+    pre, acts = transcoders.encode(x)
+    recon, bias = transcoders.reconstruct(acts)
+    recon = jnp.moveaxis(recon, 1, 0)
+    mlp_out = jnp.stack([cache[n][0] for n in transcoders.hooks_out])
+    return Replacement(model, params, tokens, transcoders, {n: cache[n] for n in frozen_names},
+                       cache[EMBED_HOOK][0], mlp_out, recon, bias, mlp_out - recon, pre, acts, logits[0])
+
+
+def _cache(model, params, tokens, names: Sequence[str], positions):
+    return jax.jit(lambda p, t, pos: model.run_with_cache(p, t[None], names, positions=pos))(params, tokens, positions)
