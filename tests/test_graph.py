@@ -1,10 +1,12 @@
-"""Attribution graphs (lmjax.graph): the replacement reproduces the model, every edge equals
-the effect of injecting its source (circuit-tracer's own exactness check), the logit is the
-sum of its edges, the node budget keeps the rows it visits, and pruning and scores agree
-with circuit-tracer's functions run on the same adjacency."""
+"""Attribution graphs (lmjax.graph), on attention (GPT-2 and Llama shapes), Mamba and a
+hybrid: the replacement reproduces the model and is affine, every edge equals the effect of
+injecting its source (circuit-tracer's own exactness check), the logit is the sum of its
+edges, the node budget keeps the rows it visits, and pruning and scores agree with
+circuit-tracer's functions run on the same adjacency."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,12 +22,12 @@ from lmjax.sae.architectures import Dictionary
 from lmjax.sae.crosslayer import CrossLayerTranscoder
 
 N_LAYER, D, WIDTH, N_POS = 2, 32, 48, 9
-SHAPES = {"gpt2": GPT2, "llama": LLAMA}
+MODELS = {"gpt2": GPT2, "llama": LLAMA, "mamba": dict(GPT2, mixer="mamba"), "hybrid": dict(GPT2, layer_pattern="MA")}
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+@pytest.fixture(scope="module", params=sorted(MODELS))
 def model(request):
-    cfg = ModelConfig(vocab_size=61, d_model=D, n_layer=N_LAYER, n_head=4, max_len=16, **SHAPES[request.param])
+    cfg = ModelConfig(vocab_size=61, d_model=D, n_layer=N_LAYER, n_head=4, max_len=16, **MODELS[request.param])
     return Transformer(cfg), random_params(cfg), random_tokens(cfg, 1, N_POS)[0]
 
 
@@ -88,9 +90,14 @@ def traced(request, model):
     return m, params, tokens, t, build_replacement(m, params, tokens, t), attribute(m, params, tokens, t, batch_size=32)
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_linear(rep):
+    return jax.jit(lambda ue, um: rep.linear(ue, um))
+
+
 def _targets(rep, graph, u_embed, u_mlp):
     """The selected features' pre-activations and the logit nodes' demeaned logits at (u_embed, u_mlp)."""
-    x, logits = rep.linear(u_embed, u_mlp)
+    x, logits = _compiled_linear(rep)(u_embed, u_mlp)
     pre, _ = rep.transcoders.encode(x)
     f = graph.features
     last = np.asarray(logits[-1], np.float64)
@@ -104,6 +111,16 @@ def test_the_replacement_reproduces_the_model(traced):
     np.testing.assert_allclose(np.asarray(logits), np.asarray(m.apply({"params": params}, tokens[None])[0]), atol=1e-5)
     np.testing.assert_allclose(np.asarray(rep.reconstruction + rep.errors), np.asarray(rep.mlp_out), atol=1e-6)
     assert 0.2 < np.mean(np.asarray(rep.acts) > 0) < 0.8  # a graph with many active features
+
+
+def test_the_frozen_model_is_affine(traced):
+    """Every nonlinearity of the prompt is frozen (attention patterns, norm scales, Mamba's
+    SiLU ratio, steps, B, C and gate): f(2u) - f(u) = f(u) - f(0), far from the prompt too."""
+    m, params, tokens, t, rep, graph = traced
+    u_embed, u_mlp = rep.u()
+    (x0, l0), (x1, l1), (x2, l2) = [_compiled_linear(rep)(c * u_embed, c * u_mlp) for c in (0.0, 1.0, 2.0)]
+    np.testing.assert_allclose(np.asarray(x2 - x1), np.asarray(x1 - x0), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(l2 - l1), np.asarray(l1 - l0), atol=1e-4)
 
 
 def test_every_edge_equals_the_effect_of_injecting_its_source(traced):
@@ -219,6 +236,6 @@ def test_one_line_errors_before_anything_runs(model):
     sae = Dictionary("relu", D, WIDTH, hook_in="blocks.0.hook_resid_post")
     with pytest.raises(LmjaxError, match="transcoders"):
         Transcoders.of([sae, t.dictionaries[1]], t.params)
-    mamba = ModelConfig(vocab_size=61, d_model=D, n_layer=N_LAYER, max_len=16, mixer="mamba", **GPT2)
-    with pytest.raises(LmjaxError, match="mixers"):
-        attribute(Transformer(mamba), None, tokens, t)
+    lstm = ModelConfig(vocab_size=61, d_model=D, n_layer=N_LAYER, max_len=16, layer_pattern="LA", **GPT2)
+    with pytest.raises(LmjaxError, match="lstm"):
+        attribute(Transformer(lstm), None, tokens, t)

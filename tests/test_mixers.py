@@ -379,9 +379,9 @@ def test_hook_names_per_mixer():
     names = hook_names(cfg)
     assert len(names) == len(set(names))
     mamba = [n[len("blocks.0."):] for n in names if n.startswith("blocks.0.")]
-    assert mamba == ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "mixer.hook_in_proj", "mixer.hook_conv",
-                     "mixer.hook_delta", "mixer.hook_B", "mixer.hook_C", "mixer.hook_h", "mixer.hook_ssm_out",
-                     "hook_mixer_out", "hook_resid_post"]
+    assert mamba == ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "mixer.hook_in_proj",
+                     "mixer.hook_silu_ratio", "mixer.hook_conv", "mixer.hook_delta", "mixer.hook_B", "mixer.hook_C",
+                     "mixer.hook_h", "mixer.hook_ssm_out", "mixer.hook_gate", "hook_mixer_out", "hook_resid_post"]
     assert "blocks.1.hook_attn_out" in names and "blocks.1.hook_mixer_out" not in names
     for layer, inside in ((2, ["mixer.hook_h"]), (3, ["mixer.hook_value", "mixer.hook_gate", "mixer.hook_post"])):
         block = [n[len(f"blocks.{layer}."):] for n in names if n.startswith(f"blocks.{layer}.")]

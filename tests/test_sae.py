@@ -102,6 +102,29 @@ def test_unit_norm_decoder_and_parallel_gradient_removed():
     np.testing.assert_allclose(np.linalg.norm(np.asarray(moved["W_dec"]), axis=-1), 1, rtol=1e-5)
 
 
+@pytest.mark.parametrize("transcoder", [False, True])
+def test_sparse_topk_loss_equals_the_dense_one(transcoder):
+    """Without AuxK, TopK's loss runs on the k gathered latents; with AuxK (a `dead` mask),
+    densely. Same loss, gradients, L0 and firing counts, with a traced k too."""
+    kw = dict(d_out=24, hook_in="a", hook_out="b", skip=True) if transcoder else {}
+    d = Dictionary("topk", 32, 256, k=8, **kw)
+    p = d.init(jax.random.key(0))
+    p["b_dec"], p["b_enc"] = p["b_dec"] + 0.3, p["b_enc"] - 0.2
+    if transcoder:
+        p["W_skip"] = 0.1 * jax.random.normal(jax.random.key(3), p["W_skip"].shape)
+    x = jax.random.normal(jax.random.key(1), (64, 32))
+    y = jax.random.normal(jax.random.key(2), (64, 24)) if transcoder else None
+    none_dead = jnp.zeros(256, bool)
+    for hyper in (None, {"k": jnp.asarray(5)}):
+        (dense, a_dense), g_dense = jax.value_and_grad(lambda q: d.loss(q, x, y, none_dead, hyper), has_aux=True)(p)
+        (sparse, a_sparse), g_sparse = jax.value_and_grad(lambda q: d.loss(q, x, y, None, hyper), has_aux=True)(p)
+        assert float(sparse) == pytest.approx(float(dense), rel=1e-6)
+        for name in g_dense:
+            np.testing.assert_allclose(np.asarray(g_sparse[name]), np.asarray(g_dense[name]), atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(a_sparse["fired"]), np.asarray(a_dense["fired"]))
+        assert float(a_sparse["l0"]) == float(a_dense["l0"]) == (5.0 if hyper else 8.0)
+
+
 def test_clip_norm_clips_each_members_gradient_before_adam():
     from lmjax.sae.training import make_optimizer
     grads = {"a": jnp.full((2, 3), 4.0), "b": jnp.full((2,), 3.0)}  # global norm sqrt(6*16 + 2*9)

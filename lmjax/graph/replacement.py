@@ -4,9 +4,11 @@ For a prompt, every MLP output is replaced by what a transcoder (or a cross-laye
 transcoder over all layers) writes there, plus an error vector (true output minus the
 reconstruction) that makes the replacement reproduce the model. Attention patterns and
 normalisation scales are then frozen at their values on this prompt: each hook_pattern
-and hook_scale is replaced by its cached value. What remains between the residual stream's
-inputs and the logits (embeddings, frozen attention, frozen norms, residual additions, the
-unembedding) is affine, so
+and hook_scale is replaced by its cached value. A Mamba block is frozen the same way: its
+SiLU ratio, step sizes delta, B, C and gate (FROZEN_MIXER_POINTS), which leaves its scan
+linear in its input. What remains between the residual stream's inputs and the logits
+(embeddings, frozen mixers, frozen norms, residual additions, the unembedding) is affine,
+so
 
     linear(u_embed, u_mlp) -> (the transcoders' inputs [P, L, d_in], logits [P, vocab])
 
@@ -32,6 +34,13 @@ from lmjax.sae.architectures import Dictionary
 from lmjax.sae.crosslayer import CrossLayerTranscoder
 
 EMBED_HOOK = "blocks.0.hook_resid_pre"
+# What makes each mixer nonlinear in its input on one prompt, frozen at its value there:
+# attention's pattern; Mamba's SiLU ratio, step sizes, B, C and gate (the scan is then
+# linear in its input x, and so is the block).
+FROZEN_MIXER_POINTS = {
+    "attention": ("attn.hook_pattern",),
+    "mamba": ("mixer.hook_silu_ratio", "mixer.hook_delta", "mixer.hook_B", "mixer.hook_C", "mixer.hook_gate"),
+}
 
 
 def _replace(_activation, frozen):
@@ -87,9 +96,10 @@ class Transcoders:
         if self.hooks_out != want:
             raise LmjaxError(f"the transcoders write to {list(self.hooks_out)}; the replacement model needs one "
                              f"per MLP, in order: {list(want)}")
-        others = sorted({m for m in cfg.layer_mixers if m != "attention"})
+        others = sorted({m for m in cfg.layer_mixers if m not in FROZEN_MIXER_POINTS})
         if others:
-            raise LmjaxError(f"attribution graphs freeze attention only for now; this model has {others} mixers")
+            raise LmjaxError(f"attribution graphs freeze {' and '.join(sorted(FROZEN_MIXER_POINTS))} mixers; this "
+                             f"model has {others} layers")
         model.check_hook_names(self.hooks_in)
 
     def encode(self, x):
@@ -204,9 +214,11 @@ def linear(model, transcoders: Transcoders, params, tokens, frozen: dict, u_embe
 
 
 def frozen_hook_names(model) -> list[str]:
-    """Every hook point whose value is frozen for the replacement: attention patterns and
-    normalisation scales."""
-    return [n for n in hook_names(model.cfg) if n.endswith(".hook_pattern") or n.endswith(".hook_scale")]
+    """Every hook point whose value is frozen for the replacement: normalisation scales and
+    each mixer's FROZEN_MIXER_POINTS."""
+    frozen = {f"blocks.{l}.{suffix}" for l, mixer in enumerate(model.cfg.layer_mixers)
+              for suffix in FROZEN_MIXER_POINTS.get(mixer, ())}
+    return [n for n in hook_names(model.cfg) if n.endswith(".hook_scale") or n in frozen]
 
 
 def build_replacement(model, params, tokens, transcoders: Transcoders) -> Replacement:

@@ -24,10 +24,14 @@ Two ways to evaluate the same recurrence:
   conv inputs carried in the cache: O(1) time and memory per token, whatever the context.
 
 Hook points (under blocks.{l}.mixer.): hook_in_proj [b, t, 2, d_inner] (x then z),
+hook_silu_ratio [b, t, d_inner] (sigmoid of the conv output c: the SiLU is c times it),
 hook_conv [b, t, d_inner] (after the SiLU), hook_delta [b, t, d_inner] (after the softplus),
 hook_B, hook_C [b, t, d_state], hook_h [b, t, d_inner, d_state] (the states: materialised
 only when cached or patched; a patch there changes the readout C_t . h_t at that step,
-not the states that follow), hook_ssm_out [b, t, d_inner] (C . h + D x, before the gate).
+not the states that follow), hook_ssm_out [b, t, d_inner] (C . h + D x, before the gate),
+hook_gate [b, t, d_inner] (SiLU(z), which multiplies hook_ssm_out). Frozen at their values,
+hook_silu_ratio, hook_delta, hook_B, hook_C and hook_gate leave the block linear in its
+input (lmjax.graph freezes them so).
 """
 from __future__ import annotations
 
@@ -186,7 +190,8 @@ class Mamba(nn.Module):
 
     @staticmethod
     def hook_suffixes(cfg: ModelConfig) -> list[str]:
-        return ["hook_in_proj", "hook_conv", "hook_delta", "hook_B", "hook_C", "hook_h", "hook_ssm_out"]
+        return ["hook_in_proj", "hook_silu_ratio", "hook_conv", "hook_delta", "hook_B", "hook_C", "hook_h",
+                "hook_ssm_out", "hook_gate"]
 
     @staticmethod
     def init_state(cfg: ModelConfig, batch: int, dtype) -> dict:
@@ -207,7 +212,8 @@ class Mamba(nn.Module):
         xz = point("hook_in_proj", xz)
         x, z = xz[:, :, 0], xz[:, :, 1]
         window = causal_window(x, None if cache is None else cache["conv"], k)
-        x = point("hook_conv", nn.silu(CausalDepthwiseConv(k, cfg, name="conv1d")(window, t)))
+        conv = CausalDepthwiseConv(k, cfg, name="conv1d")(window, t)
+        x = point("hook_conv", conv * point("hook_silu_ratio", nn.sigmoid(conv)))  # silu(conv), op for op
 
         dbc = Dense(cfg, (r + 2 * n,), ("mlp", None), 0.0, False, init=uniform(di ** -0.5), name="x_proj")(x)
         dt_proj = Dense(cfg, (di,), (None, "mlp"), 0.0, True, init=uniform(r ** -0.5), bias_init=dt_bias_init,
@@ -241,7 +247,7 @@ class Mamba(nn.Module):
             y = y + jnp.einsum("btdn,btn->btd", point("hook_h", states) - states, C)
 
         y = point("hook_ssm_out", y + D * xf)
-        y = (y * nn.silu(z.astype(f32))).astype(cfg.compute_dtype)
+        y = (y * point("hook_gate", nn.silu(z.astype(f32)))).astype(cfg.compute_dtype)
         # The reference's rescaling: each residual write's std shrinks with the number of writes.
         writes = cfg.n_layer * (2 if cfg.mamba_mlp else 1)
         out_init = uniform(di ** -0.5 / math.sqrt(writes))

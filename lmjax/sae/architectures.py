@@ -280,6 +280,8 @@ class Dictionary:
         latent), and for BatchTopK the batch's threshold estimate."""
         y = x if y is None else y
         hyper = hyper or {}
+        if self.arch == "topk" and dead is None:
+            return self._sparse_topk_loss(params, x, y, hyper)
         pre = self.pre_acts(params, x)
         f, aux = self.activate(params, pre, train=True, hyper=hyper)
         y_hat = self.decode(params, f, x)
@@ -312,6 +314,27 @@ class Dictionary:
             aux["aux_loss"] = aux_loss
             loss = loss + self.aux_coef * aux_loss
         return loss, aux
+
+    def _sparse_topk_loss(self, params, x, y, hyper):
+        """TopK's loss (without AuxK) computed on the k selected latents only: the dense
+        pre-activations pick them (no gradient), then their pre-activations are recomputed
+        from gathered encoder columns and decoded from gathered decoder rows. The same loss
+        and gradients as the dense path, but the backward pass is gathers and scatter-adds
+        of [B, k, d] instead of three dense [B, width] x [width, d] products (as OpenAI's
+        sparse kernels)."""
+        _, idx = jax.lax.top_k(jax.lax.stop_gradient(self.pre_acts(params, x)), self.k)  # [B, k]
+        x_in = x - params["b_dec"] if self.b_dec_to_input else x
+        pre = jnp.einsum("bd,bkd->bk", x_in, jnp.take(params["W_enc"].T, idx, axis=0)) + params["b_enc"][idx]
+        f = jax.nn.relu(pre)
+        if "k" in hyper:
+            f = jnp.where(jnp.arange(self.k) < hyper["k"], f, 0.0)
+        y_hat = jnp.einsum("bk,bkd->bd", f, jnp.take(params["W_dec"], idx, axis=0)) + params["b_dec"]
+        if self.skip:
+            y_hat = y_hat + x @ params["W_skip"]
+        mse = jnp.mean(jnp.sum((y - y_hat) ** 2, -1))
+        fired = (f != 0)
+        counts = jnp.zeros(self.width, jnp.int32).at[idx.reshape(-1)].add(fired.reshape(-1).astype(jnp.int32))
+        return mse, {"mse": mse, "l0": jnp.mean(jnp.sum(fired, -1)), "fired": counts}
 
     def _aux_k_loss(self, params, pre, residual, dead):
         """||e - e_hat||^2 with e_hat decoded (no bias) from the k_aux largest pre-activations
