@@ -10,6 +10,10 @@ of the source on the target in the frozen model: for a target feature its pre-ac
 for a logit node its demeaned logit (logit - mean over the vocabulary); for a source
 feature its activation times its decoder rows, for an error or token node its vector.
 
+Only feature and logit nodes have incoming edges, so the graph keeps just their rows
+(`Graph.rows`, [n_features + n_logits, n_nodes]): at a fixed node budget its memory grows
+linearly in the prompt length. `Graph.adjacency` builds the square matrix on demand.
+
 Rows are vector-Jacobian products of the affine replacement, many at once (`jax.vmap`
 over cotangents, `batch_size` rows per compiled call). Logit rows come first; then, until
 `max_feature_nodes` features are visited, the unvisited features of largest influence on
@@ -29,6 +33,8 @@ from lmjax.errors import LmjaxError
 from lmjax.graph.replacement import Replacement, Transcoders, build_replacement
 from lmjax.graph.replacement import linear as replacement_linear
 
+TOKEN_VECTORS = ("residual", "embedding")
+
 
 @dataclasses.dataclass
 class Graph:
@@ -41,7 +47,7 @@ class Graph:
     selected: np.ndarray  # indices into active_features of the feature nodes, increasing
     logit_tokens: np.ndarray  # [n_logits]
     logit_probabilities: np.ndarray  # [n_logits]
-    adjacency: np.ndarray  # [n_nodes, n_nodes], rows = targets, columns = sources
+    rows: np.ndarray  # [n_features + n_logits, n_nodes]: the feature nodes' rows, then the logit nodes'
 
     @property
     def n_pos(self) -> int:
@@ -52,9 +58,25 @@ class Graph:
         return len(self.selected)
 
     @property
+    def n_nodes(self) -> int:
+        return self.rows.shape[1]
+
+    @property
     def features(self) -> np.ndarray:
         """[n_features, 3]: (layer, position, feature) of the feature nodes."""
         return self.active_features[self.selected]
+
+    @property
+    def row_nodes(self) -> np.ndarray:
+        """The node of each row: the features, then the logits."""
+        return np.concatenate([np.arange(self.n_features), np.arange(self.slices()["logits"].start, self.n_nodes)])
+
+    @property
+    def adjacency(self) -> np.ndarray:
+        """[n_nodes, n_nodes], rows = targets, columns = sources (dense: for small graphs)."""
+        out = np.zeros((self.n_nodes, self.n_nodes), self.rows.dtype)
+        out[self.row_nodes] = self.rows
+        return out
 
     def slices(self) -> dict:
         """Node ranges by kind: features, errors, tokens, logits."""
@@ -69,7 +91,7 @@ class Graph:
         return self.n_features + self.n_layers * self.n_pos + position
 
     def logit_weights(self) -> np.ndarray:
-        w = np.zeros(self.adjacency.shape[0], np.float64)
+        w = np.zeros(self.n_nodes, np.float64)
         w[self.slices()["logits"]] = self.logit_probabilities
         return w
 
@@ -84,156 +106,240 @@ def top_logits(logits, max_logits: int = 10, logit_probability: float = 0.95):
     return order, p[order]
 
 
-class _Rows:
-    """The compiled row computation of one replacement: cotangents in, edge rows out, in
-    blocks of `batch` rows (the last block padded: one compiled shape)."""
+# Source features per step of the compiled loop over them: bounds the [batch, chunk, d]
+# gather of each feature's gradient (about 32 MB at batch 64, d 128).
+_GATHER_ELEMENTS = 2 ** 23
 
-    def __init__(self, rep: Replacement, features: np.ndarray, activations: np.ndarray, batch: int):
+
+class _Rows:
+    """The compiled row computation of one replacement: each row given by its cotangent
+    (an encoder column at a layer and position, or a demeaned one-hot logit), `batch` rows
+    per call (the last call padded: one compiled shape)."""
+
+    def __init__(self, rep: Replacement, features: np.ndarray, activations: np.ndarray, errors, token_vectors,
+                 batch: int):
         t = rep.transcoders
-        self.rep, self.batch = rep, batch
+        self.batch, self.n_sources = batch, len(features)
         layer, pos, index = features.T
-        self.layer, self.pos = layer, pos
+        self.layer, self.pos = layer.astype(np.int32), pos.astype(np.int32)
         # each source feature's writes per layer, times its activation: [n, L, d]
         writes = t.decoder_rows(layer, index) * activations[:, None, None]
         if t.kind == "per_layer":
             writes = writes[np.arange(len(layer)), layer]  # [n, d]: the one layer each writes to
-        self.encoders = t.encoder_columns(layer, index)  # [n, d_in]
+        per_source = writes[0].size if len(writes) else 1
+        chunk = int(max(8, min(_GATHER_ELEMENTS // (batch * per_source), -(-max(len(layer), 1) // 8) * 8)))
+        pad = (-len(layer)) % chunk or (chunk if not len(layer) else 0)
+        writes = np.concatenate([writes, np.zeros((pad,) + writes.shape[1:], np.float32)])
+        self.d_in = t.encoder_columns(np.zeros(1, np.int64), np.zeros(1, np.int64)).shape[1]
+        self.encoders = np.asarray(t.encoder_columns(layer, index), np.float32).reshape(len(layer), self.d_in)
+        self.vocab = int(rep.logits.shape[-1])
         u_embed, u_mlp = rep.u()
-        self.args = (rep.params, rep.tokens, rep.frozen, u_embed, u_mlp, rep.errors, jnp.asarray(writes),
-                     jnp.asarray(layer), jnp.asarray(pos))
-        self._compiled = jax.jit(functools.partial(_rows, rep.model, t))
+        zeros = np.zeros(pad, np.int32)
+        self.args = (rep.params, rep.tokens, rep.frozen, u_embed, u_mlp, jnp.asarray(errors), jnp.asarray(token_vectors),
+                     jnp.asarray(writes, jnp.float32), jnp.asarray(np.concatenate([self.layer, zeros])),
+                     jnp.asarray(np.concatenate([self.pos, zeros])))
+        self._compiled = jax.jit(functools.partial(_rows, rep.model, t, chunk, len(layer)))
 
-    def _run(self, cot_inputs: np.ndarray, cot_logits: np.ndarray) -> np.ndarray:
-        n = len(cot_inputs)
+    def _run(self, pos, layer, enc, logit_vec) -> np.ndarray:
+        n = len(pos)
         pad = (-n) % self.batch
-        if pad:
-            cot_inputs = np.concatenate([cot_inputs, np.zeros((pad,) + cot_inputs.shape[1:], cot_inputs.dtype)])
-            cot_logits = np.concatenate([cot_logits, np.zeros((pad,) + cot_logits.shape[1:], cot_logits.dtype)])
-        out = [np.asarray(self._compiled(*self.args, jnp.asarray(cot_inputs[i:i + self.batch]),
-                                         jnp.asarray(cot_logits[i:i + self.batch])))
-               for i in range(0, len(cot_inputs), self.batch)]
-        return np.concatenate(out)[:n]
 
-    def _zeros(self, n: int):
-        rep = self.rep
-        return (np.zeros((n, rep.n_pos, rep.transcoders.n_layers, self.encoders.shape[1]), np.float32),
-                np.zeros((n,) + tuple(rep.logits.shape), np.float32))
+        def padded(x):
+            return np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+
+        pos, layer, enc, logit_vec = map(padded, (pos, layer, enc, logit_vec))
+        out = [np.asarray(self._compiled(*self.args, pos[i:i + self.batch], layer[i:i + self.batch],
+                                         enc[i:i + self.batch], logit_vec[i:i + self.batch]))
+               for i in range(0, len(pos), self.batch)]
+        return np.concatenate(out)[:n, :]
 
     def feature_rows(self, which: np.ndarray) -> np.ndarray:
         """Rows of the features `which` (indices into the active features): each one's
         pre-activation, through its encoder column at its layer and position."""
-        cot_inputs, cot_logits = self._zeros(len(which))
-        cot_inputs[np.arange(len(which)), self.pos[which], self.layer[which]] = self.encoders[which]
-        return self._run(cot_inputs, cot_logits)
+        return self._run(self.pos[which], self.layer[which], self.encoders[which],
+                         np.zeros((len(which), self.vocab), np.float32))
 
     def logit_rows(self, tokens: np.ndarray) -> np.ndarray:
         """Rows of the demeaned logits of `tokens` at the last position."""
-        cot_inputs, cot_logits = self._zeros(len(tokens))
-        vocab = cot_logits.shape[-1]
-        cot_logits[:, -1] = -1.0 / vocab
-        cot_logits[np.arange(len(tokens)), -1, tokens] += 1.0
-        return self._run(cot_inputs, cot_logits)
+        vec = np.full((len(tokens), self.vocab), -1.0 / self.vocab, np.float32)
+        vec[np.arange(len(tokens)), tokens] += 1.0
+        n = len(tokens)
+        return self._run(np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros((n, self.d_in), np.float32), vec)
 
 
-def _rows(model, transcoders, params, tokens, frozen, u_embed, u_mlp, errors, writes, layer, pos,
-          cot_inputs, cot_logits):
-    """[B, n_features + L * P + P] edges of B rows given by their cotangents."""
+def _rows(model, transcoders, chunk, n_sources, params, tokens, frozen, u_embed, u_mlp, errors, token_vectors, writes,
+          layer, pos, row_pos, row_layer, row_enc, row_logit):
+    """[B, n_sources + L * P + P] edges of the B rows given by their cotangents."""
     _, vjp = jax.vjp(lambda ue, um: replacement_linear(model, transcoders, params, tokens, frozen, ue, um),
                      u_embed, u_mlp)
+    b, n_pos, n_layers = row_pos.shape[0], tokens.shape[0], u_mlp.shape[0]
+    cot_inputs = jnp.zeros((b, n_pos, n_layers, row_enc.shape[-1]), jnp.float32)
+    cot_inputs = cot_inputs.at[jnp.arange(b), row_pos, row_layer].set(row_enc)
+    cot_logits = jnp.zeros((b, n_pos, row_logit.shape[-1]), jnp.float32).at[:, -1].set(row_logit)
+    g_embed, g_mlp = jax.vmap(vjp)((cot_inputs, cot_logits))  # [B, P, d], [B, L, P, d]
+    token = jnp.einsum("bpd,pd->bp", g_embed, token_vectors)
+    error = jnp.einsum("blpd,lpd->blp", g_mlp, errors).reshape(b, -1)
 
-    def one(ci, cl):
-        g_embed, g_mlp = vjp((ci, cl))  # [P, d], [L, P, d]
-        token = jnp.sum(g_embed * u_embed, -1)
-        error = jnp.sum(g_mlp * errors, -1).reshape(-1)
-        if writes.ndim == 2:  # per-layer transcoders
-            feature = jnp.sum(g_mlp[layer, pos] * writes, -1)
-        else:
-            feature = jnp.einsum("lnd,nld->n", g_mlp[:, pos], writes)
-        return jnp.concatenate([feature, error, token])
+    def block(args):  # one chunk of source features: its gradients gathered, dotted with its writes
+        w, l, p = args
+        if w.ndim == 2:  # per-layer transcoders: [chunk, d]
+            return jnp.einsum("bnd,nd->bn", g_mlp[:, l, p], w)
+        return jnp.einsum("blnd,nld->bn", g_mlp[:, :, p], w)
 
-    return jax.vmap(one)(cot_inputs, cot_logits)
+    n = writes.shape[0]
+    blocks = jax.lax.map(block, (writes.reshape((n // chunk, chunk) + writes.shape[1:]),
+                                 layer.reshape(-1, chunk), pos.reshape(-1, chunk)))  # [n / chunk, B, chunk]
+    feature = jnp.moveaxis(blocks, 1, 0).reshape(b, n)[:, :n_sources]
+    return jnp.concatenate([feature, error, token], 1)
 
 
-def active_features(rep: Replacement):
-    """([n, 3] (layer, position, feature) in that order, [n] activations) of the nonzero features."""
+def active_features(rep: Replacement, zero_first_position: bool = False):
+    """([n, 3] (layer, position, feature) in that order, [n] activations) of the nonzero features
+    (without position 0's when `zero_first_position`)."""
     acts = np.asarray(rep.acts)  # [P, L, width]
     pos, layer, index = np.nonzero(acts)
+    keep = pos > 0 if zero_first_position else np.ones(len(pos), bool)
+    pos, layer, index = pos[keep], layer[keep], index[keep]
     order = np.lexsort((index, pos, layer))
     features = np.stack([layer, pos, index], 1)[order].astype(np.int64)
     return features, acts[pos, layer, index][order].astype(np.float32)
 
 
-def partial_influence(rows: np.ndarray, row_nodes: np.ndarray, logit_probabilities: np.ndarray,
-                      max_iter: int = 128) -> np.ndarray:
-    """circuit-tracer's partial influences: the influence on the logits of every source
-    column, by power iteration over the rows computed so far (`row_nodes[i]`: the column
-    of row i's node; the logit rows are the last ones and have no column)."""
-    a = np.abs(rows.astype(np.float64))
-    a /= np.maximum(a.sum(1, keepdims=True), 1e-8)
-    n_logits = len(logit_probabilities)
-    weights = np.zeros(len(rows))
-    weights[-n_logits:] = logit_probabilities
-    influence = np.zeros(rows.shape[1])
-    for _ in range(max_iter):
-        prod = weights @ a
-        if not prod.any():
-            return influence
-        influence += prod
-        weights = np.concatenate([prod[row_nodes[:-n_logits]], np.zeros(n_logits)])
-    raise LmjaxError(f"feature influences did not converge in {max_iter} iterations")
+class _Influence:
+    """circuit-tracer's partial influences over the rows computed so far: each row's
+    |edges| normalised to sum 1 is kept as it arrives (float32, like circuit-tracer's), so
+    every power-iteration step is one matrix-vector product."""
+
+    def __init__(self, logit_rows: np.ndarray, logit_probabilities: np.ndarray, capacity: int, n_sources: int):
+        self.n_sources = n_sources  # only source features are propagated: the other columns have no rows
+        self.a = np.zeros((capacity + len(logit_rows), n_sources), np.float32)
+        self.nodes = np.zeros(capacity, np.int64)
+        self.p = np.asarray(logit_probabilities, np.float32)
+        self.n = 0
+        self.add(logit_rows)
+
+    def add(self, rows: np.ndarray, nodes: Optional[np.ndarray] = None) -> None:
+        a = np.abs(rows)
+        a /= np.maximum(a.sum(1, keepdims=True), 1e-8)
+        self.a[self.n:self.n + len(rows)] = a[:, :self.n_sources]
+        if nodes is not None:
+            self.nodes[self.n - len(self.p):self.n - len(self.p) + len(rows)] = nodes
+        self.n += len(rows)
+
+    def __call__(self, max_iter: int = 128) -> np.ndarray:
+        """[n_sources]: every source feature's influence on the logits through the visited rows."""
+        n_logits = len(self.p)
+        weights = np.zeros(self.n, np.float32)
+        weights[:n_logits] = self.p
+        influence = np.zeros(self.n_sources, np.float32)
+        for _ in range(max_iter):
+            prod = weights @ self.a[:self.n]
+            if not prod.any():
+                return influence
+            influence += prod
+            weights = np.concatenate([np.zeros(n_logits, np.float32), prod[self.nodes[:self.n - n_logits]]])
+        raise LmjaxError(f"feature influences did not converge in {max_iter} iterations")
 
 
 def attribute(model, params, tokens, transcoders: Transcoders, *, max_feature_nodes: Optional[int] = None,
               max_logits: int = 10, logit_probability: float = 0.95, batch_size: int = 64,
-              update_interval: int = 4, progress: bool = False) -> Graph:
+              update_interval: int = 4, zero_first_position: bool = False, token_vectors: str = "residual",
+              progress: bool = False) -> Graph:
     """The attribution graph of the prediction after `tokens` [P] (see the module docstring).
 
     max_feature_nodes: the features given rows (None: every active feature); the rest are
-    left out of the graph. batch_size: rows per compiled call."""
+    left out of the graph. batch_size: rows per compiled call.
+    zero_first_position: leave out position 0's features and give its error nodes zero
+    vectors (circuit-tracer's convention for the BOS it puts there, whose activations are
+    outliers); its token node stays. token_vectors: what a token node's vector is,
+    "residual" (token plus position embedding: all that enters the residual stream) or
+    "embedding" (the token embedding alone, circuit-tracer's hook_embed; a learned position
+    embedding then enters on no node). For circuit-tracer's graph of the same prompt, give
+    zero_first_position=True and token_vectors="embedding"."""
     if batch_size < 1 or (max_feature_nodes is not None and max_feature_nodes < 0):
         raise LmjaxError(f"batch_size must be >= 1 and max_feature_nodes >= 0; got {batch_size}, {max_feature_nodes}")
+    if token_vectors not in TOKEN_VECTORS:
+        raise LmjaxError(f"token_vectors must be one of {list(TOKEN_VECTORS)}; got {token_vectors!r}")
+    if update_interval < 1:
+        raise LmjaxError(f"update_interval must be >= 1; got {update_interval}")
     rep = build_replacement(model, params, tokens, transcoders)
-    features, activations = active_features(rep)
+    features, activations = active_features(rep, zero_first_position)
     n_active = len(features)
     logit_tokens, logit_p = top_logits(rep.logits[-1], max_logits, logit_probability)
-    rows_fn = _Rows(rep, features, activations, batch_size)
+    errors = np.array(rep.errors, np.float32)
+    if zero_first_position:
+        errors[:, 0] = 0.0
+    rows_fn = _Rows(rep, features, activations, errors, _token_vectors(rep, token_vectors), batch_size)
 
     budget = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+    n_logits = len(logit_tokens)
     logit_rows = rows_fn.logit_rows(logit_tokens)
-    feature_rows = np.zeros((budget, logit_rows.shape[1]), np.float32)
-    visited = np.zeros(n_active, bool)
-    row_nodes = np.zeros(budget, np.int64)
-    done = 0
+    n_cols = logit_rows.shape[1]  # sources: active features, errors, tokens
     bar = _progress(budget, progress)
-    while done < budget:
-        if budget == n_active:
-            pending = np.arange(n_active)
-        else:
-            stacked = np.concatenate([feature_rows[:done], logit_rows])
-            influence = partial_influence(stacked, np.concatenate([row_nodes[:done], [0] * len(logit_rows)]),
-                                          logit_p)[:n_active]
-            rank = np.argsort(-influence, kind="stable")
-            pending = rank[~visited[rank]][:min(update_interval * batch_size, budget - done)]
-        for start in range(0, len(pending), batch_size):
-            which = pending[start:start + batch_size]
-            feature_rows[done:done + len(which)] = rows_fn.feature_rows(which)
-            row_nodes[done:done + len(which)] = which
-            visited[which] = True
-            done += len(which)
-            if bar is not None:
-                bar.update(len(which))
+    if budget == n_active:  # every feature, in node order: the rows go straight into the graph
+        selected = np.arange(n_active)
+        rows = np.zeros((budget + n_logits, n_cols + n_logits), np.float32)
+        for start in range(0, budget, batch_size):
+            which = selected[start:start + batch_size]
+            rows[start:start + len(which), :n_cols] = rows_fn.feature_rows(which)
+            _update(bar, len(which))
+    else:
+        selected, rows = _visit_by_influence(rows_fn, logit_rows, logit_p, n_active, budget, batch_size,
+                                             update_interval, bar)
+    rows[budget:, :n_cols - (n_active - budget)] = logit_rows[:, _columns(selected, n_active, n_cols)]
     if bar is not None:
         bar.close()
-
-    selected = np.flatnonzero(visited)
-    columns = np.concatenate([selected, np.arange(n_active, logit_rows.shape[1])])
-    order = np.argsort(row_nodes, kind="stable")  # rows in node order
-    n_nodes = len(columns) + len(logit_tokens)
-    adjacency = np.zeros((n_nodes, n_nodes), np.float32)
-    adjacency[:budget, :len(columns)] = feature_rows[order][:, columns]
-    adjacency[n_nodes - len(logit_tokens):, :len(columns)] = logit_rows[:, columns]
     return Graph(np.asarray(tokens), rep.transcoders.n_layers, features, activations, selected,
-                 np.asarray(logit_tokens), logit_p.astype(np.float32), adjacency)
+                 np.asarray(logit_tokens), logit_p.astype(np.float32), rows)
+
+
+def _columns(selected: np.ndarray, n_active: int, n_cols: int) -> np.ndarray:
+    """The computed columns that are graph nodes: the selected features, the errors and tokens."""
+    return np.concatenate([selected, np.arange(n_active, n_cols)])
+
+
+def _visit_by_influence(rows_fn: _Rows, logit_rows, logit_p, n_active, budget, batch_size, update_interval, bar):
+    """(selected, rows): the `budget` features of largest partial influence, visited in
+    batches, re-ranked every `update_interval` batches (circuit-tracer's order)."""
+    n_cols = logit_rows.shape[1]
+    computed = np.zeros((budget, n_cols), np.float32)  # in visiting order
+    order = np.zeros(budget, np.int64)
+    visited = np.zeros(n_active, bool)
+    influence = _Influence(logit_rows, logit_p, budget, n_active)
+    done = 0
+    while done < budget:
+        rank = np.argsort(-influence(), kind="stable")
+        pending = rank[~visited[rank]][:min(update_interval * batch_size, budget - done)]
+        for start in range(0, len(pending), batch_size):
+            which = pending[start:start + batch_size]
+            batch = rows_fn.feature_rows(which)
+            computed[done:done + len(which)] = batch
+            influence.add(batch, which)
+            order[done:done + len(which)] = which
+            visited[which] = True
+            done += len(which)
+            _update(bar, len(which))
+    del influence
+    selected = np.flatnonzero(visited)
+    columns = _columns(selected, n_active, n_cols)
+    rows = np.zeros((budget + len(logit_rows), len(columns) + len(logit_rows)), np.float32)
+    by_node = np.argsort(order, kind="stable")  # visiting order -> node order
+    for start in range(0, budget, 256):  # a block at a time: no second copy of the rows
+        block = by_node[start:start + 256]
+        rows[start:start + len(block), :len(columns)] = computed[block][:, columns]
+    return selected, rows
+
+
+def _token_vectors(rep: Replacement, which: str) -> np.ndarray:
+    if which == "residual":
+        return np.asarray(rep.u_embed, np.float32)
+    _, cache = rep.model.run_with_cache(rep.params, rep.tokens[None], ("hook_embed",))
+    return np.asarray(cache["hook_embed"][0], np.float32)
+
+
+def _update(bar, n: int) -> None:
+    if bar is not None:
+        bar.update(n)
 
 
 def _progress(total: int, enabled: bool):
