@@ -1,7 +1,7 @@
-"""Attribution graphs (lmjax.graph), on attention (GPT-2 and Llama shapes), Mamba and a
-hybrid: the replacement reproduces the model and is affine, every edge equals the effect of
-injecting its source (circuit-tracer's own exactness check), the logit is the sum of its
-edges, the node budget keeps the rows it visits, and pruning and scores agree with
+"""Attribution graphs (lmjax.graph), on attention (GPT-2 and Llama shapes), Mamba, a
+hybrid, LSTM + GRU and gated convolution: the replacement reproduces the model and is
+affine, every edge equals the effect of injecting its source (circuit-tracer's own
+exactness check), the logit is the sum of its edges, the node budget keeps the rows it visits, and pruning and scores agree with
 circuit-tracer's functions run on the same adjacency."""
 from __future__ import annotations
 
@@ -17,12 +17,15 @@ from _model_fixtures import GPT2, LLAMA, random_params, random_tokens
 from lmjax.errors import LmjaxError
 from lmjax.graph import Transcoders, attribute, build_replacement
 from lmjax.graph.prune import node_influence, prune, scores
+from lmjax.graph.replacement import FROZEN_MIXER_POINTS
 from lmjax.model import ModelConfig, Transformer
+from lmjax.model.config import MIXER_LETTERS
 from lmjax.sae.architectures import Dictionary
 from lmjax.sae.crosslayer import CrossLayerTranscoder
 
 N_LAYER, D, WIDTH, N_POS = 2, 32, 48, 9
-MODELS = {"gpt2": GPT2, "llama": LLAMA, "mamba": dict(GPT2, mixer="mamba"), "hybrid": dict(GPT2, layer_pattern="MA")}
+MODELS = {"gpt2": GPT2, "llama": LLAMA, "mamba": dict(GPT2, mixer="mamba"), "hybrid": dict(GPT2, layer_pattern="MA"),
+          "recurrent": dict(GPT2, layer_pattern="LG"), "conv": dict(GPT2, layer_pattern="CA")}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
@@ -236,6 +239,7 @@ def test_one_line_errors_before_anything_runs(model):
     sae = Dictionary("relu", D, WIDTH, hook_in="blocks.0.hook_resid_post")
     with pytest.raises(LmjaxError, match="transcoders"):
         Transcoders.of([sae, t.dictionaries[1]], t.params)
-    lstm = ModelConfig(vocab_size=61, d_model=D, n_layer=N_LAYER, max_len=16, layer_pattern="LA", **GPT2)
-    with pytest.raises(LmjaxError, match="lstm"):
-        attribute(Transformer(lstm), None, tokens, t)
+
+
+def test_every_mixer_names_what_freezes_it():
+    assert set(FROZEN_MIXER_POINTS) == set(MIXER_LETTERS.values())

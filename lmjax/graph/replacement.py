@@ -4,9 +4,11 @@ For a prompt, every MLP output is replaced by what a transcoder (or a cross-laye
 transcoder over all layers) writes there, plus an error vector (true output minus the
 reconstruction) that makes the replacement reproduce the model. Attention patterns and
 normalisation scales are then frozen at their values on this prompt: each hook_pattern
-and hook_scale is replaced by its cached value. A Mamba block is frozen the same way: its
-SiLU ratio, step sizes delta, B, C and gate (FROZEN_MIXER_POINTS), which leaves its scan
-linear in its input. What remains between the residual stream's inputs and the logits
+and hook_scale is replaced by its cached value. The other mixers are frozen the same way
+(FROZEN_MIXER_POINTS): a Mamba block's SiLU ratio, step sizes delta, B, C and gate, which
+leaves its scan linear in its input; an LSTM's or GRU's gate factors (its sigmoid gates and
+tanh ratios, lmjax.model.recurrent), which leave its recurrence linear; a gated
+convolution's gate. What remains between the residual stream's inputs and the logits
 (embeddings, frozen mixers, frozen norms, residual additions, the unembedding) is affine,
 so
 
@@ -30,16 +32,21 @@ import numpy as np
 
 from lmjax.errors import LmjaxError
 from lmjax.model import hook_names
+from lmjax.model.recurrent import GRU, LSTM
 from lmjax.sae.architectures import Dictionary
 from lmjax.sae.crosslayer import CrossLayerTranscoder
 
 EMBED_HOOK = "blocks.0.hook_resid_pre"
 # What makes each mixer nonlinear in its input on one prompt, frozen at its value there:
 # attention's pattern; Mamba's SiLU ratio, step sizes, B, C and gate (the scan is then
-# linear in its input x, and so is the block).
+# linear in its input x, and so is the block); the recurrent cells' gate factors; the
+# convolution's gate before its sigmoid (value * sigmoid(frozen gate) is linear in value).
 FROZEN_MIXER_POINTS = {
     "attention": ("attn.hook_pattern",),
     "mamba": ("mixer.hook_silu_ratio", "mixer.hook_delta", "mixer.hook_B", "mixer.hook_C", "mixer.hook_gate"),
+    "lstm": tuple(f"mixer.{n}" for n in LSTM.factor_names),
+    "gru": tuple(f"mixer.{n}" for n in GRU.factor_names),
+    "conv": ("mixer.hook_gate",),
 }
 
 
@@ -96,10 +103,6 @@ class Transcoders:
         if self.hooks_out != want:
             raise LmjaxError(f"the transcoders write to {list(self.hooks_out)}; the replacement model needs one "
                              f"per MLP, in order: {list(want)}")
-        others = sorted({m for m in cfg.layer_mixers if m not in FROZEN_MIXER_POINTS})
-        if others:
-            raise LmjaxError(f"attribution graphs freeze {' and '.join(sorted(FROZEN_MIXER_POINTS))} mixers; this "
-                             f"model has {others} layers")
         model.check_hook_names(self.hooks_in)
 
     def encode(self, x):

@@ -17,6 +17,16 @@ state width; the LSTM's forget-gate bias is set to 1 (Jozefowicz et al. 2015).
 
 Hook points (under blocks.{l}.mixer.): hook_h [b, t, H] (the outputs h_t; a patch there
 changes what reaches out_proj, not the recurrence), and for the LSTM hook_c [b, t, H].
+
+The gate factors are hook points too, each [b, t, H]: the LSTM's hook_input_gate sigmoid(i),
+hook_forget_gate sigmoid(f), hook_output_gate sigmoid(o), hook_candidate_ratio tanh(g) / g and
+hook_cell_ratio tanh(c) / c; the GRU's hook_reset_gate r, hook_update_gate z and
+hook_candidate_ratio tanh(a) / a (a = n_x + r n_h). Written with them the cell is
+    LSTM: c_t = F c_{t-1} + I R_g g_t;  h_t = O R_c c_t      GRU: h_t = (1 - z) R a_t + z h_{t-1}
+so with the factors held at fixed values the recurrence is affine in its input (what an
+attribution graph freezes, lmjax.graph). Only when one of them is cached or changed does the
+layer compute them (from the scan's states) and run the recurrence a second time in this
+factored form, from the hooked factors; otherwise the plain cell runs alone.
 """
 from __future__ import annotations
 
@@ -49,6 +59,50 @@ def gru_cell(h, gates_x, u, b_h):
     return (1 - z) * n + z * h
 
 
+def tanh_ratio(a):
+    """tanh(a) / a, finite at 0 (where it is 1 - a^2 / 3 to float32 precision)."""
+    small = jnp.abs(a) < 1e-4
+    return jnp.where(small, 1.0 - a * a / 3.0, jnp.tanh(a) / jnp.where(small, 1.0, a))
+
+
+def previous(first, seq):
+    """The carries before each position: [b, t, ...] from the initial carry and the scan's."""
+    return jnp.concatenate([first[:, None], seq[:, :-1]], 1)
+
+
+def lstm_factors(carry, gates_x, u, seq):
+    """The gate factors at every position (see the module docstring), from the scan's states."""
+    h_prev, c_prev = previous(carry[0], seq[0]), previous(carry[1], seq[1])
+    g = gates_x + jnp.einsum("bth,hgk->btgk", h_prev, u)
+    return {"hook_input_gate": nn.sigmoid(g[:, :, 0]), "hook_forget_gate": nn.sigmoid(g[:, :, 1]),
+            "hook_output_gate": nn.sigmoid(g[:, :, 3]), "hook_candidate_ratio": tanh_ratio(g[:, :, 2]),
+            "hook_cell_ratio": tanh_ratio(seq[1])}
+
+
+def lstm_factored_cell(carry, gates_x, u, factors):
+    """The LSTM cell from given factors [b, 5, H] (input, forget, output, candidate, cell)."""
+    h, c = carry
+    i, f, o, r_g, r_c = (factors[:, j] for j in range(5))
+    g = gates_x[:, 2] + h @ u[:, 2]
+    c = f * c + i * r_g * g
+    return o * r_c * c, c
+
+
+def gru_factors(carry, gates_x, u, b_h, seq):
+    h_prev = previous(carry, seq)
+    gh = jnp.einsum("bth,hgk->btgk", h_prev, u) + b_h
+    r = nn.sigmoid(gates_x[:, :, 0] + gh[:, :, 0])
+    return {"hook_reset_gate": r, "hook_update_gate": nn.sigmoid(gates_x[:, :, 1] + gh[:, :, 1]),
+            "hook_candidate_ratio": tanh_ratio(gates_x[:, :, 2] + r * gh[:, :, 2])}
+
+
+def gru_factored_cell(h, gates_x, u, b_h, factors):
+    """The GRU cell from given factors [b, 3, H] (reset, update, candidate ratio)."""
+    r, z, ratio = factors[:, 0], factors[:, 1], factors[:, 2]
+    a = gates_x[:, 2] + r * (h @ u[:, 2] + b_h[2])
+    return (1 - z) * ratio * a + z * h
+
+
 def run_cells(step, carry, gates_x, valid=None, unroll: int = 8):
     """Scan `step(carry, gates_x_t) -> carry` over positions; gates_x [b, t, ...].
     Positions where `valid` [b, t] is False (padding) leave the carry unchanged.
@@ -72,6 +126,7 @@ class _Recurrent(nn.Module):
     cfg: ModelConfig
     name_prefix: str  # "blocks.{l}.mixer"
     n_gates = 0
+    factor_names = ()
 
     @staticmethod
     def hook_suffixes(cfg: ModelConfig) -> list[str]:
@@ -95,7 +150,14 @@ class _Recurrent(nn.Module):
         extra = self.extra_params(bound)
         step = lambda carry, g: self.cell(carry, g, u.astype(jnp.float32), extra)
         carry = self.initial(x.shape[0]) if cache is None else self.from_cache(cache)
-        last, seq = run_cells(step, carry, gates_x, valid_mask(lengths, x.shape[1]))
+        valid = valid_mask(lengths, x.shape[1])
+        last, seq = run_cells(step, carry, gates_x, valid)
+        if hooks is not None and any(hooks.touches(f"{self.name_prefix}.{n}") for n in self.factor_names):
+            u32 = u.astype(jnp.float32)
+            factors = self.factors(carry, gates_x, u32, extra, seq)
+            factors = jnp.stack([self.point(hooks, layer_index, n, factors[n]) for n in self.factor_names], 2)
+            factored = lambda c, g: self.factored_cell(c, g[:, :self.n_gates], u32, extra, g[:, self.n_gates:])
+            last, seq = run_cells(factored, carry, jnp.concatenate([gates_x, factors], 2), valid)
         h = self.hook_sequence(seq, hooks, layer_index)
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
         out = Dense(cfg, (d,), ("mlp", "embed"), out_std, cfg.use_bias, name="out_proj")(h.astype(cfg.compute_dtype))
@@ -107,10 +169,12 @@ class _Recurrent(nn.Module):
 
 class LSTM(_Recurrent):
     n_gates = 4
+    factor_names = ("hook_input_gate", "hook_forget_gate", "hook_output_gate", "hook_candidate_ratio",
+                    "hook_cell_ratio")
 
     @staticmethod
     def hook_suffixes(cfg: ModelConfig) -> list[str]:
-        return ["hook_c", "hook_h"]
+        return list(LSTM.factor_names) + ["hook_c", "hook_h"]
 
     @staticmethod
     def init_state(cfg: ModelConfig, batch: int, dtype) -> dict:
@@ -127,6 +191,12 @@ class LSTM(_Recurrent):
 
     def cell(self, carry, gates_x, u, extra):
         return lstm_cell(carry, gates_x, u)
+
+    def factors(self, carry, gates_x, u, extra, seq):
+        return lstm_factors(carry, gates_x, u, seq)
+
+    def factored_cell(self, carry, gates_x, u, extra, factors):
+        return lstm_factored_cell(carry, gates_x, u, factors)
 
     def initial(self, batch):
         zeros = jnp.zeros((batch, self.cfg.rnn_width), jnp.float32)
@@ -146,6 +216,11 @@ class LSTM(_Recurrent):
 
 class GRU(_Recurrent):
     n_gates = 3
+    factor_names = ("hook_reset_gate", "hook_update_gate", "hook_candidate_ratio")
+
+    @staticmethod
+    def hook_suffixes(cfg: ModelConfig) -> list[str]:
+        return list(GRU.factor_names) + ["hook_h"]
 
     @staticmethod
     def init_state(cfg: ModelConfig, batch: int, dtype) -> dict:
@@ -162,6 +237,12 @@ class GRU(_Recurrent):
 
     def cell(self, h, gates_x, u, b_h):
         return gru_cell(h, gates_x, u, b_h)
+
+    def factors(self, carry, gates_x, u, b_h, seq):
+        return gru_factors(carry, gates_x, u, b_h, seq)
+
+    def factored_cell(self, h, gates_x, u, b_h, factors):
+        return gru_factored_cell(h, gates_x, u, b_h, factors)
 
     def initial(self, batch):
         return jnp.zeros((batch, self.cfg.rnn_width), jnp.float32)
