@@ -5,7 +5,6 @@ exactness check), the logit is the sum of its edges, the node budget keeps the r
 circuit-tracer's functions run on the same adjacency."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -49,17 +48,22 @@ def _least_squares(f, y):
 
 def per_layer_transcoders(model, seed=0):
     """Random encoders, decoders fitted by least squares to the MLPs on other tokens: a
-    replacement that explains much but not all (errors of a realistic size)."""
+    replacement that explains much but not all (errors of a realistic size). Layer 0's has a
+    random linear skip (the graph's paths through it are linear edges too)."""
     x, y = _mlp_samples(model)
     ds, ps = [], []
     for l in range(N_LAYER):
         d = Dictionary("relu", D, WIDTH, hook_in=f"blocks.{l}.ln2.hook_normalized", hook_out=f"blocks.{l}.hook_mlp_out",
-                       input_scale=1.3, output_scale=0.7)
+                       input_scale=1.3, output_scale=0.7, skip=l == 0)
         p = d.init(jax.random.key(seed + l))
         p["b_enc"] = p["b_enc"] - 0.05  # about half the features active
         p["b_dec"] = 0.1 * jax.random.normal(jax.random.key(seed + 10 + l), (D,))
+        target = y[:, l] * d.output_scale - np.asarray(p["b_dec"])
+        if d.skip:
+            p["W_skip"] = 0.2 * jax.random.normal(jax.random.key(seed + 20 + l), (D, D)) / np.sqrt(D)
+            target = target - x[:, l] * d.input_scale @ np.asarray(p["W_skip"])
         f = d.encode(p, x[:, l] * d.input_scale)
-        p["W_dec"] = jnp.asarray(_least_squares(f, y[:, l] * d.output_scale - np.asarray(p["b_dec"])))
+        p["W_dec"] = jnp.asarray(_least_squares(f, target))
         ds.append(d)
         ps.append(p)
     return Transcoders.of(ds, ps)
@@ -233,9 +237,6 @@ def test_one_line_errors_before_anything_runs(model):
         attribute(m, params, tokens[None], t)
     with pytest.raises(LmjaxError, match="one per MLP"):
         attribute(m, params, tokens, Transcoders.of(t.dictionaries[:1], t.params[:1]))
-    skip = dataclasses.replace(t.dictionaries[0], skip=True)
-    with pytest.raises(LmjaxError, match="skip"):
-        Transcoders.of([skip, t.dictionaries[1]], t.params)
     sae = Dictionary("relu", D, WIDTH, hook_in="blocks.0.hook_resid_post")
     with pytest.raises(LmjaxError, match="transcoders"):
         Transcoders.of([sae, t.dictionaries[1]], t.params)

@@ -15,8 +15,12 @@ so
     linear(u_embed, u_mlp) -> (the transcoders' inputs [P, L, d_in], logits [P, vocab])
 
 with u_embed [P, d] = what enters at blocks.0.hook_resid_pre (token + position
-embedding), u_mlp [L, P, d] = what each layer writes at hook_mlp_out. At the prompt's own u
-it reproduces the model; its vector-Jacobian products are the attribution graph's edges.
+embedding), u_mlp [L, P, d] = what each layer writes at hook_mlp_out besides a transcoder's
+linear skip (features, decoder bias, error). A skip (x W_skip, x the transcoder's input) is
+part of the replacement: `linear` adds it to the layer's output from the input of the same
+forward pass, so effects through it are edges like any other linear path. At the prompt's
+own u it reproduces the model; its vector-Jacobian products are the attribution graph's
+edges.
 
 The patterns are frozen by value (not by stop_gradient), so `linear` is affine for any u,
 not only at the prompt: injecting a vector and running it forward is the exactness check.
@@ -24,6 +28,7 @@ not only at the prompt: injecting a vector and running it forward is the exactne
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -52,6 +57,16 @@ FROZEN_MIXER_POINTS = {
 
 def _replace(_activation, frozen):
     return frozen
+
+
+def _keep(seen, layer, x, _payload):
+    seen[layer] = x
+    return x
+
+
+def _add_skip(seen, layer, _y, payload):
+    u, w = payload
+    return u + seen[layer] @ w
 
 
 # -- The transcoders, one interface for per-layer transcoders and a cross-layer one -------------
@@ -86,9 +101,6 @@ class Transcoders:
             if not isinstance(d, Dictionary) or not d.is_transcoder:
                 raise LmjaxError(f"an attribution graph needs transcoders (hook_in != hook_out); got "
                                  f"{getattr(d, 'hook_in', d)!r} -> {getattr(d, 'hook_out', '')!r}")
-            if d.skip:
-                raise LmjaxError(f"the transcoder at {d.hook_out} has a linear skip; attribution through a skip "
-                                 "path is not supported yet: train it with skip=False")
         widths = {d.width for d in dictionaries}
         if len(widths) != 1:
             raise LmjaxError(f"the transcoders have different widths {sorted(widths)}; the graph needs one width")
@@ -150,16 +162,26 @@ class Transcoders:
             out[rows, l] = np.asarray(p["W_dec"])[index[rows]] / d.output_scale
         return out
 
+    def skip_weights(self):
+        """[L, d_in, d_out] per-layer skips in model units (raw input -> model output), or
+        None when no transcoder has one."""
+        if self.kind == "cross_layer" or not any(d.skip for d in self.dictionaries):
+            return None
+        return jnp.stack([p["W_skip"] * (d.input_scale / d.output_scale) if d.skip
+                          else jnp.zeros((d.d_in, d.d_out), jnp.float32)
+                          for d, p in zip(self.dictionaries, self.params)])
+
     def reconstruct(self, acts):
         """activations [P, L, width] -> what they write to each MLP output [P, L, d_out], and
-        the decoder biases' part of it, both in model units."""
+        the decoder biases' part of it, both in model units (a skip's part is not in it:
+        see skip_weights)."""
         if self.kind == "cross_layer":
             clt = self.dictionaries
             scales = jnp.asarray(clt.output_scales, jnp.float32)[:, None]
             return clt.decode(self.params, acts) / scales, self.params["b_dec"] / scales
         outs, biases = [], []
         for l, (d, p) in enumerate(zip(self.dictionaries, self.params)):
-            outs.append(d.decode(p, acts[:, l]) / d.output_scale)
+            outs.append((acts[:, l] @ p["W_dec"] + p["b_dec"]) / d.output_scale)
             biases.append(p["b_dec"] / d.output_scale)
         return jnp.stack(outs, 1), jnp.stack(biases)
 
@@ -177,8 +199,9 @@ class Replacement:
     frozen: dict  # hook name -> its value on this prompt (patterns, scales)
     u_embed: jax.Array  # [P, d]
     mlp_out: jax.Array  # [L, P, d]: the true MLP outputs
-    reconstruction: jax.Array  # [L, P, d]: what the features write, decoder biases included
+    reconstruction: jax.Array  # [L, P, d]: what the features write, decoder biases and skips included
     bias: jax.Array  # [L, d]: the decoder biases' part of the reconstruction
+    skip: jax.Array  # [L, P, d]: the linear skips' part of it (zeros without skips)
     errors: jax.Array  # [L, P, d] = mlp_out - reconstruction
     pre: jax.Array  # [P, L, width]
     acts: jax.Array  # [P, L, width]
@@ -195,8 +218,9 @@ class Replacement:
                       with_inputs=with_inputs)
 
     def u(self):
-        """The prompt's own (u_embed, u_mlp): reconstruction + error = the true MLP outputs."""
-        return self.u_embed, self.reconstruction + self.errors
+        """The prompt's own (u_embed, u_mlp): reconstruction + error - skip (which `linear`
+        adds back from the live input) = the true MLP outputs."""
+        return self.u_embed, self.reconstruction - self.skip + self.errors
 
 
 def linear(model, transcoders: Transcoders, params, tokens, frozen: dict, u_embed, u_mlp, *,
@@ -205,8 +229,18 @@ def linear(model, transcoders: Transcoders, params, tokens, frozen: dict, u_embe
     arguments rather than as constants)."""
     interventions = {name: (_replace, value) for name, value in frozen.items()}
     interventions[EMBED_HOOK] = (_replace, u_embed[None])
-    for l, name in enumerate(transcoders.hooks_out):
-        interventions[name] = (_replace, u_mlp[l][None])
+    w_skip = transcoders.skip_weights()
+    if w_skip is None:
+        for l, name in enumerate(transcoders.hooks_out):
+            interventions[name] = (_replace, u_mlp[l][None])
+    else:
+        # A skip reads the transcoder's input of this same forward pass: the input hook
+        # keeps it (trace time; a layer's input hook runs before its output hook) for the
+        # output hook to add x W_skip to u_mlp.
+        seen = {}
+        for l, (name_in, name_out) in enumerate(zip(transcoders.hooks_in, transcoders.hooks_out)):
+            interventions[name_in] = (functools.partial(_keep, seen, l), ())
+            interventions[name_out] = (functools.partial(_add_skip, seen, l), (u_mlp[l][None], w_skip[l]))
     names = transcoders.hooks_in if with_inputs else ()
     # explicit positions select attention's explicit core, whose pattern is the hooked one
     positions = jnp.arange(tokens.shape[0])[None]
@@ -241,9 +275,12 @@ def build_replacement(model, params, tokens, transcoders: Transcoders) -> Replac
     pre, acts = transcoders.encode(x)
     recon, bias = transcoders.reconstruct(acts)
     recon = jnp.moveaxis(recon, 1, 0)
+    w_skip = transcoders.skip_weights()
+    skip = jnp.zeros_like(recon) if w_skip is None else jnp.einsum("pli,lio->lpo", x, w_skip)
+    recon = recon + skip
     mlp_out = jnp.stack([cache[n][0] for n in transcoders.hooks_out])
     return Replacement(model, params, tokens, transcoders, {n: cache[n] for n in frozen_names},
-                       cache[EMBED_HOOK][0], mlp_out, recon, bias, mlp_out - recon, pre, acts, logits[0])
+                       cache[EMBED_HOOK][0], mlp_out, recon, bias, skip, mlp_out - recon, pre, acts, logits[0])
 
 
 def _cache(model, params, tokens, names: Sequence[str], positions):

@@ -72,7 +72,7 @@ def previous(first, seq):
 
 def lstm_factors(carry, gates_x, u, seq):
     """The gate factors at every position (see the module docstring), from the scan's states."""
-    h_prev, c_prev = previous(carry[0], seq[0]), previous(carry[1], seq[1])
+    h_prev = previous(carry[0], seq[0])
     g = gates_x + jnp.einsum("bth,hgk->btgk", h_prev, u)
     return {"hook_input_gate": nn.sigmoid(g[:, :, 0]), "hook_forget_gate": nn.sigmoid(g[:, :, 1]),
             "hook_output_gate": nn.sigmoid(g[:, :, 3]), "hook_candidate_ratio": tanh_ratio(g[:, :, 2]),
