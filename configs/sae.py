@@ -4,9 +4,11 @@
     lmjax sae train --workdir runs/qs --config configs/sae.py:transcoder --out runs/tc
     lmjax sae eval --workdir runs/qs --dictionary runs/sae
     lmjax sae dashboard --workdir runs/qs --dictionary runs/sae --out features.html
+    lmjax sae train --workdir runs/qs --transcoders mlp --arch relu --width 1024 --out runs/tcs
+    lmjax explain --workdir runs/qs --prompt "def f(" --graph --dictionary runs/tcs --out graph.html
 
-The flags --hook, --hook_out, --arch, --k, --width and --steps set the keys of the same
-name; `--config.KEY=VALUE` sets any key below (parsed to its type). Variants: `transcoder`
+The flags --hook, --hook_out, --arch, --k, --width, --steps and --transcoders set the keys
+of the same name; `--config.KEY=VALUE` sets any key below (parsed to its type). Variants: `transcoder`
 (blocks.0.ln2.hook_normalized -> blocks.0.hook_mlp_out, with a linear skip), `quick` (a
 few hundred small steps, for a first look). Activations are streamed from the model
 (nothing on disk) unless `cache` names a directory: then `cache_tokens` of them are
@@ -27,6 +29,7 @@ def defaults():
     c = ml_collections.ConfigDict()
     c.hook = ""  # the input hook point (required: --hook)
     c.hook_out = ""  # a transcoder's target hook point ("" = an SAE: the same as hook)
+    c.transcoders = ""  # "mlp" / "clt": an attribution graph's transcoder set instead of hook -> hook_out
     c.arch = "topk"
     c.k = 32
     c.width = 4096
@@ -77,6 +80,8 @@ def problems(c) -> list[str]:
     for key in ("width", "steps", "batch_size", "seeds", "eval_tokens", "save_every"):
         if c[key] < 1:
             out.append(f"{key}: must be >= 1, got {c[key]}")
-    if c.skip and not c.hook_out:
+    if c.transcoders not in ("", "mlp", "clt"):
+        out.append(f"transcoders: {c.transcoders!r} is not one of '' (one dictionary on hook), mlp, clt")
+    if c.skip and not c.hook_out and not c.transcoders:
         out.append("skip: a linear skip is for a transcoder; give hook_out too")
     return out
