@@ -14,8 +14,9 @@ another model) is a one-line error before anything compiles.
 
 `--transcoders` trains the transcoder set of an attribution graph (`lmjax explain --graph
 --dictionary DIR`) instead of one dictionary on --hook: `mlp`, one transcoder per MLP from
-blocks.l.ln2.hook_normalized to blocks.l.hook_mlp_out, all layers in one vmapped run, each
-with its own scales (DIR/dictionaries/<l>/ is layer l's); `clt`, one cross-layer transcoder
+blocks.l.ln2.hook_normalized to blocks.l.hook_mlp_out (with a linear skip under
+--config.skip=True), all layers in one vmapped run, each with its own scales
+(DIR/dictionaries/<l>/ is layer l's); `clt`, one cross-layer transcoder
 reading every layer's ln2.hook_normalized and writing every later hook_mlp_out
 (DIR/dictionaries/0/).
 """
@@ -162,9 +163,9 @@ def _train_transcoders(args, c):
     if c.hook or c.hook_out:
         raise LmjaxError("--transcoders chooses the hook points itself (every MLP's input and output); drop --hook "
                          "and --hook_out")
-    if c.skip:
-        raise LmjaxError("--transcoders: attribution graphs need transcoders without a linear skip; set "
-                         "--config.skip=False")
+    if c.skip and c.transcoders == "clt":
+        raise LmjaxError("--transcoders clt: a cross-layer transcoder has no linear skip; drop --config.skip or "
+                         "use --transcoders mlp")
     if c.transcoders == "clt" and c.arch not in CLT_ARCHS:
         raise LmjaxError(f"--transcoders clt: --arch {c.arch} is not one of {', '.join(CLT_ARCHS)}")
     if c.cache:
@@ -179,8 +180,8 @@ def _train_transcoders(args, c):
         dictionary = CrossLayerTranscoder(c.arch, n, 1, c.width, k=c.k, hooks_in=hooks_in, hooks_out=hooks_out,
                                           l1=c.l1, l0_coef=c.l0_coef, l0_penalty=c.l0_penalty)
     else:
-        dictionary = Dictionary(c.arch, 1, c.width, k=c.k, hook_in=hooks_in[0], hook_out=hooks_out[0], l1=c.l1,
-                                l0_coef=c.l0_coef, l0_penalty=c.l0_penalty, target_l0=c.target_l0 or None)
+        dictionary = Dictionary(c.arch, 1, c.width, k=c.k, skip=c.skip, hook_in=hooks_in[0], hook_out=hooks_out[0],
+                                l1=c.l1, l0_coef=c.l0_coef, l0_penalty=c.l0_penalty, target_l0=c.target_l0 or None)
     config = wd.config()
     data = _corpus(wd, config, tokenizer)
     seq_len = _seq_len(model, c.seq_len)
