@@ -27,9 +27,6 @@ from transformer_lens import HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
 from transformers import GPT2LMHeadModel
 
-from lmjax.hf.export import export_hf
-from lmjax.sae.interchange import save_circuit_tracer
-
 BOS = 0
 
 
@@ -49,6 +46,8 @@ class Tokenizer:
 
 def export_model(cfg, params, directory: str) -> str:
     """The lmjax model as a Hugging Face GPT-2 directory (float32)."""
+    from lmjax.hf.export import export_hf  # local: circuit-tracer's side (the benchmark's child) needs no JAX
+
     export_hf(directory, cfg, params, dtype="float32")
     return directory
 
@@ -64,6 +63,7 @@ def save_transcoders(transcoders, directory: str) -> str:
     circuit-tracer's format, reading the same vector in TransformerLens."""
     if any(h != f"blocks.{l}.ln2.hook_normalized" for l, h in enumerate(transcoders.hooks_in)):
         raise ValueError(f"the transcoders read {transcoders.hooks_in}; this loader maps blocks.l.ln2.hook_normalized")
+    from lmjax.sae.interchange import save_circuit_tracer  # local: as in export_model
     dictionaries = transcoders.dictionaries if transcoders.kind == "cross_layer" else list(transcoders.dictionaries)
     params = transcoders.params if transcoders.kind == "cross_layer" else list(transcoders.params)
     return save_circuit_tracer(dictionaries, params, directory, feature_input_hook=MLP_INPUT_HOOK, dtype="float32")

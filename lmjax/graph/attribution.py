@@ -21,6 +21,7 @@ the logits so far (circuit-tracer's partial influences) are visited in batches.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 from typing import Optional
@@ -106,15 +107,52 @@ def top_logits(logits, max_logits: int = 10, logit_probability: float = 0.95):
     return order, p[order]
 
 
-# Source features per step of the compiled loop over them: bounds the [batch, chunk, d]
-# gather of each feature's gradient (about 32 MB at batch 64, d 128).
-_GATHER_ELEMENTS = 2 ** 23
+_background = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmjax-graph-compile")
+
+
+class _Slots:
+    """The source features grouped by where they write from, for one matrix product per
+    group: features sorted by (layer, position) split into slots of at most `width`
+    features at one (layer, position); edges[b, n] = gradient at slot(n) . writes[n]."""
+
+    def __init__(self, layer: np.ndarray, pos: np.ndarray, writes: np.ndarray, n_pos: int, n_layers: int):
+        n = len(layer)
+        where = layer * n_pos + pos  # nondecreasing: the features are in (layer, position) order
+        counts = np.bincount(where, minlength=n_layers * n_pos)
+        busy = counts[counts > 0]
+        # a slot about as wide as a busy position: little padding, and a crowded position
+        # (a first token's outliers) takes several slots rather than widening them all
+        self.width = width = int(-(-max(int(np.ceil(busy.mean())) if len(busy) else 1, 8) // 8) * 8)
+        rank = np.arange(n) - (np.cumsum(counts) - counts)[where]
+        per = -(-counts // width)
+        slot = (np.cumsum(per) - per)[where] + rank // width
+        n_slots = max(int(per.sum()), 1)
+        self.writes = np.zeros((n_slots, width) + writes.shape[1:], np.float32)
+        self.writes[slot, rank % width] = writes
+        owner = np.repeat(np.arange(n_layers * n_pos), per)
+        self.layer = np.zeros(n_slots, np.int32)
+        self.pos = np.zeros(n_slots, np.int32)
+        self.layer[:len(owner)], self.pos[:len(owner)] = owner // n_pos, owner % n_pos
+        self.index = (slot * width + rank % width).astype(np.int32)  # each feature's place in [slots x width]
+
+
+def _slot_edges(g_mlp, writes, layer, pos, index):
+    """[B, n] edges from the source features: g_mlp [B, L, P, d], slots' writes [S, W, d]
+    (per-layer transcoders) or [S, W, L, d] (a cross-layer transcoder: each writes to all)."""
+    b = g_mlp.shape[0]
+    if writes.ndim == 3:
+        out = jnp.einsum("bsd,swd->bsw", g_mlp[:, layer, pos], writes)
+    else:
+        out = jnp.einsum("btsd,swtd->bsw", g_mlp[:, :, pos], writes)
+    return out.reshape(b, -1)[:, index]
 
 
 class _Rows:
-    """The compiled row computation of one replacement: each row given by its cotangent
-    (an encoder column at a layer and position, or a demeaned one-hot logit), `batch` rows
-    per call (the last call padded: one compiled shape)."""
+    """The compiled row computations of one replacement: a feature row's cotangent is its
+    encoder column at its layer and position, a logit row's the demeaned one-hot at the last
+    position. Feature rows run `batch` at a time (the last call padded: one compiled shape)
+    through a program without the unembedding; logit rows through one without the
+    transcoders' inputs."""
 
     def __init__(self, rep: Replacement, features: np.ndarray, activations: np.ndarray, errors, token_vectors,
                  batch: int):
@@ -126,71 +164,71 @@ class _Rows:
         writes = t.decoder_rows(layer, index) * activations[:, None, None]
         if t.kind == "per_layer":
             writes = writes[np.arange(len(layer)), layer]  # [n, d]: the one layer each writes to
-        per_source = writes[0].size if len(writes) else 1
-        chunk = int(max(8, min(_GATHER_ELEMENTS // (batch * per_source), -(-max(len(layer), 1) // 8) * 8)))
-        pad = (-len(layer)) % chunk or (chunk if not len(layer) else 0)
-        writes = np.concatenate([writes, np.zeros((pad,) + writes.shape[1:], np.float32)])
+        slots = _Slots(self.layer, self.pos, writes, rep.n_pos, t.n_layers)
         self.d_in = t.encoder_columns(np.zeros(1, np.int64), np.zeros(1, np.int64)).shape[1]
         self.encoders = np.asarray(t.encoder_columns(layer, index), np.float32).reshape(len(layer), self.d_in)
         self.vocab = int(rep.logits.shape[-1])
         u_embed, u_mlp = rep.u()
-        zeros = np.zeros(pad, np.int32)
         self.args = (rep.params, rep.tokens, rep.frozen, u_embed, u_mlp, jnp.asarray(errors), jnp.asarray(token_vectors),
-                     jnp.asarray(writes, jnp.float32), jnp.asarray(np.concatenate([self.layer, zeros])),
-                     jnp.asarray(np.concatenate([self.pos, zeros])))
-        self._compiled = jax.jit(functools.partial(_rows, rep.model, t, chunk, len(layer)))
-
-    def _run(self, pos, layer, enc, logit_vec) -> np.ndarray:
-        n = len(pos)
-        pad = (-n) % self.batch
-
-        def padded(x):
-            return np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-
-        pos, layer, enc, logit_vec = map(padded, (pos, layer, enc, logit_vec))
-        out = [np.asarray(self._compiled(*self.args, pos[i:i + self.batch], layer[i:i + self.batch],
-                                         enc[i:i + self.batch], logit_vec[i:i + self.batch]))
-               for i in range(0, len(pos), self.batch)]
-        return np.concatenate(out)[:n, :]
+                     jnp.asarray(slots.writes), jnp.asarray(slots.layer), jnp.asarray(slots.pos),
+                     jnp.asarray(slots.index))
+        self._logits = jax.jit(functools.partial(_logit_rows, rep.model, t))
+        # the feature program compiles in a thread while the logit rows are computed (XLA's
+        # compiler runs outside the GIL: on a small prompt compiling is most of the time)
+        features = jax.jit(functools.partial(_feature_rows, rep.model, t))
+        example = (np.zeros(batch, np.int32), np.zeros(batch, np.int32), np.zeros((batch, self.d_in), np.float32))
+        self._features = _background.submit(lambda: features.lower(*self.args, *example).compile())
 
     def feature_rows(self, which: np.ndarray) -> np.ndarray:
         """Rows of the features `which` (indices into the active features): each one's
         pre-activation, through its encoder column at its layer and position."""
-        return self._run(self.pos[which], self.layer[which], self.encoders[which],
-                         np.zeros((len(which), self.vocab), np.float32))
+        n = len(which)
+        which = np.concatenate([which, np.full((-n) % self.batch, -1)])  # -1: a zero row of padding
+        real = which >= 0
+        enc = np.where(real[:, None], self.encoders[which], 0.0).astype(np.float32)
+        compiled = self._features.result()
+        out = [np.asarray(compiled(*self.args, self.pos[which[i:i + self.batch]], self.layer[which[i:i + self.batch]],
+                                   enc[i:i + self.batch]))
+               for i in range(0, len(which), self.batch)]
+        return out[0][:n] if len(out) == 1 else np.concatenate(out)[:n]
 
     def logit_rows(self, tokens: np.ndarray) -> np.ndarray:
         """Rows of the demeaned logits of `tokens` at the last position."""
         vec = np.full((len(tokens), self.vocab), -1.0 / self.vocab, np.float32)
         vec[np.arange(len(tokens)), tokens] += 1.0
-        n = len(tokens)
-        return self._run(np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros((n, self.d_in), np.float32), vec)
+        return np.asarray(self._logits(*self.args, vec))
 
 
-def _rows(model, transcoders, chunk, n_sources, params, tokens, frozen, u_embed, u_mlp, errors, token_vectors, writes,
-          layer, pos, row_pos, row_layer, row_enc, row_logit):
-    """[B, n_sources + L * P + P] edges of the B rows given by their cotangents."""
-    _, vjp = jax.vjp(lambda ue, um: replacement_linear(model, transcoders, params, tokens, frozen, ue, um),
-                     u_embed, u_mlp)
-    b, n_pos, n_layers = row_pos.shape[0], tokens.shape[0], u_mlp.shape[0]
-    cot_inputs = jnp.zeros((b, n_pos, n_layers, row_enc.shape[-1]), jnp.float32)
-    cot_inputs = cot_inputs.at[jnp.arange(b), row_pos, row_layer].set(row_enc)
-    cot_logits = jnp.zeros((b, n_pos, row_logit.shape[-1]), jnp.float32).at[:, -1].set(row_logit)
-    g_embed, g_mlp = jax.vmap(vjp)((cot_inputs, cot_logits))  # [B, P, d], [B, L, P, d]
+def _edges(g_embed, g_mlp, errors, token_vectors, writes, layer, pos, index):
+    """[B, n_sources + L * P + P]: the rows' edges from their gradients at the sources."""
+    b = g_mlp.shape[0]
     token = jnp.einsum("bpd,pd->bp", g_embed, token_vectors)
     error = jnp.einsum("blpd,lpd->blp", g_mlp, errors).reshape(b, -1)
+    return jnp.concatenate([_slot_edges(g_mlp, writes, layer, pos, index), error, token], 1)
 
-    def block(args):  # one chunk of source features: its gradients gathered, dotted with its writes
-        w, l, p = args
-        if w.ndim == 2:  # per-layer transcoders: [chunk, d]
-            return jnp.einsum("bnd,nd->bn", g_mlp[:, l, p], w)
-        return jnp.einsum("blnd,nld->bn", g_mlp[:, :, p], w)
 
-    n = writes.shape[0]
-    blocks = jax.lax.map(block, (writes.reshape((n // chunk, chunk) + writes.shape[1:]),
-                                 layer.reshape(-1, chunk), pos.reshape(-1, chunk)))  # [n / chunk, B, chunk]
-    feature = jnp.moveaxis(blocks, 1, 0).reshape(b, n)[:, :n_sources]
-    return jnp.concatenate([feature, error, token], 1)
+def _feature_rows(model, transcoders, params, tokens, frozen, u_embed, u_mlp, errors, token_vectors, writes,
+                  layer, pos, index, row_pos, row_layer, row_enc):
+    """Rows of B features given by their positions, layers and encoder columns [B, d_in]."""
+    def inputs(ue, um):  # the transcoders' inputs only: nothing of the unembedding is computed
+        return replacement_linear(model, transcoders, params, tokens, frozen, ue, um)[0]
+
+    _, vjp = jax.vjp(inputs, u_embed, u_mlp)
+    b, n_pos, n_layers = row_pos.shape[0], tokens.shape[0], u_mlp.shape[0]
+    cot = jnp.zeros((b, n_pos, n_layers, row_enc.shape[-1]), jnp.float32).at[jnp.arange(b), row_pos, row_layer].set(row_enc)
+    g_embed, g_mlp = jax.vmap(vjp)(cot)  # [B, P, d], [B, L, P, d]
+    return _edges(g_embed, g_mlp, errors, token_vectors, writes, layer, pos, index)
+
+
+def _logit_rows(model, transcoders, params, tokens, frozen, u_embed, u_mlp, errors, token_vectors, writes,
+                layer, pos, index, row_logit):
+    """Rows of the last position's logits along B directions row_logit [B, vocab]."""
+    def last_logits(ue, um):
+        return replacement_linear(model, transcoders, params, tokens, frozen, ue, um, with_inputs=False)[1][-1]
+
+    _, vjp = jax.vjp(last_logits, u_embed, u_mlp)
+    g_embed, g_mlp = jax.vmap(vjp)(row_logit)
+    return _edges(g_embed, g_mlp, errors, token_vectors, writes, layer, pos, index)
 
 
 def active_features(rep: Replacement, zero_first_position: bool = False):
@@ -219,9 +257,10 @@ class _Influence:
         self.add(logit_rows)
 
     def add(self, rows: np.ndarray, nodes: Optional[np.ndarray] = None) -> None:
-        a = np.abs(rows)
-        a /= np.maximum(a.sum(1, keepdims=True), 1e-8)
-        self.a[self.n:self.n + len(rows)] = a[:, :self.n_sources]
+        a = self.a[self.n:self.n + len(rows)]
+        np.abs(rows[:, :self.n_sources], out=a)
+        total = a.sum(1) + np.abs(rows[:, self.n_sources:]).sum(1)
+        a /= np.maximum(total, 1e-8)[:, None]
         if nodes is not None:
             self.nodes[self.n - len(self.p):self.n - len(self.p) + len(rows)] = nodes
         self.n += len(rows)
@@ -333,8 +372,9 @@ def _visit_by_influence(rows_fn: _Rows, logit_rows, logit_p, n_active, budget, b
 def _token_vectors(rep: Replacement, which: str) -> np.ndarray:
     if which == "residual":
         return np.asarray(rep.u_embed, np.float32)
-    _, cache = rep.model.run_with_cache(rep.params, rep.tokens[None], ("hook_embed",))
-    return np.asarray(cache["hook_embed"][0], np.float32)
+    if rep.model.cfg.pos_embedding != "learned":  # nothing but the token embedding enters
+        return np.asarray(rep.u_embed, np.float32)
+    return np.asarray(rep.params["embed"], np.float32)[np.asarray(rep.tokens)]  # what hook_embed holds
 
 
 def _update(bar, n: int) -> None:
