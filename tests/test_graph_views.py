@@ -61,7 +61,8 @@ def _circuit_tracers_json(t, slug, scan, prompt):
     ct = CTGraph(input_string=prompt, input_tokens=torch.tensor(g.tokens), cfg=cfg,
                  active_features=torch.as_tensor(g.active_features), adjacency_matrix=torch.tensor(g.adjacency),
                  selected_features=torch.as_tensor(g.selected), activation_values=torch.as_tensor(g.activations),
-                 logit_targets=[LogitTarget(token_str=s, vocab_idx=int(i)) for s, i in zip(t.logit_strs, g.logit_tokens)],
+                 logit_targets=[LogitTarget(token_str=s, vocab_idx=int(i))
+                                for s, i in zip(t.logit_strs, g.logit_tokens)],
                  logit_probabilities=torch.tensor(g.logit_probabilities), scan=scan)
     tokenizer = SimpleNamespace(decode=lambda i: f"<{int(i)}>")
     nodes = create_nodes(ct, torch.tensor(t.pruned.node_mask), tokenizer, torch.tensor(t.pruned.cumulative))
@@ -155,7 +156,7 @@ def test_graph_section_draws_every_kept_node_and_edge(traced):
         below, above = lay.y[features][layer == l], lay.y[features][layer == l + 1]
         assert not len(below) or not len(above) or above.max() < below.min()
     assert (np.argsort(lay.x[s["tokens"]]) == np.arange(t.graph.n_pos)).all()  # positions left to right
-    assert (pos == (lay.x[features] - view.MARGIN) // view.COLUMN).all()
+    assert (pos == (lay.x[features] - view.MARGIN) // lay.column).all()
 
 
 # ------------------------------------------------------------------ the commands, one subprocess
@@ -170,7 +171,8 @@ def cli(tmp_path_factory):
                    "    return {'model': dict(n_layer=2, d_model=32, n_head=4, max_len=32),\n"
                    f"            'data': dict(source={str(corpus)!r}),\n"
                    "            'optimizer': dict(lr=1e-2, warmup_steps=10),\n"
-                   "            'train': dict(steps=40, batch_size=16, eval_every=40, eval_batches=1, sample_tokens=0)}\n")
+                   "            'train': dict(steps=40, batch_size=16, eval_every=40, eval_batches=1,\n"
+                   "                          sample_tokens=0)}\n")
     w, mlp, clt = str(tmp / "w"), str(tmp / "tcs"), str(tmp / "clt")
     train = ["--no_progress", "--config.batch_size=256", "--config.eval_tokens=512", "--config.lr=3e-3",
              "--width", "64", "--steps", "40"]

@@ -35,7 +35,8 @@ def add_parser(sub):
     x.add_argument("--features", type=int, default=8, help="features listed at the last position")
     x.add_argument("--graph", action="store_true",
                    help="add the attribution graph (--dictionary is then a transcoder set) and write its JSON")
-    x.add_argument("--node_budget", type=int, help="--graph: the features given rows (default 512; 0 = every active one)")
+    x.add_argument("--node_budget", type=int,
+                   help="--graph: the features given rows (default 512; 0 = every active one)")
     x.set_defaults(run=run)
     return x
 

@@ -196,7 +196,8 @@ def _train_transcoders(args, c):
     identity = _model_identity(config)
     result = fit(dictionary, source, steps=c.steps, batch_size=c.batch_size, lr=c.lr, seed=c.seed, scale=scale,
                  dead_window=c.dead_window, warmup_steps=c.warmup_steps, decay_fraction=c.decay_fraction,
-                 clip_norm=c.clip_norm or None, workdir=args.out, save_every=c.save_every, progress=not args.no_progress,
+                 clip_norm=c.clip_norm or None, workdir=args.out, save_every=c.save_every,
+                 progress=not args.no_progress,
                  config={"trained_on": identity, "transcoders": c.transcoders, "hooks_in": hooks_in,
                          "hooks_out": hooks_out})
     dictionaries = result.dictionaries

@@ -29,9 +29,11 @@ from lmjax.graph.attribution import Graph
 from lmjax.graph.frontend import graph_nodes, kept_edges
 from lmjax.graph.prune import Pruned
 from lmjax.graph.replacement import Transcoders
-from lmjax.sae.architectures import Dictionary
+from lmjax.sae.dashboard_html import CSS as CARD_CSS
 
-COLUMN, ROW, MARGIN, STEP = 96, 90, 40, 11  # pixels: a position's column, a layer's row, the edge, nodes in a cell
+# pixels: a layer's row, the margin, the spacing of nodes in a cell and of the logits; a
+# position's column is as wide as lets the graph fit FIT pixels, within COLUMNS
+ROW, MARGIN, STEP, LOGIT_STEP, FIT, COLUMNS = 90, 40, 11, 72, 1000, (44, 96)
 POSITIVE, NEGATIVE = "#2563eb", "#dc2626"
 
 CSS = """
@@ -71,7 +73,8 @@ JS = """
     });
     if (id === null) return;
     var n = byId[id];
-    document.getElementById('gv-info').textContent = n.label + (n.act !== null ? ' (activation ' + n.act.toPrecision(3) + ')' : '') +
+    var act = n.act !== null ? ' (activation ' + n.act.toPrecision(3) + ')' : '';
+    document.getElementById('gv-info').textContent = n.label + act +
       ' | from: ' + ranked(id, 'data-target', 'data-source') + ' | to: ' + ranked(id, 'data-source', 'data-target');
   }
   function open(id) {
@@ -80,7 +83,8 @@ JS = """
     selected = id;
     node(id).classList.add('sel');
     var panel = document.getElementById('gv-card'), card = document.getElementById('gv-card-' + id);
-    panel.innerHTML = card ? card.innerHTML : '<p class="note">' + byId[id].label + ': no dashboard (only features have one).</p>';
+    panel.innerHTML = card ? card.innerHTML :
+      '<p class="note">' + byId[id].label + ': no dashboard (only features have one).</p>';
     panel.setAttribute('data-open', id);
     hover(id);
   }
@@ -98,17 +102,20 @@ JS = """
     var inside = {}, into = 0, out = 0;
     pinned.forEach(function (p) { inside[p] = true; });
     edges.forEach(function (e) {
-      var s = inside[e.getAttribute('data-source')], t = inside[e.getAttribute('data-target')], w = parseFloat(e.getAttribute('data-weight'));
+      var s = inside[e.getAttribute('data-source')], t = inside[e.getAttribute('data-target')];
+      var w = parseFloat(e.getAttribute('data-weight'));
       if (t && !s) into += w;
       if (s && !t) out += w;
     });
     var ns = 'http://www.w3.org/2000/svg', box = document.createElementNS(ns, 'rect');
     var x0 = Math.min.apply(null, xs) - 9, y0 = Math.min.apply(null, ys) - 9;
     box.setAttribute('x', x0); box.setAttribute('y', y0);
-    box.setAttribute('width', Math.max.apply(null, xs) - x0 + 9); box.setAttribute('height', Math.max.apply(null, ys) - y0 + 9);
+    box.setAttribute('width', Math.max.apply(null, xs) - x0 + 9);
+    box.setAttribute('height', Math.max.apply(null, ys) - y0 + 9);
     box.setAttribute('class', 'gv-group'); box.setAttribute('data-members', pinned.join(' '));
     var name = 'group ' + (++groups), title = document.createElementNS(ns, 'title');
-    title.textContent = name + ': ' + pinned.map(function (p) { return byId[p].label; }).join(', ') + '; in ' + fmt(into) + ', out ' + fmt(out);
+    title.textContent = name + ': ' + pinned.map(function (p) { return byId[p].label; }).join(', ') +
+      '; in ' + fmt(into) + ', out ' + fmt(out);
     box.appendChild(title);
     svg.insertBefore(box, svg.firstChild);
     var li = document.createElement('li');
@@ -133,6 +140,9 @@ JS = """
     });
     if (k === 'group') document.getElementById('gv-group').click();
   });
+  if (location.hash.indexOf('#graph?') === 0) window.addEventListener('load', function () {
+    document.getElementById('graph').scrollIntoView();
+  });
   document.getElementById('gv-wrap').setAttribute('data-nodes', svg.querySelectorAll('.gv-node').length);
 })();
 """
@@ -146,6 +156,7 @@ class Layout:
     y: np.ndarray
     width: int
     height: int
+    column: float  # a position's width
 
 
 def layout(graph: Graph, kept: np.ndarray) -> Layout:
@@ -159,20 +170,21 @@ def layout(graph: Graph, kept: np.ndarray) -> Layout:
     rows[s["tokens"]], cols[s["tokens"]] = 0, np.arange(n_pos)
     rows[s["logits"]], cols[s["logits"]] = n_layers + 1, n_pos - 1
     x, y = np.zeros(graph.n_nodes), np.zeros(graph.n_nodes)
-    per_row = (COLUMN - 10) // STEP
-    extra_cols = 0
+    column = float(np.clip((FIT - 2 * MARGIN) / n_pos, *COLUMNS))
+    per_row = max(int((column - 10) // STEP), 1)
     height = MARGIN * 2 + (n_layers + 1) * ROW
+    right = MARGIN + n_pos * column
     for (r, c) in sorted(set(zip(rows[kept].tolist(), cols[kept].tolist()))):
         here = np.flatnonzero(kept & (rows == r) & (cols == c))
-        if r == n_layers + 1:  # the logits spread rightwards from the last column
-            x[here] = MARGIN + c * COLUMN + np.arange(len(here)) * (COLUMN * 0.6)
-            extra_cols = max(extra_cols, int(len(here) * 0.6))
-            y[here] = MARGIN
-            continue
         k = np.arange(len(here))
-        x[here] = MARGIN + c * COLUMN + (k % per_row) * STEP
+        if r == n_layers + 1:  # the logits in a row at the top, ending over the last position
+            start = max(MARGIN, MARGIN + c * column - (len(here) - 1) * LOGIT_STEP)
+            x[here], y[here] = start + k * LOGIT_STEP, MARGIN
+            right = max(right, start + len(here) * LOGIT_STEP)
+            continue
+        x[here] = MARGIN + c * column + (k % per_row) * STEP
         y[here] = height - MARGIN - r * ROW - (k // per_row) * STEP
-    return Layout(x, y, MARGIN * 2 + (n_pos + extra_cols) * COLUMN, height)
+    return Layout(x, y, int(right + MARGIN), height, column)
 
 
 def node_ids(graph: Graph) -> list:
@@ -201,20 +213,23 @@ def _svg(graph: Graph, pruned: Pruned, nodes: list, lay: Layout, token_strs) -> 
         y = lay.height - MARGIN - r * ROW
         parts.append(f'<text x="2" y="{y + 18:.0f}" fill="#888">{name}</text>')
     for p, tok in enumerate(token_strs):
-        parts.append(f'<text x="{MARGIN + p * COLUMN:.0f}" y="{lay.height - 6}" fill="#333">'
-                     f'{html.escape(tok[:10])}</text>')
+        parts.append(f'<text x="{MARGIN + p * lay.column:.0f}" y="{lay.height - 6}" fill="#333">'
+                     f'{html.escape(tok[:int(lay.column // 7)])}</text>')
     for i in np.flatnonzero(kept):
         n, x, y = nodes[i], lay.x[i], lay.y[i]
         common = f'class="gv-node gv-{_kind(n)}" data-id="{ids[i]}"'
         tip = f"<title>{html.escape(_label(n))}</title>"
         if n["feature_type"] == "mlp reconstruction error":
-            parts.append(f'<rect {common} x="{x - 4:.1f}" y="{y - 4:.1f}" width="8" height="8" fill="#bbb">{tip}</rect>')
+            parts.append(f'<rect {common} x="{x - 4:.1f}" y="{y - 4:.1f}" width="8" height="8" fill="#bbb">'
+                         f"{tip}</rect>")
         elif n["feature_type"] == "embedding":
             parts.append(f'<rect {common} x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" fill="#9ca3af">'
                          f"{tip}</rect>")
         elif n["feature_type"] == "logit":
+            token = n["clerp"][len('Output "'):n["clerp"].rindex('" (p=')]
             parts.append(f'<circle {common} cx="{x:.1f}" cy="{y:.1f}" r="6" fill="#10b981">{tip}</circle>'
-                         f'<text x="{x + 8:.1f}" y="{y + 3:.1f}">{html.escape(n["clerp"][7:][:28])}</text>')
+                         f'<text x="{x:.1f}" y="{y - 10:.1f}" text-anchor="middle">"{html.escape(token[:6])}" '
+                         f'{n["token_prob"]:.2f}</text>')
         else:
             parts.append(f'<circle {common} cx="{x:.1f}" cy="{y:.1f}" r="4.5" fill="#f59e0b">{tip}</circle>')
     return (f'<svg id="gv-svg" width="{lay.width}" height="{lay.height}" viewBox="0 0 {lay.width} {lay.height}" '
@@ -222,7 +237,8 @@ def _svg(graph: Graph, pruned: Pruned, nodes: list, lay: Layout, token_strs) -> 
 
 
 def _kind(n: dict) -> str:
-    return {"embedding": "token", "logit": "logit", "mlp reconstruction error": "error"}.get(n["feature_type"], "feature")
+    kinds = {"embedding": "token", "logit": "logit", "mlp reconstruction error": "error"}
+    return kinds.get(n["feature_type"], "feature")
 
 
 def _label(n: dict) -> str:
@@ -259,7 +275,8 @@ def graph_section(graph: Graph, pruned: Pruned, token_strs, logit_strs, cards=No
             f"{int(pruned.edge_rows.sum())} edges.")
     if scores:
         note += f" Replacement score {scores['replacement']:.3f}, completeness {scores['completeness']:.3f}."
-    body = (f"<style>{CSS}</style><p class=\"note\">{html.escape(note)} Hover a node for its edges; click a feature "
+    body = (f"<style>{CSS}{CARD_CSS if hidden else ''}</style><p class=\"note\">{html.escape(note)} Hover a node "
+            "for its edges; click a feature "
             "for its dashboard; shift-click (or <i>pin</i>) to pin nodes, <i>group</i> to make the pinned nodes one "
             "supernode. Blue edges raise their target, red ones lower it.</p>"
             '<div id="gv-tools"><button id="gv-pin" type="button">pin</button>'
@@ -280,13 +297,14 @@ def _json_in_html(data) -> str:
 def layer_dictionary(transcoders: Transcoders, layer: int):
     """(Dictionary, params) reading layer `layer`'s features for their dashboards. A
     cross-layer transcoder's layer becomes one transcoder whose decoder is the sum of what
-    each feature writes to every later layer (its direct effect on the logits is that sum's)."""
+    each feature writes to its own and every later layer (its direct effect on the logits is
+    that sum's); the card names its first output, hooks_out[layer]."""
     if transcoders.kind == "per_layer":
         return transcoders.dictionaries[layer], transcoders.params[layer]
     clt, p = transcoders.dictionaries, transcoders.params
     scales = np.asarray(clt.output_scales, np.float32)
     w_dec = (np.asarray(p["W_dec"][layer]) / scales[layer:][None, :, None]).sum(1)
-    d = dataclasses.replace(clt.layer, hook_in=clt.hooks_in[layer], hook_out=clt.hooks_out[-1],
+    d = dataclasses.replace(clt.layer, hook_in=clt.hooks_in[layer], hook_out=clt.hooks_out[layer],
                             input_scale=float(clt.input_scales[layer]), output_scale=1.0)
     params = {"W_enc": np.asarray(p["W_enc"][layer]), "b_enc": np.asarray(p["b_enc"][layer]), "W_dec": w_dec,
               "b_dec": np.zeros(clt.d_out, np.float32)}
