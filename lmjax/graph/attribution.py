@@ -107,7 +107,8 @@ def top_logits(logits, max_logits: int = 10, logit_probability: float = 0.95):
     return order, p[order]
 
 
-_background = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmjax-graph-compile")
+# the two row programs compile side by side (XLA compiles outside the GIL, one core each)
+_background = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="lmjax-graph-compile")
 
 
 class _Slots:
@@ -155,7 +156,7 @@ class _Rows:
     transcoders' inputs."""
 
     def __init__(self, rep: Replacement, features: np.ndarray, activations: np.ndarray, errors, token_vectors,
-                 batch: int):
+                 batch: int, n_logits: int):
         t = rep.transcoders
         self.batch, self.n_sources = batch, len(features)
         layer, pos, index = features.T
@@ -172,12 +173,13 @@ class _Rows:
         self.args = (rep.params, rep.tokens, rep.frozen, u_embed, u_mlp, jnp.asarray(errors), jnp.asarray(token_vectors),
                      jnp.asarray(slots.writes), jnp.asarray(slots.layer), jnp.asarray(slots.pos),
                      jnp.asarray(slots.index))
-        self._logits = jax.jit(functools.partial(_logit_rows, rep.model, t))
-        # the feature program compiles in a thread while the logit rows are computed (XLA's
-        # compiler runs outside the GIL: on a small prompt compiling is most of the time)
+        # both programs compile in threads, at once (on a small prompt compiling is most of the time)
         features = jax.jit(functools.partial(_feature_rows, rep.model, t))
         example = (np.zeros(batch, np.int32), np.zeros(batch, np.int32), np.zeros((batch, self.d_in), np.float32))
         self._features = _background.submit(lambda: features.lower(*self.args, *example).compile())
+        logits = jax.jit(functools.partial(_logit_rows, rep.model, t))
+        self._logits = _background.submit(
+            lambda: logits.lower(*self.args, np.zeros((n_logits, self.vocab), np.float32)).compile())
 
     def feature_rows(self, which: np.ndarray) -> np.ndarray:
         """Rows of the features `which` (indices into the active features): each one's
@@ -196,7 +198,7 @@ class _Rows:
         """Rows of the demeaned logits of `tokens` at the last position."""
         vec = np.full((len(tokens), self.vocab), -1.0 / self.vocab, np.float32)
         vec[np.arange(len(tokens)), tokens] += 1.0
-        return np.asarray(self._logits(*self.args, vec))
+        return np.asarray(self._logits.result()(*self.args, vec))
 
 
 def _edges(g_embed, g_mlp, errors, token_vectors, writes, layer, pos, index):
@@ -308,7 +310,8 @@ def attribute(model, params, tokens, transcoders: Transcoders, *, max_feature_no
     errors = np.array(rep.errors, np.float32)
     if zero_first_position:
         errors[:, 0] = 0.0
-    rows_fn = _Rows(rep, features, activations, errors, _token_vectors(rep, token_vectors), batch_size)
+    rows_fn = _Rows(rep, features, activations, errors, _token_vectors(rep, token_vectors), batch_size,
+                    len(logit_tokens))
 
     budget = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
     n_logits = len(logit_tokens)
