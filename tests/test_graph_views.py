@@ -145,6 +145,11 @@ def test_graph_section_draws_every_kept_node_and_edge(traced):
     assert sid == "graph"
     assert body.count('class="gv-node') == t.pruned.node_mask.sum()
     assert body.count('class="gv-edge"') == t.pruned.edge_mask.sum()
+    _, _, _, light = view.graph_section(t.graph, t.pruned, t.token_strs, t.logit_strs, max_edges=5)
+    drawn = sorted(abs(float(w)) for w in re.findall(r'class="gv-edge"[^>]*data-weight="([^"]+)"', light))
+    weights = np.abs(t.graph.adjacency[t.pruned.edge_mask])
+    np.testing.assert_allclose(drawn, np.sort(weights)[-5:], rtol=1e-5)  # the five strongest
+    assert "(the 5 strongest drawn)" in light
     lay = view.layout(t.graph, t.pruned.node_mask)
     kept = t.pruned.node_mask
     s = t.graph.slices()

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 
+MAX_CARDS = 128  # feature dashboards in a graph's section: each is a few kB of HTML
+
 
 def add_parser(sub):
     x = sub.add_parser("explain", help="why did the model pick this token? (a self-contained HTML report)")
@@ -113,6 +115,8 @@ def _graph(args, wd, model, params, tokenizer, written):
     from lmjax.sae.store import dictionary_dirs
     from lmjax.graph import attribute
     from lmjax.graph import frontend, view
+    import numpy as np
+
     from lmjax.graph.prune import prune, scores
     from lmjax.sae.dashboard import token_text
 
@@ -131,7 +135,10 @@ def _graph(args, wd, model, params, tokenizer, written):
         pruned = prune(graph)
         token_strs = [token_text(tokenizer, t) for t in ex.tokens]
         logit_strs = [token_text(tokenizer, t) for t in graph.logit_tokens.tolist()]
-        kept = [tuple(f) for f in graph.features[pruned.node_mask[:graph.n_features]][:, [0, 2]].tolist()]
+        # a card for each kept feature, the most influential MAX_CARDS when there are more
+        nodes = np.flatnonzero(pruned.node_mask[:graph.n_features])
+        nodes = nodes[np.argsort(-pruned.influence[nodes], kind="stable")]
+        kept = list(dict.fromkeys(tuple(f) for f in graph.features[nodes][:, [0, 2]].tolist()))[:MAX_CARDS]
         cards, features_json = view.feature_cards(model, params, tokenizer, transcoders, kept, ex.tokens, tokens)
         data = frontend.graph_json(graph, token_strs, logit_strs, prompt=args.prompt, slug=slug, scan=scan,
                                    pruned=pruned)

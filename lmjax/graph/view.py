@@ -194,11 +194,13 @@ def node_ids(graph: Graph) -> list:
     return ids + [f"T{p}" for p in range(graph.n_pos)] + [f"L{t}" for t in graph.logit_tokens.tolist()]
 
 
-def _svg(graph: Graph, pruned: Pruned, nodes: list, lay: Layout, token_strs) -> str:
+def _svg(graph: Graph, pruned: Pruned, nodes: list, lay: Layout, token_strs, max_edges: int) -> str:
     kept = pruned.node_mask
     targets, sources, weights = kept_edges(graph, pruned)
     both = kept[targets] & kept[sources]
     targets, sources, weights = targets[both], sources[both], weights[both]
+    strongest = np.argsort(-np.abs(weights), kind="stable")[:max_edges]  # a large graph: its strongest edges
+    targets, sources, weights = targets[strongest], sources[strongest], weights[strongest]
     scale = float(np.abs(weights).max()) if len(weights) else 1.0
     ids = node_ids(graph)
     parts = []
@@ -253,11 +255,13 @@ def _label(n: dict) -> str:
     return n["clerp"]
 
 
-def graph_section(graph: Graph, pruned: Pruned, token_strs, logit_strs, cards=None, scores=None):
+def graph_section(graph: Graph, pruned: Pruned, token_strs, logit_strs, cards=None, scores=None,
+                  max_edges: int = 4000):
     """(section id, nav label, title, body HTML) for lmjax.interp.report.render_html.
 
     cards: {(layer, feature): the feature's card HTML} (features without one say so when
-    clicked); scores: lmjax.graph.prune.scores(graph), shown above the graph."""
+    clicked); scores: lmjax.graph.prune.scores(graph), shown above the graph; max_edges:
+    the kept edges drawn, the strongest first (a page stays light on a large graph)."""
     nodes = graph_nodes(graph, token_strs, logit_strs, pruned.cumulative)
     lay = layout(graph, pruned.node_mask)
     kept = np.flatnonzero(pruned.node_mask)
@@ -272,7 +276,8 @@ def graph_section(graph: Graph, pruned: Pruned, token_strs, logit_strs, cards=No
     counts = {k: int(pruned.node_mask[s].sum()) for k, s in graph.slices().items()}
     note = (f"{counts['features']} features, {counts['errors']} error nodes, {counts['tokens']} tokens and "
             f"{counts['logits']} logits kept by pruning (of {graph.n_features} features computed), "
-            f"{int(pruned.edge_rows.sum())} edges.")
+            f"{int(pruned.edge_rows.sum())} edges" +
+            (f" (the {max_edges} strongest drawn)." if pruned.edge_rows.sum() > max_edges else "."))
     if scores:
         note += f" Replacement score {scores['replacement']:.3f}, completeness {scores['completeness']:.3f}."
     body = (f"<style>{CSS}{CARD_CSS if hidden else ''}</style><p class=\"note\">{html.escape(note)} Hover a node "
@@ -282,7 +287,7 @@ def graph_section(graph: Graph, pruned: Pruned, token_strs, logit_strs, cards=No
             '<div id="gv-tools"><button id="gv-pin" type="button">pin</button>'
             '<button id="gv-group" type="button">group pinned</button><span id="gv-pins"></span></div>'
             '<div id="gv-info" class="note"></div>'
-            f'<div id="gv-wrap">{_svg(graph, pruned, nodes, lay, token_strs)}</div><ul id="gv-groups"></ul>'
+            f'<div id="gv-wrap">{_svg(graph, pruned, nodes, lay, token_strs, max_edges)}</div><ul id="gv-groups"></ul>'
             '<div id="gv-card"></div>' + "".join(hidden) +
             f'<script type="application/json" id="gv-data">{_json_in_html(data)}</script><script>{JS}</script>')
     return "graph", "Graph", "Attribution graph", body
