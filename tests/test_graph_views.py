@@ -209,6 +209,16 @@ def test_sae_train_transcoders_writes_a_set_per_mlp(cli):
         transcoders = load_transcoders(path)
         assert transcoders.kind == kind and transcoders.width == 64
         transcoders.check_model(model)
+    # the CLT exported as a circuit-tracer directory reads back as the same transcoders
+    from lmjax.sae.interchange import save_circuit_tracer
+
+    clt, clt_params = load_dictionary(dictionary_dirs(cli.clt)[0])
+    exported = save_circuit_tracer(clt, clt_params, str(cli.tmp / "ct"))
+    ours, theirs = load_transcoders(cli.clt), load_transcoders(exported)
+    assert theirs.kind == "cross_layer" and theirs.hooks_out == ours.hooks_out
+    x = np.random.default_rng(0).standard_normal((5, 2, clt.d_in)).astype(np.float32)
+    for a, b in zip(ours.encode(x), theirs.encode(x)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
     # layer 0's MLP is learnt in 40 steps (this tiny model's layer 1 MLP output is mostly
     # noise: zero-ablating it barely moves the loss); the CLT over both layers at once
     mlp, (whole,) = (json.load(open(os.path.join(out, "eval.json"))) for out in (cli.mlp, cli.clt))
