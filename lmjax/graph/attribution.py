@@ -148,6 +148,28 @@ def _slot_edges(g_mlp, writes, layer, pos, index):
     return out.reshape(b, -1)[:, index]
 
 
+def _writes(t: Transcoders, layer, index, activations, chunk: int = 4096) -> np.ndarray:
+    """Each source feature's writes times its activation: [n, L, d] (a cross-layer
+    transcoder), [n, d] (per-layer: the one layer each writes to). In chunks: decoder_rows
+    is [n, L, d] even for per-layer transcoders, and a fresh large buffer costs its first
+    touch of every page."""
+    n = len(layer)
+    per_layer = t.kind == "per_layer"
+    out = None
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        w = t.decoder_rows(layer[sl], index[sl]) * activations[sl, None, None]
+        if per_layer:
+            w = w[np.arange(len(w)), layer[sl]]
+        if out is None:
+            out = np.empty((n,) + w.shape[1:], np.float32)
+        out[sl] = w
+    if out is None:
+        out = np.zeros((0,) + ((t.dictionaries[0].d_out,) if per_layer else (t.n_layers, t.dictionaries.d_out)),
+                       np.float32)
+    return out
+
+
 class _Rows:
     """The compiled row computations of one replacement: a feature row's cotangent is its
     encoder column at its layer and position, a logit row's the demeaned one-hot at the last
@@ -161,10 +183,7 @@ class _Rows:
         self.batch, self.n_sources = batch, len(features)
         layer, pos, index = features.T
         self.layer, self.pos = layer.astype(np.int32), pos.astype(np.int32)
-        # each source feature's writes per layer, times its activation: [n, L, d]
-        writes = t.decoder_rows(layer, index) * activations[:, None, None]
-        if t.kind == "per_layer":
-            writes = writes[np.arange(len(layer)), layer]  # [n, d]: the one layer each writes to
+        writes = _writes(t, layer, index, activations)
         slots = _Slots(self.layer, self.pos, writes, rep.n_pos, t.n_layers)
         self.d_in = t.encoder_columns(np.zeros(1, np.int64), np.zeros(1, np.int64)).shape[1]
         self.encoders = np.asarray(t.encoder_columns(layer, index), np.float32).reshape(len(layer), self.d_in)
@@ -368,7 +387,7 @@ def _visit_by_influence(rows_fn: _Rows, logit_rows, logit_p, n_active, budget, b
     by_node = np.argsort(order, kind="stable")  # visiting order -> node order
     for start in range(0, budget, 256):  # a block at a time: no second copy of the rows
         block = by_node[start:start + 256]
-        rows[start:start + len(block), :len(columns)] = computed[block][:, columns]
+        rows[start:start + len(block), :len(columns)] = computed[np.ix_(block, columns)]  # no [block, all] copy
     return selected, rows
 
 
