@@ -351,7 +351,7 @@ def feature_cards(model, params, tokenizer, transcoders: Transcoders, features, 
 
 def _labels(tokenizer, features) -> dict:
     """token id -> its text, for every token a card shows."""
-    from lmjax.sae.dashboard import token_text
+    from lmjax.sae.dashboard import token_text  # local, as in feature_cards
 
     ids = set()
     for f in features:
