@@ -271,9 +271,11 @@ def graph_prediction(graph: Graph, features, edit: str, amount, target: int):
     which = np.asarray(which, np.int64)
     n = graph.n_features
     a = np.asarray(graph.activations[graph.selected], np.float64)
-    per_unit = np.divide(np.asarray(graph.rows[:, :n], np.float64), a[None], out=np.zeros((len(graph.rows), n)),
-                         where=a[None] != 0)
-    logit_row = per_unit[n + logit[0]]
+    inverse = np.divide(1.0, a, out=np.zeros(n), where=a != 0)  # edges per unit of activation
+
+    def edges(rows, change):  # the targets' changes from the sources' changes da
+        return np.asarray(graph.rows[rows, :n], np.float64) @ (change * inverse)
+
     own = np.zeros(n)  # the interventions' own changes
     held = np.zeros(n, bool)
     if edit == "steer":
@@ -283,9 +285,9 @@ def graph_prediction(graph: Graph, features, edit: str, amount, target: int):
     da = np.zeros(n)
     for layer in np.unique(nodes[:, 0]):  # edges run from lower layers to higher ones only
         rows = np.flatnonzero(nodes[:, 0] == layer)
-        response = per_unit[rows] @ da
-        da[rows] = np.where(held[rows], own[rows], response + own[rows])
-    return float(logit_row @ da), float(logit_row @ own)
+        da[rows] = np.where(held[rows], own[rows], edges(rows, da) + own[rows])
+    logit_row = n + logit[:1]
+    return float(edges(logit_row, da)[0]), float(edges(logit_row, own)[0])
 
 
 def _demeaned(logits: np.ndarray, token: int) -> float:
