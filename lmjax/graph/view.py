@@ -340,7 +340,7 @@ def feature_cards(model, params, tokenizer, transcoders: Transcoders, features, 
         acts = dashboard.feature_activations(model, params, d, dp, ids[None], index)[0]  # [P, F]
         for j, f in enumerate(dash.features):
             f.prompt = dashboard.Context(float(acts[-1, j]), 0, len(ids) - 1, 0, ids.tolist(), acts[:, j].tolist())
-        dash.labels = _labels(tokenizer, dash.features)
+        dash.labels = dashboard.card_labels(tokenizer, dash.features)
         for f, d_json in zip(dash.features, dashboard.circuit_tracer_features(dash)):
             card = dashboard_html.feature_card(f, dash).replace(f'id="f-{f.index}"', f'data-layer="{layer}"', 1)
             cards[(layer, f.index)] = card.replace(f"<h3>Feature {f.index}</h3>",
@@ -348,14 +348,3 @@ def feature_cards(model, params, tokenizer, transcoders: Transcoders, features, 
             ct[(layer, f.index)] = d_json
     return cards, ct
 
-
-def _labels(tokenizer, features) -> dict:
-    """token id -> its text, for every token a card shows."""
-    from lmjax.sae.dashboard import token_text  # local, as in feature_cards
-
-    ids = set()
-    for f in features:
-        for c in f.top + [c for iv in f.intervals for c in iv.contexts] + [f.prompt]:
-            ids.update(c.tokens)
-        ids.update(t for t, _ in f.top_logits + f.bottom_logits)
-    return {i: token_text(tokenizer, i) for i in sorted(ids)}

@@ -488,10 +488,11 @@ def compute(model, params, tokenizer, dictionary, dparams, tokens, features=None
                            float(s1["total"][i] / count[i]) if count[i] else 0.0, top_ctx,
                            [iv for iv in reversed(intervals)], np.linspace(act_min[i], act_max[i], bins + 1),
                            coarse, quantiles[i].astype(np.float32), tops[i], bottoms[i]))
-    return Dashboards(dictionary, out, n_tokens, _labels(tokenizer, out), time.time() - start)
+    return Dashboards(dictionary, out, n_tokens, card_labels(tokenizer, out), time.time() - start)
 
 
-def _labels(tokenizer, features) -> dict:
+def card_labels(tokenizer, features) -> dict:
+    """token id -> its text, for every token the features' cards show."""
     ids = set()
     for f in features:
         for c in f.top + [c for iv in f.intervals for c in iv.contexts] + ([f.prompt] if f.prompt else []):
@@ -599,7 +600,7 @@ def prompt_features(model, params, tokenizer, dictionary, dparams, ids, *, top: 
         acts = f[:, feat.index]
         pos = len(ids) - 1
         feat.prompt = Context(float(acts[pos]), 0, pos, 0, list(map(int, ids)), acts.astype(float).tolist())
-    dash.labels = _labels(tokenizer, dash.features)
+    dash.labels = card_labels(tokenizer, dash.features)
     from lmjax.interp import plots  # local: matplotlib is imported only when an explain page is drawn
 
     return PromptFeatures(plots.token_labels(tokenizer, ids), last, per_pos, dash)
