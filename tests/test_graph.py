@@ -76,15 +76,20 @@ def crosslayer_transcoder(model, seed=0):
     p = clt.init(jax.random.key(seed))
     p["b_dec"] = 0.1 * jax.random.normal(jax.random.key(seed + 5), p["b_dec"].shape)
     x, y = _mlp_samples(model)
+    return Transcoders.of(clt, fit_crosslayer_decoders(clt, p, x, y))
+
+
+def fit_crosslayer_decoders(clt, p, x, y):
+    """p with each layer t's decoders least-squares-fitted to the MLP outputs y[:, t] from
+    the features of layers 0..t on inputs x [n, L, d]."""
     f = np.asarray(clt.encode(p, clt.scale_inputs(x)))  # [n, L, width]
     target = clt.scale_targets(y) - np.asarray(p["b_dec"])
     w_dec = [np.zeros_like(np.asarray(w)) for w in p["W_dec"]]
-    for t in range(N_LAYER):  # layer t's output from the features of layers 0..t
-        w = _least_squares(f[:, :t + 1].reshape(len(f), -1), target[:, t]).reshape(t + 1, WIDTH, D)
+    for t in range(clt.n_layers):
+        w = _least_squares(f[:, :t + 1].reshape(len(f), -1), target[:, t]).reshape(t + 1, clt.width, clt.d_out)
         for l in range(t + 1):
             w_dec[l][:, t - l] = w[l]
-    p["W_dec"] = tuple(jnp.asarray(w) for w in w_dec)
-    return Transcoders.of(clt, p)
+    return dict(p, W_dec=tuple(jnp.asarray(w) for w in w_dec))
 
 
 TRANSCODERS = {"per_layer": per_layer_transcoders, "cross_layer": crosslayer_transcoder}

@@ -26,15 +26,12 @@ from lmjax.graph.prune import prune, scores
 from lmjax.model import ModelConfig, Transformer
 from lmjax.sae.architectures import Dictionary
 from lmjax.sae.crosslayer import CrossLayerTranscoder
+from test_graph import _least_squares, fit_crosslayer_decoders
 
 N_LAYER, D, WIDTH, N_POS = 2, 32, 64, 12
 CT_CONVENTIONS = dict(zero_first_position=True, token_vectors="embedding")
 HOOKS_IN = [f"blocks.{l}.ln2.hook_normalized" for l in range(N_LAYER)]
 HOOKS_OUT = [f"blocks.{l}.hook_mlp_out" for l in range(N_LAYER)]
-
-
-def _least_squares(f, y):
-    return np.linalg.lstsq(np.asarray(f, np.float64), np.asarray(y, np.float64), rcond=None)[0].astype(np.float32)
 
 
 def _per_layer(x, y):
@@ -57,15 +54,7 @@ def _cross_layer(x, y):
                                input_scales=(1.2, 0.8), output_scales=(0.9, 1.1))
     p = clt.init(jax.random.key(0))
     p["b_dec"] = 0.1 * jax.random.normal(jax.random.key(5), p["b_dec"].shape)
-    f = np.asarray(clt.encode(p, clt.scale_inputs(x)))  # [n, L, width]
-    target = clt.scale_targets(y) - np.asarray(p["b_dec"])
-    w_dec = [np.zeros_like(np.asarray(w)) for w in p["W_dec"]]
-    for t in range(N_LAYER):  # layer t's output from the features of layers 0..t
-        w = _least_squares(f[:, :t + 1].reshape(len(f), -1), target[:, t]).reshape(t + 1, WIDTH, D)
-        for l in range(t + 1):
-            w_dec[l][:, t - l] = w[l]
-    p["W_dec"] = tuple(jnp.asarray(w) for w in w_dec)
-    return Transcoders.of(clt, p)
+    return Transcoders.of(clt, fit_crosslayer_decoders(clt, p, x, y))
 
 
 @pytest.fixture(scope="module")
