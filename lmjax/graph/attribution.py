@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import threading
 from typing import Optional
 
 import jax
@@ -107,8 +108,25 @@ def top_logits(logits, max_logits: int = 10, logit_probability: float = 0.95):
     return order, p[order]
 
 
-# the two row programs compile side by side (XLA compiles outside the GIL, one core each)
+# the row programs compile side by side (XLA compiles outside the GIL, one core each)
 _background = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="lmjax-graph-compile")
+_programs: dict = {}  # (function, statics, argument shapes) -> Future of its compiled program
+_programs_lock = threading.Lock()
+_MAX_PROGRAMS = 32
+
+
+def _compiled(fn, statics: tuple, args: tuple) -> concurrent.futures.Future:
+    """fn(*statics, *args) compiled for these argument shapes, in the background, and kept
+    across calls: another graph of the same model, transcoders and shapes compiles nothing."""
+    leaves, tree = jax.tree.flatten(args)
+    key = (fn, statics, tree, tuple((x.shape, x.dtype) for x in leaves))  # every leaf is an array
+    with _programs_lock:
+        if key not in _programs:
+            if len(_programs) >= _MAX_PROGRAMS:
+                _programs.pop(next(iter(_programs)))  # the oldest
+            program = jax.jit(functools.partial(fn, *statics))
+            _programs[key] = _background.submit(lambda: program.lower(*args).compile())
+        return _programs[key]
 
 
 class _Slots:
@@ -173,14 +191,19 @@ def _writes(t: Transcoders, layer, index, activations, chunk: int = 4096) -> np.
 class _Rows:
     """The compiled row computations of one replacement: a feature row's cotangent is its
     encoder column at its layer and position, a logit row's the demeaned one-hot at the last
-    position. Feature rows run `batch` at a time (the last call padded: one compiled shape)
-    through a program without the unembedding; logit rows through one without the
-    transcoders' inputs."""
+    position.
+
+    A feature at layer k depends only on what enters below it: its row is a backward pass
+    through layers 0..k alone, and its sources are the features and errors of layers < k
+    (a prefix of the source columns: they are in layer order) and the tokens. So there is
+    one feature program per top layer k (`batch` rows of layers <= k at a time, the last
+    call padded) whose rows hold just those columns (`columns(k)`); logit rows run through
+    all layers, without the transcoders' inputs."""
 
     def __init__(self, rep: Replacement, features: np.ndarray, activations: np.ndarray, errors, token_vectors,
                  batch: int, n_logits: int):
         t = rep.transcoders
-        self.batch, self.n_sources = batch, len(features)
+        self.batch, self.n_sources, self.n_pos, self.n_layers = batch, len(features), rep.n_pos, t.n_layers
         layer, pos, index = features.T
         self.layer, self.pos = layer.astype(np.int32), pos.astype(np.int32)
         writes = _writes(t, layer, index, activations)
@@ -188,68 +211,84 @@ class _Rows:
         self.d_in = t.encoder_columns(np.zeros(1, np.int64), np.zeros(1, np.int64)).shape[1]
         self.encoders = np.asarray(t.encoder_columns(layer, index), np.float32).reshape(len(layer), self.d_in)
         self.vocab = int(rep.logits.shape[-1])
+        # the sources below layer k (k = 0..L): that many features, in that many slots
+        self.n_below = np.searchsorted(self.layer, np.arange(t.n_layers + 1)).astype(int)
+        slots_below = np.searchsorted(slots.layer, np.arange(t.n_layers + 1)).astype(int)
+        slots_below[-1] = len(slots.layer)
         u_embed, u_mlp = rep.u()
-        self.args = (rep.params, rep.tokens, rep.frozen, u_embed, u_mlp, jnp.asarray(errors), jnp.asarray(token_vectors),
-                     jnp.asarray(slots.writes), jnp.asarray(slots.layer), jnp.asarray(slots.pos),
-                     jnp.asarray(slots.index))
-        # both programs compile in threads, at once (on a small prompt compiling is most of the time)
-        features = jax.jit(functools.partial(_feature_rows, rep.model, t))
+        self.args = (rep.params, t.params, rep.tokens, rep.frozen, u_embed, u_mlp, jnp.asarray(errors),
+                     jnp.asarray(token_vectors), jnp.asarray(slots.writes), jnp.asarray(slots.layer),
+                     jnp.asarray(slots.pos), jnp.asarray(slots.index))
+        statics = lambda k: (rep.model, t.structure, k, int(slots_below[k]), int(self.n_below[k]))  # noqa: E731
+        self._logits = _compiled(_logit_rows, statics(t.n_layers),
+                                 self.args + (np.zeros((n_logits, self.vocab), np.float32),))
         example = (np.zeros(batch, np.int32), np.zeros(batch, np.int32), np.zeros((batch, self.d_in), np.float32))
-        self._features = _background.submit(lambda: features.lower(*self.args, *example).compile())
-        logits = jax.jit(functools.partial(_logit_rows, rep.model, t))
-        self._logits = _background.submit(
-            lambda: logits.lower(*self.args, np.zeros((n_logits, self.vocab), np.float32)).compile())
+        self._features = [_compiled(_feature_rows, statics(k), self.args + example) for k in range(t.n_layers)]
 
-    def feature_rows(self, which: np.ndarray) -> np.ndarray:
-        """Rows of the features `which` (indices into the active features): each one's
-        pre-activation, through its encoder column at its layer and position."""
+    def columns(self, k: int) -> np.ndarray:
+        """The source columns (features, errors layer-major, tokens) of a row program of top layer k."""
+        errors = self.n_sources + np.arange(k * self.n_pos)
+        tokens = self.n_sources + self.n_layers * self.n_pos + np.arange(self.n_pos)
+        return np.concatenate([np.arange(self.n_below[k]), errors, tokens])
+
+    def feature_rows(self, which: np.ndarray):
+        """(rows, k) of at most `batch` features `which` (indices into the active features):
+        each one's pre-activation, through its encoder column at its layer and position; k
+        their top layer, the rows' columns `columns(k)`."""
         n = len(which)
-        which = np.concatenate([which, np.full((-n) % self.batch, -1)])  # -1: a zero row of padding
-        real = which >= 0
-        enc = np.where(real[:, None], self.encoders[which], 0.0).astype(np.float32)
-        compiled = self._features.result()
-        out = [np.asarray(compiled(*self.args, self.pos[which[i:i + self.batch]], self.layer[which[i:i + self.batch]],
-                                   enc[i:i + self.batch]))
-               for i in range(0, len(which), self.batch)]
-        return out[0][:n] if len(out) == 1 else np.concatenate(out)[:n]
+        k = int(self.layer[which].max())
+        pad = self.batch - n  # zero rows at layer 0, position 0
+        pos = np.concatenate([self.pos[which], np.zeros(pad, np.int32)])
+        layer = np.concatenate([self.layer[which], np.zeros(pad, np.int32)])
+        enc = np.concatenate([self.encoders[which], np.zeros((pad, self.d_in), np.float32)])
+        return np.asarray(self._features[k].result()(*self.args, pos, layer, enc))[:n], k
 
     def logit_rows(self, tokens: np.ndarray) -> np.ndarray:
-        """Rows of the demeaned logits of `tokens` at the last position."""
+        """Rows of the demeaned logits of `tokens` at the last position (every source column)."""
         vec = np.full((len(tokens), self.vocab), -1.0 / self.vocab, np.float32)
         vec[np.arange(len(tokens)), tokens] += 1.0
         return np.asarray(self._logits.result()(*self.args, vec))
 
 
-def _edges(g_embed, g_mlp, errors, token_vectors, writes, layer, pos, index):
-    """[B, n_sources + L * P + P]: the rows' edges from their gradients at the sources."""
+def _edges(k, n_slots, n_sources, g_embed, g_mlp, errors, token_vectors, writes, slot_layer, slot_pos, index):
+    """[B, columns(k)]: the rows' edges from their gradients at the sources below layer k
+    (g_mlp [B, >= k, P, d]: only its first k layers are read)."""
     b = g_mlp.shape[0]
+    g_mlp, writes = g_mlp[:, :k], writes[:n_slots]
+    if writes.ndim == 4:  # a cross-layer transcoder's writes to the layers below k
+        writes = writes[:, :, :k]
     token = jnp.einsum("bpd,pd->bp", g_embed, token_vectors)
-    error = jnp.einsum("blpd,lpd->blp", g_mlp, errors).reshape(b, -1)
-    return jnp.concatenate([_slot_edges(g_mlp, writes, layer, pos, index), error, token], 1)
+    error = jnp.einsum("blpd,lpd->blp", g_mlp, errors[:k]).reshape(b, -1)
+    features = _slot_edges(g_mlp, writes, slot_layer[:n_slots], slot_pos[:n_slots], index[:n_sources])
+    return jnp.concatenate([features, error, token], 1)
 
 
-def _feature_rows(model, transcoders, params, tokens, frozen, u_embed, u_mlp, errors, token_vectors, writes,
-                  layer, pos, index, row_pos, row_layer, row_enc):
-    """Rows of B features given by their positions, layers and encoder columns [B, d_in]."""
-    def inputs(ue, um):  # the transcoders' inputs only: nothing of the unembedding is computed
-        return replacement_linear(model, transcoders, params, tokens, frozen, ue, um)[0]
+def _feature_rows(model, structure, k, n_slots, n_sources, params, transcoder_params, tokens, frozen, u_embed, u_mlp,
+                  errors, token_vectors, writes, slot_layer, slot_pos, index, row_pos, row_layer, row_enc):
+    """Rows of B features of layers <= k given by their positions, layers and encoder columns [B, d_in]."""
+    transcoders = Transcoders.of_structure(structure, transcoder_params)
+
+    def inputs(ue, um):  # layers 0..k's transcoder inputs only: nothing above them is computed
+        return replacement_linear(model, transcoders, params, tokens, frozen, ue, um, input_layers=k + 1)[0]
 
     _, vjp = jax.vjp(inputs, u_embed, u_mlp)
-    b, n_pos, n_layers = row_pos.shape[0], tokens.shape[0], u_mlp.shape[0]
-    cot = jnp.zeros((b, n_pos, n_layers, row_enc.shape[-1]), jnp.float32).at[jnp.arange(b), row_pos, row_layer].set(row_enc)
+    b, n_pos = row_pos.shape[0], tokens.shape[0]
+    cot = jnp.zeros((b, n_pos, k + 1, row_enc.shape[-1]), jnp.float32).at[jnp.arange(b), row_pos, row_layer].set(row_enc)
     g_embed, g_mlp = jax.vmap(vjp)(cot)  # [B, P, d], [B, L, P, d]
-    return _edges(g_embed, g_mlp, errors, token_vectors, writes, layer, pos, index)
+    return _edges(k, n_slots, n_sources, g_embed, g_mlp, errors, token_vectors, writes, slot_layer, slot_pos, index)
 
 
-def _logit_rows(model, transcoders, params, tokens, frozen, u_embed, u_mlp, errors, token_vectors, writes,
-                layer, pos, index, row_logit):
-    """Rows of the last position's logits along B directions row_logit [B, vocab]."""
+def _logit_rows(model, structure, k, n_slots, n_sources, params, transcoder_params, tokens, frozen, u_embed, u_mlp,
+                errors, token_vectors, writes, slot_layer, slot_pos, index, row_logit):
+    """Rows of the last position's logits along B directions row_logit [B, vocab] (k = L: every source)."""
+    transcoders = Transcoders.of_structure(structure, transcoder_params)
+
     def last_logits(ue, um):
         return replacement_linear(model, transcoders, params, tokens, frozen, ue, um, with_inputs=False)[1][-1]
 
     _, vjp = jax.vjp(last_logits, u_embed, u_mlp)
     g_embed, g_mlp = jax.vmap(vjp)(row_logit)
-    return _edges(g_embed, g_mlp, errors, token_vectors, writes, layer, pos, index)
+    return _edges(k, n_slots, n_sources, g_embed, g_mlp, errors, token_vectors, writes, slot_layer, slot_pos, index)
 
 
 def active_features(rep: Replacement, zero_first_position: bool = False):
@@ -266,38 +305,38 @@ def active_features(rep: Replacement, zero_first_position: bool = False):
 
 class _Influence:
     """circuit-tracer's partial influences over the rows computed so far: each row's
-    |edges| normalised to sum 1 is kept as it arrives (float32, like circuit-tracer's), so
-    every power-iteration step is one matrix-vector product."""
+    |edges| normalised to sum 1 is kept as it arrives (float32, like circuit-tracer's), in
+    blocks as wide as the rows' source features (a row of layer k has only the features
+    below k), so every power-iteration step is a matrix-vector product per block."""
 
-    def __init__(self, logit_rows: np.ndarray, logit_probabilities: np.ndarray, capacity: int, n_sources: int):
+    def __init__(self, logit_rows: np.ndarray, logit_probabilities: np.ndarray, n_sources: int):
         self.n_sources = n_sources  # only source features are propagated: the other columns have no rows
-        self.a = np.zeros((capacity + len(logit_rows), n_sources), np.float32)
-        self.nodes = np.zeros(capacity, np.int64)
         self.p = np.asarray(logit_probabilities, np.float32)
-        self.n = 0
-        self.add(logit_rows)
+        self.logits = self._normalised(logit_rows, n_sources)
+        self.blocks = []  # (nodes, normalised |edges| from the first n features)
 
-    def add(self, rows: np.ndarray, nodes: Optional[np.ndarray] = None) -> None:
-        a = self.a[self.n:self.n + len(rows)]
-        np.abs(rows[:, :self.n_sources], out=a)
-        total = a.sum(1) + np.abs(rows[:, self.n_sources:]).sum(1)
-        a /= np.maximum(total, 1e-8)[:, None]
-        if nodes is not None:
-            self.nodes[self.n - len(self.p):self.n - len(self.p) + len(rows)] = nodes
-        self.n += len(rows)
+    @staticmethod
+    def _normalised(rows: np.ndarray, n: int) -> np.ndarray:
+        a = np.abs(rows[:, :n])
+        a /= np.maximum(a.sum(1) + np.abs(rows[:, n:]).sum(1), 1e-8)[:, None]
+        return a
+
+    def add(self, rows: np.ndarray, n_features: int, nodes: np.ndarray) -> None:
+        if n_features:  # rows with no source features pass no influence on
+            self.blocks.append((nodes, self._normalised(rows, n_features)))
 
     def __call__(self, max_iter: int = 128) -> np.ndarray:
         """[n_sources]: every source feature's influence on the logits through the visited rows."""
-        n_logits = len(self.p)
-        weights = np.zeros(self.n, np.float32)
-        weights[:n_logits] = self.p
+        prod = self.p @ self.logits
         influence = np.zeros(self.n_sources, np.float32)
         for _ in range(max_iter):
-            prod = weights @ self.a[:self.n]
             if not prod.any():
                 return influence
             influence += prod
-            weights = np.concatenate([np.zeros(n_logits, np.float32), prod[self.nodes[:self.n - n_logits]]])
+            nxt = np.zeros(self.n_sources, np.float32)
+            for nodes, a in self.blocks:
+                nxt[:a.shape[1]] += prod[nodes] @ a
+            prod = nxt
         raise LmjaxError(f"feature influences did not converge in {max_iter} iterations")
 
 
@@ -337,57 +376,63 @@ def attribute(model, params, tokens, transcoders: Transcoders, *, max_feature_no
     logit_rows = rows_fn.logit_rows(logit_tokens)
     n_cols = logit_rows.shape[1]  # sources: active features, errors, tokens
     bar = _progress(budget, progress)
-    if budget == n_active:  # every feature, in node order: the rows go straight into the graph
+    if budget == n_active:  # every feature, in node order: each batch goes straight into the graph
         selected = np.arange(n_active)
         rows = np.zeros((budget + n_logits, n_cols + n_logits), np.float32)
         for start in range(0, budget, batch_size):
             which = selected[start:start + batch_size]
-            rows[start:start + len(which), :n_cols] = rows_fn.feature_rows(which)
+            block, k = rows_fn.feature_rows(which)
+            rows[start:start + len(which), rows_fn.columns(k)] = block
             _update(bar, len(which))
+        rows[budget:, :n_cols] = logit_rows
     else:
         selected, rows = _visit_by_influence(rows_fn, logit_rows, logit_p, n_active, budget, batch_size,
                                              update_interval, bar)
-    rows[budget:, :n_cols - (n_active - budget)] = logit_rows[:, _columns(selected, n_active, n_cols)]
     if bar is not None:
         bar.close()
     return Graph(np.asarray(tokens), rep.transcoders.n_layers, features, activations, selected,
                  np.asarray(logit_tokens), logit_p.astype(np.float32), rows)
 
 
-def _columns(selected: np.ndarray, n_active: int, n_cols: int) -> np.ndarray:
-    """The computed columns that are graph nodes: the selected features, the errors and tokens."""
-    return np.concatenate([selected, np.arange(n_active, n_cols)])
-
-
 def _visit_by_influence(rows_fn: _Rows, logit_rows, logit_p, n_active, budget, batch_size, update_interval, bar):
     """(selected, rows): the `budget` features of largest partial influence, visited in
     batches, re-ranked every `update_interval` batches (circuit-tracer's order)."""
-    n_cols = logit_rows.shape[1]
-    computed = np.zeros((budget, n_cols), np.float32)  # in visiting order
-    order = np.zeros(budget, np.int64)
+    blocks = []  # (features, rows, top layer) in visiting order
     visited = np.zeros(n_active, bool)
-    influence = _Influence(logit_rows, logit_p, budget, n_active)
+    influence = _Influence(logit_rows, logit_p, n_active)
     done = 0
     while done < budget:
         rank = np.argsort(-influence(), kind="stable")
         pending = rank[~visited[rank]][:min(update_interval * batch_size, budget - done)]
+        # the same rows in layer order: each batch runs through as few layers as its rows need
+        pending = pending[np.argsort(rows_fn.layer[pending], kind="stable")]
         for start in range(0, len(pending), batch_size):
             which = pending[start:start + batch_size]
-            batch = rows_fn.feature_rows(which)
-            computed[done:done + len(which)] = batch
-            influence.add(batch, which)
-            order[done:done + len(which)] = which
+            block, k = rows_fn.feature_rows(which)
+            influence.add(block, rows_fn.n_below[k], which)
+            blocks.append((which, block, k))
             visited[which] = True
             done += len(which)
             _update(bar, len(which))
     del influence
-    selected = np.flatnonzero(visited)
-    columns = _columns(selected, n_active, n_cols)
-    rows = np.zeros((budget + len(logit_rows), len(columns) + len(logit_rows)), np.float32)
-    by_node = np.argsort(order, kind="stable")  # visiting order -> node order
-    for start in range(0, budget, 256):  # a block at a time: no second copy of the rows
-        block = by_node[start:start + 256]
-        rows[start:start + len(block), :len(columns)] = computed[np.ix_(block, columns)]  # no [block, all] copy
+    return _assemble(rows_fn, blocks, logit_rows, np.flatnonzero(visited))
+
+
+def _assemble(rows_fn: _Rows, blocks: list, logit_rows: np.ndarray, selected: np.ndarray):
+    """(selected, rows [budget + n_logits, n_nodes]): the computed rows in node order, on
+    the graph's columns (the selected features, errors, tokens; zero for the logits)."""
+    n_active, n_cols = rows_fn.n_sources, logit_rows.shape[1]
+    budget, n_logits = len(selected), len(logit_rows)
+    node = np.full(n_cols, -1)  # each source column's node, -1 for features left out
+    node[selected] = np.arange(budget)
+    node[n_active:] = budget + np.arange(n_cols - n_active)
+    rows = np.zeros((budget + n_logits, budget + n_cols - n_active + n_logits), np.float32)
+    while blocks:  # a block at a time, each freed once placed: no second copy of the rows
+        which, block, k = blocks.pop()
+        columns = node[rows_fn.columns(k)]
+        kept = columns >= 0
+        rows[np.ix_(node[which], columns[kept])] = block[:, kept]
+    rows[budget:, :n_cols - (n_active - budget)] = logit_rows[:, node >= 0]
     return selected, rows
 
 

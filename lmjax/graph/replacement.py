@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +106,17 @@ class Transcoders:
             raise LmjaxError(f"the transcoders have different widths {sorted(widths)}; the graph needs one width")
         return cls("per_layer", dictionaries, params, len(dictionaries), widths.pop(),
                    tuple(d.hook_in for d in dictionaries), tuple(d.hook_out for d in dictionaries))
+
+    @property
+    def structure(self) -> tuple:
+        """Everything but the params, hashable by value: a compiled program keyed on it
+        serves another Transcoders of the same dictionaries (the params are arguments)."""
+        return self.kind, self.dictionaries, self.n_layers, self.width, self.hooks_in, self.hooks_out
+
+    @classmethod
+    def of_structure(cls, structure: tuple, params) -> "Transcoders":
+        kind, dictionaries, n_layers, width, hooks_in, hooks_out = structure
+        return cls(kind, dictionaries, params, n_layers, width, hooks_in, hooks_out)
 
     def check_model(self, model) -> None:
         """One-line errors for a model the transcoders do not replace completely."""
@@ -224,9 +235,10 @@ class Replacement:
 
 
 def linear(model, transcoders: Transcoders, params, tokens, frozen: dict, u_embed, u_mlp, *,
-           with_inputs: bool = True):
+           with_inputs: bool = True, input_layers: int | None = None):
     """Replacement.linear as a pure function of arrays (what a compiled program takes as
-    arguments rather than as constants)."""
+    arguments rather than as constants). input_layers: only the first that many layers'
+    inputs (a backward pass from them then runs through those layers alone)."""
     interventions = {name: (_replace, value) for name, value in frozen.items()}
     interventions[EMBED_HOOK] = (_replace, u_embed[None])
     w_skip = transcoders.skip_weights()
@@ -241,7 +253,7 @@ def linear(model, transcoders: Transcoders, params, tokens, frozen: dict, u_embe
         for l, (name_in, name_out) in enumerate(zip(transcoders.hooks_in, transcoders.hooks_out)):
             interventions[name_in] = (functools.partial(_keep, seen, l), ())
             interventions[name_out] = (functools.partial(_add_skip, seen, l), (u_mlp[l][None], w_skip[l]))
-    names = transcoders.hooks_in if with_inputs else ()
+    names = transcoders.hooks_in[:input_layers] if with_inputs else ()
     # explicit positions select attention's explicit core, whose pattern is the hooked one
     positions = jnp.arange(tokens.shape[0])[None]
     logits, cache = model.run_with_cache(params, tokens[None], names, positions=positions,
@@ -267,10 +279,20 @@ def build_replacement(model, params, tokens, transcoders: Transcoders) -> Replac
                          f"{tuple(tokens.shape)}")
     if tokens.shape[0] > model.cfg.max_len:
         raise LmjaxError(f"the prompt has {tokens.shape[0]} tokens; the model's context is {model.cfg.max_len}")
+    state = _prompt_state(model, transcoders.structure, params, transcoders.params, tokens)
+    return Replacement(model, params, tokens, transcoders, **state)
+
+
+# one compiled program for the whole prompt state, kept across calls (jit's cache, keyed on
+# the model, the transcoders' structure and the shapes: the same model on a prompt of the
+# same length compiles nothing)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _prompt_state(model, structure: tuple, params, transcoder_params, tokens) -> dict:
+    transcoders = Transcoders.of_structure(structure, transcoder_params)
     frozen_names = frozen_hook_names(model)
     names = tuple(frozen_names) + (EMBED_HOOK,) + transcoders.hooks_in + transcoders.hooks_out
     positions = jnp.arange(tokens.shape[0])[None]  # the explicit attention core, as in `linear`
-    logits, cache = _cache(model, params, tokens, names, positions)
+    logits, cache = model.run_with_cache(params, tokens[None], names, positions=positions)
     x = jnp.stack([cache[n][0] for n in transcoders.hooks_in], 1)
     pre, acts = transcoders.encode(x)
     recon, bias = transcoders.reconstruct(acts)
@@ -279,9 +301,6 @@ def build_replacement(model, params, tokens, transcoders: Transcoders) -> Replac
     skip = jnp.zeros_like(recon) if w_skip is None else jnp.einsum("pli,lio->lpo", x, w_skip)
     recon = recon + skip
     mlp_out = jnp.stack([cache[n][0] for n in transcoders.hooks_out])
-    return Replacement(model, params, tokens, transcoders, {n: cache[n] for n in frozen_names},
-                       cache[EMBED_HOOK][0], mlp_out, recon, bias, skip, mlp_out - recon, pre, acts, logits[0])
-
-
-def _cache(model, params, tokens, names: Sequence[str], positions):
-    return jax.jit(lambda p, t, pos: model.run_with_cache(p, t[None], names, positions=pos))(params, tokens, positions)
+    return dict(frozen={n: cache[n] for n in frozen_names}, u_embed=cache[EMBED_HOOK][0], mlp_out=mlp_out,
+                reconstruction=recon, bias=bias, skip=skip, errors=mlp_out - recon, pre=pre, acts=acts,
+                logits=logits[0])
