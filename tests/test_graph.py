@@ -12,11 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _model_fixtures import GPT2, LLAMA, random_params, random_tokens
+from _model_fixtures import FAST_COMPILE, GPT2, LLAMA, random_params, random_tokens
 from lmjax.errors import LmjaxError
 from lmjax.graph import Transcoders, attribute, build_replacement
 from lmjax.graph.prune import node_influence, prune, scores
 from lmjax.graph.replacement import FROZEN_MIXER_POINTS
+from lmjax.interp import compiling
 from lmjax.model import ModelConfig, Transformer
 from lmjax.model.config import MIXER_LETTERS
 from lmjax.sae.architectures import Dictionary
@@ -27,17 +28,45 @@ MODELS = {"gpt2": GPT2, "llama": LLAMA, "mamba": dict(GPT2, mixer="mamba"), "hyb
           "recurrent": dict(GPT2, layer_pattern="LG"), "conv": dict(GPT2, layer_pattern="CA")}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    """The graph's programs compile with LLVM at -O0 here: compiling is most of these tests'
+    time, and the optimisation level changes nothing that is compared."""
+    saved = dict(compiling.COMPILER_OPTIONS)
+    compiling.COMPILER_OPTIONS.update(FAST_COMPILE)
+    yield
+    compiling.COMPILER_OPTIONS.clear()
+    compiling.COMPILER_OPTIONS.update(saved)
+
+
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def model(request):
     cfg = ModelConfig(vocab_size=61, d_model=D, n_layer=N_LAYER, n_head=4, max_len=16, **MODELS[request.param])
     return Transformer(cfg), random_params(cfg), random_tokens(cfg, 1, N_POS)[0]
 
 
+MLP_HOOKS = tuple(f"blocks.{l}.ln2.hook_normalized" for l in range(N_LAYER)) + tuple(
+    f"blocks.{l}.hook_mlp_out" for l in range(N_LAYER))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_mlp_cache(cfg):
+    model = Transformer(cfg)
+    return jax.jit(lambda params, tokens: model.run_with_cache(params, tokens, MLP_HOOKS)[1],
+                   compiler_options=FAST_COMPILE)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_forward(cfg):
+    model = Transformer(cfg)
+    return jax.jit(lambda params, tokens: model.apply({"params": params}, tokens), compiler_options=FAST_COMPILE)
+
+
 def _mlp_samples(model):
     """(MLP inputs [n, L, d], MLP outputs [n, L, d]) of the model on other random tokens."""
     m, params, _ = model
-    names = [f"blocks.{l}.ln2.hook_normalized" for l in range(N_LAYER)] + [f"blocks.{l}.hook_mlp_out" for l in range(N_LAYER)]
-    _, cache = m.run_with_cache(params, random_tokens(m.cfg, 8, 16, seed=1), names)
+    names = MLP_HOOKS
+    cache = _compiled_mlp_cache(m.cfg)(params, random_tokens(m.cfg, 8, 16, seed=1))
     x = np.stack([np.asarray(cache[n]).reshape(-1, D) for n in names[:N_LAYER]], 1)
     return x, np.stack([np.asarray(cache[n]).reshape(-1, D) for n in names[N_LAYER:]], 1)
 
@@ -104,7 +133,7 @@ def traced(request, model):
 
 @functools.lru_cache(maxsize=None)
 def _compiled_linear(rep):
-    return jax.jit(lambda ue, um: rep.linear(ue, um))
+    return jax.jit(lambda ue, um: rep.linear(ue, um), compiler_options=FAST_COMPILE)
 
 
 def _targets(rep, graph, u_embed, u_mlp):
@@ -119,8 +148,9 @@ def _targets(rep, graph, u_embed, u_mlp):
 def test_the_replacement_reproduces_the_model(traced):
     m, params, tokens, t, rep, graph = traced
     u_embed, u_mlp = rep.u()
-    _, logits = rep.linear(u_embed, u_mlp)
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(m.apply({"params": params}, tokens[None])[0]), atol=1e-5)
+    _, logits = _compiled_linear(rep)(u_embed, u_mlp)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(_compiled_forward(m.cfg)(params, tokens[None])[0]),
+                               atol=1e-5)
     np.testing.assert_allclose(np.asarray(rep.reconstruction + rep.errors), np.asarray(rep.mlp_out), atol=1e-6)
     assert 0.2 < np.mean(np.asarray(rep.acts) > 0) < 0.8  # a graph with many active features
 

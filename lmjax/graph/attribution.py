@@ -34,6 +34,7 @@ import numpy as np
 from lmjax.errors import LmjaxError
 from lmjax.graph.replacement import Replacement, Transcoders, build_replacement
 from lmjax.graph.replacement import linear as replacement_linear
+from lmjax.interp import compiling
 
 TOKEN_VECTORS = ("residual", "embedding")
 
@@ -116,15 +117,17 @@ _MAX_PROGRAMS = 32
 
 
 def _compiled(fn, statics: tuple, args: tuple) -> concurrent.futures.Future:
-    """fn(*statics, *args) compiled for these argument shapes, in the background, and kept
-    across calls: another graph of the same model, transcoders and shapes compiles nothing."""
+    """fn(*statics, *args) compiled for these argument shapes with lmjax.interp's current
+    COMPILER_OPTIONS, in the background, and kept across calls: another graph of the same
+    model, transcoders and shapes compiles nothing."""
     leaves, tree = jax.tree.flatten(args)
-    key = (fn, statics, tree, tuple((x.shape, x.dtype) for x in leaves))  # every leaf is an array
+    options = tuple(sorted(compiling.COMPILER_OPTIONS.items()))
+    key = (fn, statics, options, tree, tuple((x.shape, x.dtype) for x in leaves))  # every leaf is an array
     with _programs_lock:
         if key not in _programs:
             if len(_programs) >= _MAX_PROGRAMS:
                 _programs.pop(next(iter(_programs)))  # the oldest
-            program = jax.jit(functools.partial(fn, *statics))
+            program = jax.jit(functools.partial(fn, *statics), compiler_options=dict(options) or None)
             _programs[key] = _background.submit(lambda: program.lower(*args).compile())
         return _programs[key]
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmjax.errors import LmjaxError
+from lmjax.interp import compiling
 from lmjax.model import hook_names
 from lmjax.model.recurrent import GRU, LSTM
 from lmjax.sae.architectures import Dictionary
@@ -283,10 +284,10 @@ def build_replacement(model, params, tokens, transcoders: Transcoders) -> Replac
     return Replacement(model, params, tokens, transcoders, **state)
 
 
-# one compiled program for the whole prompt state, kept across calls (jit's cache, keyed on
-# the model, the transcoders' structure and the shapes: the same model on a prompt of the
-# same length compiles nothing)
-@functools.partial(jax.jit, static_argnums=(0, 1))
+# one compiled program for the whole prompt state (with lmjax.interp's COMPILER_OPTIONS),
+# kept across calls: keyed on the model, the transcoders' structure and the shapes, so the
+# same model on a prompt of the same length compiles nothing
+@compiling.jit(static_argnames=("model", "structure"))
 def _prompt_state(model, structure: tuple, params, transcoder_params, tokens) -> dict:
     transcoders = Transcoders.of_structure(structure, transcoder_params)
     frozen_names = frozen_hook_names(model)
