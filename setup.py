@@ -15,6 +15,10 @@ setup(
         "optax>=0.2.3",
         "orbax-checkpoint>=0.6",
         "etils[epath]",  # one path API for local disks and buckets (gs://) alike
+        # Corpus formats (lmjax/data/formats.py): parquet and Arrow / datasets.save_to_disk files,
+        # .zst-compressed JSON lines. Core formats, so not an extra; imported only by their readers.
+        "pyarrow>=14",
+        "zstandard>=0.22",
         "sentencepiece>=0.2",
         "ml-collections>=0.1.1",
         "absl-py",
@@ -32,8 +36,11 @@ setup(
         # the suite on two workers (pytest.ini).
         # sae-lens and circuit-tracer are the references the dictionary tests (tests/test_sae_*.py)
         # read and write files with, and check dashboards and toy benchmarks against.
+        # datasets writes the save_to_disk directories that tests/test_data_formats.py reads
+        # (lmjax reads them with pyarrow alone).
         "test": ["pytest>=7", "pytest-xdist>=3.5", "tensorboard", "torch>=2.4", "transformers>=4.45", "tokenizers>=0.19",
-                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "sae-lens>=6.5", "circuit-tracer>=0.5"],
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "sae-lens>=6.5", "circuit-tracer>=0.5",
+                 "datasets>=2.14"],
         # Hugging Face import/export (lmjax.hf, `lmjax convert`): tokenizer.json files.
         # Safetensors are read and written by lmjax itself (NumPy + mmap), without PyTorch.
         "hf": ["tokenizers>=0.19"],

@@ -15,6 +15,7 @@ from typing import Iterable
 
 import ml_collections
 
+from lmjax.data.mixture import mixture_problems
 from lmjax.errors import LmjaxError
 from lmjax.model.config import ModelConfig
 from lmjax.sharding import DCN_KEYS, DEFAULT_RULES, MESH_AXES, preset_problems, rule_problems
@@ -41,8 +42,16 @@ def default_config() -> ml_collections.ConfigDict:
         c.model[key] = ml_collections.FieldReference(None, field_type=int)
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "stdlib"  # "stdlib" (embedded corpus), a file, a directory or a glob
-    c.data.tokenizer = "byte"  # byte | char | sentencepiece
+    # "stdlib" (embedded corpus), a file, a directory or a glob: text, jsonl / json (.gz, .zst),
+    # parquet, arrow, a datasets.save_to_disk directory, llm.c .bin token shards (docs/data.md)
+    c.data.source = "stdlib"
+    # named sources with weights (lmjax/data/mixture.py), used instead of data.source:
+    # ({"name": "web", "source": "web/*.jsonl.zst", "weight": 0.7}, {"name": ..., "weight": ((0, 0.3), (500, 0.5))})
+    c.data.mixture = ()
+    c.data.text_key = "text"  # the text field of jsonl / parquet / arrow records
+    c.data.skip_malformed = False  # skip (and count) malformed records instead of stopping at the first
+    c.data.tokenize_workers = 0  # processes tokenizing a corpus; 0 = one per core
+    c.data.tokenizer = "byte"  # byte | char | sentencepiece | path to a tokenizer.json (or its directory)
     c.data.spm_vocab_size = 4096  # sentencepiece: vocabulary to train
     c.data.spm_model_type = "bpe"  # sentencepiece: bpe | unigram
     c.data.spm_model_path = ""  # sentencepiece: load this .model instead of training
@@ -259,7 +268,11 @@ def config_problems(config) -> list[str]:
         if not ok:
             problems.append(f"{field}: {msg}")
 
-    check(d.tokenizer in TOKENIZERS, "data.tokenizer", f"{d.tokenizer!r} not in {TOKENIZERS}")
+    check(d.tokenizer in TOKENIZERS or d.tokenizer.endswith(".json") or "/" in d.tokenizer, "data.tokenizer",
+          f"{d.tokenizer!r} is not one of {TOKENIZERS} or a path to a tokenizer.json (or its directory)")
+    check(bool(d.text_key), "data.text_key", "must be a non-empty field name (default 'text')")
+    check(d.tokenize_workers >= 0, "data.tokenize_workers", f"must be >= 0 (0 = one per core), got {d.tokenize_workers}")
+    problems += mixture_problems(d.mixture)
     check(d.spm_model_type in ("bpe", "unigram"), "data.spm_model_type", f"{d.spm_model_type!r} not in ('bpe', 'unigram')")
     check(0 < d.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
     check(0 <= d.seq_len <= config.model.max_len, "data.seq_len",

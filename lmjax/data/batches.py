@@ -19,7 +19,8 @@ def _check_positive(**kw) -> None:
             raise LmjaxError(f"{name} must be a positive integer, got {v!r}")
 
 
-def _check_tokens(tokens, seq_len: int, what: str) -> None:
+def check_windows(tokens, seq_len: int, what: str) -> None:
+    """A 1-D token array holding at least one window of seq_len + 1 tokens, or an error naming ``what``."""
     if np.ndim(tokens) != 1:
         raise LmjaxError(f"{what} must be a 1-D token array, got shape {np.shape(tokens)}")
     if len(tokens) < seq_len + 1:
@@ -27,15 +28,19 @@ def _check_tokens(tokens, seq_len: int, what: str) -> None:
                          f"{seq_len + 1}; use more data, a larger split, or a shorter seq_len")
 
 
-def _windows(tokens, offsets: np.ndarray, seq_len: int) -> dict[str, np.ndarray]:
-    # One gather of seq_len + 1 tokens per row; targets are the inputs shifted by one.
+def windows(tokens, offsets: np.ndarray, seq_len: int) -> np.ndarray:
+    """int32 rows ``tokens[o : o + seq_len + 1]`` for each offset o (one gather)."""
     if isinstance(tokens, np.ndarray):
         rows = np.asarray(tokens[offsets[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
     else:  # a token file read by ranges (e.g. on a bucket): one contiguous read per row
         rows = np.zeros((len(offsets), seq_len + 1), np.int32)
         for i, o in enumerate(offsets):
             rows[i] = tokens[int(o):int(o) + seq_len + 1]
-    return {"inputs": rows[:, :-1], "targets": rows[:, 1:]}
+    return rows
+
+
+def _inputs_targets(rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {"inputs": rows[:, :-1], "targets": rows[:, 1:]}  # targets are the inputs shifted by one
 
 
 def train_offsets(n_tokens: int, *, seed: int, step: int, batch_size: int, seq_len: int) -> np.ndarray:
@@ -80,9 +85,9 @@ def train_rows(tokens, *, seed: int, step: int, batch_size: int, seq_len: int,
     _check_positive(batch_size=batch_size, seq_len=seq_len)
     if not 0 <= start <= stop <= batch_size:
         raise LmjaxError(f"rows [{start}, {stop}) are not inside the batch of {batch_size}")
-    _check_tokens(tokens, seq_len, "train tokens")
+    check_windows(tokens, seq_len, "train tokens")
     offsets = train_offsets(len(tokens), seed=seed, step=step, batch_size=batch_size, seq_len=seq_len)
-    return _windows(tokens, offsets[start:stop], seq_len)
+    return _inputs_targets(windows(tokens, offsets[start:stop], seq_len))
 
 
 def num_eval_batches(n_tokens: int, *, batch_size: int, seq_len: int, max_batches: int | None = None) -> int:
@@ -101,7 +106,7 @@ def eval_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int,
     if max_batches is not None and (isinstance(max_batches, bool)
                                     or not isinstance(max_batches, (int, np.integer)) or max_batches < 0):
         raise LmjaxError(f"max_batches must be None or a non-negative integer, got {max_batches!r}")
-    _check_tokens(tokens, seq_len, "eval tokens")
+    check_windows(tokens, seq_len, "eval tokens")
     n_windows = (len(tokens) - 1) // seq_len
     if n_windows < batch_size:
         # Yielding nothing would silently skip evaluation; say what to change instead.
@@ -111,4 +116,4 @@ def eval_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int,
     n_batches = num_eval_batches(len(tokens), batch_size=batch_size, seq_len=seq_len, max_batches=max_batches)
     window_starts = np.arange(batch_size, dtype=np.int64) * seq_len
     for b in range(n_batches):
-        yield _windows(tokens, b * batch_size * seq_len + window_starts, seq_len)
+        yield _inputs_targets(windows(tokens, b * batch_size * seq_len + window_starts, seq_len))

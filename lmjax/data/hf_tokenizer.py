@@ -131,6 +131,12 @@ class HFTokenizer:
             ids = ids + [self.eos_id]
         return np.asarray(ids, dtype=np.int64)
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """`encode_array` of each text, tokenized as one batch in Rust (no offsets computed)."""
+        batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)  # _fast: tokenizers >= 0.21
+        bos = [self.bos_id] if self.adds_bos else []
+        return [np.asarray(bos + e.ids, dtype=np.int64) for e in batch(texts, add_special_tokens=False)]
+
     def encode(self, text: str, *, add_bos: bool | None = None, add_eos: bool = False) -> list[int]:
         """Text -> ids; `add_bos=None` adds BOS exactly when the model's tokenizer does."""
         return self.encode_array(text, add_bos=add_bos, add_eos=add_eos).tolist()

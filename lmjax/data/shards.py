@@ -33,13 +33,17 @@ import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
+from lmjax.data import formats
+from lmjax.data.batches import train_rows
+from lmjax.data.encode import Encoder
 from lmjax.data.sources import TextSource
 from lmjax.data.tokenizers import Tokenizer
 from lmjax.errors import LmjaxError
 
 FORMAT_VERSION = 1  # bump when the on-disk layout changes: old entries then miss the cache
 PROGRESS_MIN_BYTES = 5_000_000  # below this a progress bar is just noise
-_CHUNK_TOKENS = 1 << 20  # tokens buffered in memory before a write
+_CHUNK_TOKENS = 1 << 20  # tokens read or written at a time
+_CHUNK_CHARS = 1 << 20  # characters of text per batch sent to the tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +52,8 @@ class TokenData:
     and their metadata.
 
     ``meta`` keys: ``source``, ``fingerprint``, ``n_files``, ``tokenizer_kind``,
-    ``vocab_size``, ``eos_id``, ``dtype``, ``val_fraction``, ``n_documents``,
+    ``vocab_size``, ``eos_id``, ``dtype``, ``val_fraction``, ``n_documents`` (text documents
+    read, plus the EOS tokens of token shards), ``n_skipped`` (malformed records skipped),
     ``n_tokens_train``, ``n_tokens_val``, ``n_bytes_train``, ``n_bytes_val``, ``key``,
     ``format``; plus, not stored on disk, ``dir`` (the entry's directory) and ``cached``
     (True when this call loaded an existing entry instead of tokenizing).
@@ -63,6 +68,28 @@ class TokenData:
         """Val tokens per UTF-8 byte of val text: bits/byte = nats/token * this / ln 2."""
         n_bytes = self.meta["n_bytes_val"]
         return self.meta["n_tokens_val"] / n_bytes if n_bytes else float("nan")
+
+    # The interface the training loop uses, shared with lmjax.data.mixture.MixtureData.
+
+    def train_rows(self, *, seed: int, step: int, batch_size: int, seq_len: int, start: int, stop: int) -> dict:
+        """Rows ``[start, stop)`` of the global training batch for ``step`` (lmjax.data.batches.train_rows)."""
+        return train_rows(self.train, seed=seed, step=step, batch_size=batch_size, seq_len=seq_len,
+                          start=start, stop=stop)
+
+    def val_splits(self) -> dict:
+        """The val tokens to evaluate, by name: one source has one, named ""."""
+        return {"": self.val}
+
+    def windows_problem(self, seq_len: int, eval_rows: int) -> str | None:
+        """Why training (one window of seq_len + 1) or evaluation (``eval_rows`` windows) can't
+        run on these splits, or None."""
+        for split, tokens, rows in (("train", self.train, 1), ("val", self.val, eval_rows)):
+            if len(tokens) < rows * seq_len + 1:
+                return f"the {split} split has {len(tokens)} tokens, fewer than {rows} window(s) of {seq_len} + 1"
+        return None
+
+    def summary(self) -> str:
+        return f"{len(self.train):,} train / {len(self.val):,} val tokens"
 
 
 def default_cache_dir() -> str:
@@ -140,13 +167,15 @@ class TokenFile:
 
 
 def prepare_tokens(source: TextSource, tokenizer: Tokenizer, cache_dir: str, *,
-                   val_fraction: float = 0.1, progress: bool = True, group=None) -> TokenData:
+                   val_fraction: float = 0.1, progress: bool = True, group=None, workers: int = 0) -> TokenData:
     """Tokenize ``source`` (each document followed by EOS, in source order), split the stream
     by token index into the first ``1 - val_fraction`` (train) and the rest (val), and cache it.
 
     A second call with the same source files, tokenizer and ``val_fraction`` loads the cache.
     ``group`` (an ``lmjax.distributed.ProcessGroup``; every process calls this together)
-    splits the tokenizing over the run's processes when they share the cache directory.
+    splits the tokenizing over the run's processes when they share the cache directory;
+    each process tokenizes in ``workers`` processes (0 = one per core; lmjax/data/encode.py).
+    Token shards (``.bin``) enter the stream as they are, without EOS.
     """
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
             or not 0.0 < val_fraction < 1.0:
@@ -158,12 +187,12 @@ def prepare_tokens(source: TextSource, tokenizer: Tokenizer, cache_dir: str, *,
         if group.all_true(_complete(final)):
             return _load(final, cached=True)
         if _shared(cache, group):
-            return _prepare_split(source, tokenizer, cache, key, val_fraction, progress, group)
+            return _prepare_split(source, tokenizer, cache, key, val_fraction, progress, group, workers)
         # Each process has its own cache directory: each one tokenizes everything itself.
     if _complete(final):
         return _load(final, cached=True)
     if not is_local(cache):
-        return _prepare_remote(source, tokenizer, cache, key, val_fraction, progress)
+        return _prepare_remote(source, tokenizer, cache, key, val_fraction, progress, workers)
 
     os.makedirs(cache, exist_ok=True)
     # The temporary name starts with "." and never equals a key: it can't be mistaken for an entry.
@@ -171,8 +200,8 @@ def prepare_tokens(source: TextSource, tokenizer: Tokenizer, cache_dir: str, *,
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0o700; a shared cache should stay readable
         stream = os.path.join(tmp, "stream.bin")
-        n_tokens = _tokenize(stream, source, range(len(source.paths)), tokenizer, progress)
-        _finish_entry(tmp, [(stream, n_tokens)], source, tokenizer, val_fraction, key)
+        counts = _tokenize(stream, source, range(len(source.paths)), tokenizer, progress, workers)
+        _finish_entry(tmp, [(stream, counts)], source, tokenizer, val_fraction, key)
         try:
             os.rename(tmp, final)  # atomic: the entry appears complete or not at all
         except OSError:
@@ -188,14 +217,14 @@ def _complete(entry: epath.Path) -> bool:
     return (entry / "meta.json").exists()
 
 
-def _prepare_remote(source, tokenizer, cache: epath.Path, key: str, val_fraction, progress) -> TokenData:
+def _prepare_remote(source, tokenizer, cache: epath.Path, key: str, val_fraction, progress, workers) -> TokenData:
     """Build the entry in a local temporary directory and upload it, meta.json last."""
     with tempfile.TemporaryDirectory(prefix=f"lmjax-{key}-") as tmp:
         stream = os.path.join(tmp, "stream.bin")
-        n_tokens = _tokenize(stream, source, range(len(source.paths)), tokenizer, progress)
+        counts = _tokenize(stream, source, range(len(source.paths)), tokenizer, progress, workers)
         entry = os.path.join(tmp, "entry")
         os.makedirs(entry)
-        _finish_entry(entry, [(stream, n_tokens)], source, tokenizer, val_fraction, key)
+        _finish_entry(entry, [(stream, counts)], source, tokenizer, val_fraction, key)
         _publish(entry, cache / key)
     return _load(cache / key, cached=False)
 
@@ -232,7 +261,8 @@ def _split_files(sizes: list[int], count: int) -> list[range]:
     return [range(bounds[i], max(bounds[i], bounds[i + 1])) for i in range(count)]
 
 
-def _prepare_split(source, tokenizer, cache: epath.Path, key: str, val_fraction, progress, group) -> TokenData:
+def _prepare_split(source, tokenizer, cache: epath.Path, key: str, val_fraction, progress, group,
+                   workers) -> TokenData:
     nonce = group.broadcast(random.SystemRandom().randrange(1 << 30) if group.index == 0 else 0)
     parts = cache / f".{key}.parts-{nonce}"
     mine = _split_files(source.sizes(), group.count)[group.index]
@@ -241,9 +271,9 @@ def _prepare_split(source, tokenizer, cache: epath.Path, key: str, val_fraction,
         try:
             parts.mkdir(parents=True, exist_ok=True)
             stream = os.path.join(tmp, "part.bin")
-            n = _tokenize(stream, source, mine, tokenizer, progress and group.index == 0)
+            counts = _tokenize(stream, source, mine, tokenizer, progress and group.index == 0, workers)
             _put(stream, parts / f"part-{group.index:05d}.bin")
-            (parts / f"part-{group.index:05d}.json").write_text(json.dumps({"n_tokens": n}))
+            (parts / f"part-{group.index:05d}.json").write_text(json.dumps(counts))
         except Exception as e:  # noqa: BLE001 -- reported below, after the others know
             error = e
         if not group.all_true(error is None):
@@ -252,8 +282,7 @@ def _prepare_split(source, tokenizer, cache: epath.Path, key: str, val_fraction,
             raise LmjaxError(f"tokenizing {source.name!r} failed on another process (see its log)")
         if group.index == 0:
             try:
-                counts = [json.loads((parts / f"part-{i:05d}.json").read_text())["n_tokens"]
-                          for i in range(group.count)]
+                counts = [json.loads((parts / f"part-{i:05d}.json").read_text()) for i in range(group.count)]
                 entry = os.path.join(tmp, "entry") if not is_local(cache) else tempfile.mkdtemp(
                     prefix=f".{key}.tmp-", dir=os.fspath(cache))
                 os.makedirs(entry, exist_ok=True)
@@ -288,51 +317,75 @@ def _put(local_file: str, dst: epath.Path) -> None:
         epath.Path(local_file).copy(dst, overwrite=True)
 
 
-def _encoder(tokenizer):
-    return getattr(tokenizer, "encode_array", None) or (
-        lambda text: np.asarray(tokenizer.encode(text), dtype=np.int64))
-
-
-def _tokenize(out_path: str, source: TextSource, indices, tokenizer: Tokenizer, progress: bool) -> int:
-    """Write the token stream of documents ``indices`` (each followed by EOS) to a local file;
-    returns its length. Memory holds one document's ids plus a buffer of ~_CHUNK_TOKENS."""
+def _chunks_of_source(source: TextSource, indices, tokenizer: Tokenizer, skipped: formats.Skipped, counts: dict):
+    """Work for the encoder, in stream order, each tagged (file index, characters of the file
+    read so far): lists of ~_CHUNK_CHARS characters of documents, and token shards' ids
+    (checked against the vocabulary) in slices. ``counts["documents"]`` counts documents."""
     vocab_size = int(tokenizer.vocab_size)
-    dtype = token_dtype(vocab_size)
-    encode = _encoder(tokenizer)
-    eos = tokenizer.eos_id
-    eos_arr = np.array([eos], dtype=np.int64) if eos is not None else None
+    for i in indices:
+        if source.is_tokens(i):
+            try:
+                tokens = formats.read_token_shard(source.paths[i])
+            except formats.MalformedRecordError as e:
+                if not source.skip_malformed:
+                    raise LmjaxError(f"{e} (data.skip_malformed=True skips such files)") from None
+                skipped.add(str(e))
+                continue
+            for start in range(0, len(tokens), _CHUNK_TOKENS):
+                part = np.asarray(tokens[start:start + _CHUNK_TOKENS])
+                if part.size and int(part.max()) >= vocab_size:
+                    raise LmjaxError(f"{source.paths[i]}: token shard holds id {int(part.max())}, outside the "
+                                     f"tokenizer's vocabulary [0, {vocab_size}); use the tokenizer it was made with")
+                if tokenizer.eos_id is not None:
+                    counts["documents"] += int(np.count_nonzero(part == tokenizer.eos_id))
+                yield part, (i, (start + len(part)) * tokens.dtype.itemsize)
+            continue
+        batch, chars, read = [], 0, 0
+        for text in source.file_documents(i, skipped):
+            batch.append(text)
+            chars += len(text)
+            counts["documents"] += 1
+            if chars >= _CHUNK_CHARS:
+                read += chars
+                yield batch, (i, read)
+                batch, chars = [], 0
+        if batch:
+            yield batch, (i, read + chars)
+
+
+def _tokenize(out_path: str, source: TextSource, indices, tokenizer: Tokenizer, progress: bool,
+              workers: int = 0) -> dict:
+    """Write the token stream of files ``indices`` (each document followed by EOS; token shards as
+    they are) to a local file; returns its counts: ``n_tokens``, ``n_documents``, ``n_skipped``,
+    ``skipped_first``. Memory holds a few chunks per worker."""
+    dtype = token_dtype(int(tokenizer.vocab_size))
     sizes = source.sizes()
-    n_tokens = 0
-    buffer: list[np.ndarray] = []
-    buffered = 0
-
-    def flush(f):
-        nonlocal n_tokens, buffer, buffered
-        if not buffer:
-            return
-        ids = np.concatenate(buffer)
-        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-            raise LmjaxError(f"tokenizer produced an id outside [0, {vocab_size}) while tokenizing {source.name!r}")
-        f.write(ids.astype(dtype).tobytes())
-        n_tokens += ids.size
-        buffer, buffered = [], 0
-
     total = sum(sizes[i] for i in indices)
-    with open(out_path, "wb") as f, tqdm(
+    skipped = formats.Skipped()
+    counts = {"documents": 0}
+    n_tokens, shown, done = 0, 0, {}  # done: bytes of each file the bar has counted
+    with open(out_path, "wb") as f, Encoder(tokenizer, dtype, workers=workers, total_bytes=total) as encoder, tqdm(
             total=total, unit="B", unit_scale=True, desc=f"tokenizing {source.name}",
             disable=not (progress and total > PROGRESS_MIN_BYTES)) as bar:
-        for i in indices:
-            ids = encode(source.read(i))
-            buffer.append(ids)
-            if eos_arr is not None:
-                buffer.append(eos_arr)  # EOS marks document boundaries for the model
-            buffered += ids.size + 1
-            if buffered >= _CHUNK_TOKENS:
-                flush(f)
-            bar.update(sizes[i])
-        flush(f)
+        for ids, (i, read) in encoder.map(_chunks_of_source(source, indices, tokenizer, skipped, counts)):
+            f.write(ids.tobytes())
+            n_tokens += ids.size
+            # The bar counts file bytes: what is tokenized so far, at most the file's size, and
+            # the whole of every file before it (compressed files fill their share early).
+            for j in [j for j in done if j != i]:
+                bar.update(sizes[j] - done.pop(j))
+            now = min(read, sizes[i])
+            bar.update(now - done.get(i, 0))
+            done[i] = now
+            if bar.n - shown > PROGRESS_MIN_BYTES:
+                shown = bar.n
+                bar.set_postfix_str(f"{n_tokens / max(bar.format_dict['elapsed'], 1e-9):,.0f} tokens/s")
+        bar.update(total - bar.n)
         _sync(f)
-    return n_tokens
+    if skipped.count:
+        tqdm.write(f"lmjax: skipped {skipped.count} malformed record(s) of {source.name!r}; the first: {skipped.first}")
+    return {"n_tokens": n_tokens, "n_documents": counts["documents"], "n_skipped": skipped.count,
+            "skipped_first": skipped.first}
 
 
 def _chunks(path, dtype: np.dtype, n: int):
@@ -348,17 +401,18 @@ def _chunks(path, dtype: np.dtype, n: int):
 
 def _finish_entry(out_dir: str, streams, source: TextSource, tokenizer: Tokenizer, val_fraction: float,
                   key: str) -> None:
-    """Concatenate the streams [(path, n_tokens), ...] into ``out_dir/train.bin`` + ``val.bin``
-    (split at token int(n * (1 - val_fraction))), and write tokenizer.json and meta.json."""
+    """Concatenate the streams [(path, counts), ...] (counts as _tokenize returns them) into
+    ``out_dir/train.bin`` + ``val.bin`` (split at token int(n * (1 - val_fraction))), and write
+    tokenizer.json and meta.json."""
     dtype = token_dtype(int(tokenizer.vocab_size))
-    n_tokens = sum(n for _, n in streams)
+    n_tokens = sum(c["n_tokens"] for _, c in streams)
     n_train = int(n_tokens * (1.0 - val_fraction))  # nanoGPT: data[:int(n*0.9)]
     token_bytes = np.asarray(tokenizer.token_bytes(), dtype=np.int64)
     n_bytes = [0, 0]
     written = 0
     with open(os.path.join(out_dir, "train.bin"), "wb") as train, open(os.path.join(out_dir, "val.bin"), "wb") as val:
-        for path, n in streams:
-            for chunk in _chunks(path, dtype, n):
+        for path, counts in streams:
+            for chunk in _chunks(path, dtype, counts["n_tokens"]):
                 cut = max(0, min(len(chunk), n_train - written))
                 for split, (f, part) in enumerate(((train, chunk[:cut]), (val, chunk[cut:]))):
                     if len(part):
@@ -379,7 +433,8 @@ def _finish_entry(out_dir: str, streams, source: TextSource, tokenizer: Tokenize
         "eos_id": tokenizer.eos_id,
         "dtype": dtype.name,
         "val_fraction": float(val_fraction),
-        "n_documents": len(source.paths),
+        "n_documents": sum(c["n_documents"] for _, c in streams),
+        "n_skipped": sum(c["n_skipped"] for _, c in streams),
         "n_tokens_train": n_train,
         "n_tokens_val": n_tokens - n_train,
         "n_bytes_train": n_bytes[0],

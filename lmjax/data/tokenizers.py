@@ -7,7 +7,8 @@ Every tokenizer can
 - serialise itself to a self-contained JSON dict, so a checkpoint carries its tokenizer.
 
 ``encode_array`` is an extra, vectorised fast path (returns an int64 numpy array) used by
-the token-shard writer; ``encode`` is the same thing as a Python list.
+the token-shard writer; ``encode`` is the same thing as a Python list; ``encode_batch``
+(where a tokenizer has one) is ``encode_array`` of many texts at once.
 """
 from __future__ import annotations
 
@@ -231,6 +232,10 @@ class SentencePieceTokenizer:
     def encode_array(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> np.ndarray:
         ids = np.asarray(self._sp.encode(text), dtype=np.int64)
         return _with_specials(ids, self.bos_id, self.eos_id, add_bos, add_eos)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """`encode_array` of each text, as one batch (sentencepiece's C++ loop)."""
+        return [np.asarray(ids, dtype=np.int64) for ids in self._sp.encode(list(texts))]
 
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         return self.encode_array(text, add_bos=add_bos, add_eos=add_eos).tolist()

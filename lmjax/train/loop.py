@@ -22,10 +22,9 @@ from tqdm.auto import tqdm
 from lmjax import distributed, sharding
 from lmjax.config import ConfigError, config_from_dict, model_config
 from lmjax.errors import LmjaxError
-from lmjax.data import TokenData, eval_batches, prepare_tokens, text_source
-from lmjax.data.batches import train_rows
+from lmjax.data import TokenData, corpus, eval_batches
+from lmjax.data.mixture import MixtureData, canonical
 from lmjax.data.shards import default_cache_dir
-from lmjax.data.tokenizers import build_tokenizer
 from lmjax.model import Transformer
 from lmjax.model.accounting import count_params, flops_per_token
 from lmjax.train import mfu as mfu_lib
@@ -48,7 +47,7 @@ class Run:
     config: object
     workdir: str
     tokenizer: object
-    data: TokenData
+    data: TokenData | MixtureData
     model: Transformer
     optimizer: object
     mesh: object
@@ -68,8 +67,8 @@ class ResumeChangedError(ConfigError):
 
 # What a resumed run must share with the saved one to continue it: the data its batches
 # come from, their shape, and train.steps (the learning-rate schedule is stretched over it).
-RESUME_FIELDS = ("data.source", "data.tokenizer", "data.val_fraction", "data.seq_len", "train.batch_size",
-                 "train.steps")
+RESUME_FIELDS = ("data.source", "data.mixture", "data.text_key", "data.tokenizer", "data.val_fraction",
+                 "data.seq_len", "train.batch_size", "train.steps")
 _SENTENCEPIECE_FIELDS = ("data.spm_vocab_size", "data.spm_model_type", "data.spm_model_path")
 
 
@@ -80,6 +79,7 @@ def _resume_fields(config) -> dict:
 
     fields = {name: get(name) for name in RESUME_FIELDS}
     fields["data.seq_len"] = config.data.seq_len or config.model.max_len  # 0 means max_len
+    fields["data.mixture"] = canonical(config.data.mixture)  # a checkpoint's JSON has lists for tuples
     if config.data.tokenizer == "sentencepiece":
         fields.update((name, get(name)) for name in _SENTENCEPIECE_FIELDS)
     return fields
@@ -131,11 +131,9 @@ def setup(config, workdir, *, with_data: bool = True, writer: bool = False, allo
     checkpointer = wd.checkpointer(keep=config.checkpoint.keep, save_every=config.checkpoint.every,
                                    async_save=config.checkpoint.async_save, exclusive=writer)
     optimizer = make_optimizer(config.optimizer, config.train.steps)
-    source = text_source(config.data.source) if with_data or checkpointer.latest_step() is None else None
+    found = corpus.sources(config.data) if with_data or checkpointer.latest_step() is None else None
     if checkpointer.latest_step() is None:
-        d = config.data
-        tokenizer = build_tokenizer(d.tokenizer, texts=source.documents, vocab_size=d.spm_vocab_size,
-                                    model_type=d.spm_model_type, model_path=d.spm_model_path or None)
+        tokenizer = corpus.make_tokenizer(config.data, found)
         model, mesh, rules = build(config, tokenizer.vocab_size, batch_size=config.train.batch_size)
         state = None  # initialised after the data checks below
     else:
@@ -152,17 +150,11 @@ def setup(config, workdir, *, with_data: bool = True, writer: bool = False, allo
                  f"training continues from step {restored.step}")
     data = None
     if with_data:
-        data = prepare_tokens(
-            source, tokenizer, config.data.cache_dir or default_cache_dir(), val_fraction=config.data.val_fraction,
-            progress=jax.process_index() == 0, group=distributed.process_group(),
-        )
-        seq_len = config.data.seq_len or model.cfg.max_len
-        for split, tokens, rows in (("train", data.train, 1), ("val", data.val, config.train.batch_size)):
-            if len(tokens) < rows * seq_len + 1:
-                raise ConfigError(
-                    f"data: the {split} split has {len(tokens)} tokens, fewer than {rows} window(s) of "
-                    f"{seq_len} + 1; use more text, a smaller data.seq_len or train.batch_size"
-                )
+        data = corpus.token_data(config.data, tokenizer, config.data.cache_dir or default_cache_dir(),
+                                 progress=jax.process_index() == 0, group=distributed.process_group(), found=found)
+        problem = data.windows_problem(config.data.seq_len or model.cfg.max_len, config.train.batch_size)
+        if problem:
+            raise ConfigError(f"data: {problem}; use more text, a smaller data.seq_len or train.batch_size")
     _, notes = param_shardings(model, mesh, rules, with_notes=True)
     if state is None:
         state = init_state(model, optimizer, mesh, config.train.seed, rules)
@@ -175,7 +167,9 @@ def _global_batch(run: Run, global_rows: int, load_rows) -> dict:
 
 
 def evaluate(run: Run, eval_step, params) -> dict[str, float]:
-    """Val loss (nats/token), perplexity, and bits per byte over the configured val batches.
+    """Val loss (nats/token), perplexity, and bits per byte over the configured val batches;
+    for a mixture also `val_loss/NAME` and `val_bpb/NAME` per source (each over its own val
+    split, the totals over all of them).
 
     Bits per byte divides the summed loss by the UTF-8 bytes of the predicted tokens, so it
     compares across tokenizers and with published bits-per-character figures.
@@ -183,21 +177,21 @@ def evaluate(run: Run, eval_step, params) -> dict[str, float]:
     c = run.config
     seq_len = c.data.seq_len or run.model.cfg.max_len
     token_bytes = run.tokenizer.token_bytes()
-    total, count, n_bytes = 0.0, 0.0, 0
-    batches = eval_batches(run.data.val, batch_size=c.train.batch_size, seq_len=seq_len,
-                           max_batches=c.train.eval_batches or None)
-    for batch in batches:
-        out = eval_step(params, _global_batch(run, c.train.batch_size,
-                                              lambda a, b: {k: v[a:b] for k, v in batch.items()}))
-        n_bytes += int(token_bytes[batch["targets"]].sum())
-        total += float(out["loss_sum"])
-        count += float(out["tokens"])
-    loss = total / count
-    return {
-        "val_loss": loss,
-        "val_ppl": math.exp(min(loss, 50.0)),
-        "val_bpb": total / math.log(2) / max(n_bytes, 1),
-    }
+    out, sums = {}, np.zeros(3)  # loss, tokens, bytes over every split
+    for name, val in run.data.val_splits().items():
+        split = np.zeros(3)
+        for batch in eval_batches(val, batch_size=c.train.batch_size, seq_len=seq_len,
+                                  max_batches=c.train.eval_batches or None):
+            got = eval_step(params, _global_batch(run, c.train.batch_size,
+                                                  lambda a, b: {k: v[a:b] for k, v in batch.items()}))
+            split += (float(got["loss_sum"]), float(got["tokens"]), int(token_bytes[batch["targets"]].sum()))
+        sums += split
+        if name:
+            out[f"val_loss/{name}"] = split[0] / split[1]
+            out[f"val_bpb/{name}"] = split[0] / math.log(2) / max(split[2], 1)
+    loss = sums[0] / sums[1]
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpb": sums[0] / math.log(2) / max(sums[2], 1),
+            **out}
 
 
 class _Preemption:
@@ -298,7 +292,7 @@ def _train(run: Run, *, stop_at_step, progress, say) -> dict:
     workdir = run.workdir
     say(
         f"lmjax: {n_params / 1e6:.2f}M params, {fpt / 1e6:.1f} MFLOPs/token, "
-        f"{len(run.data.train):,} train / {len(run.data.val):,} val tokens, mesh {sharding.describe(run.mesh)}"
+        f"{run.data.summary()}, mesh {sharding.describe(run.mesh)}"
         f"{f' over {jax.process_count()} processes' if jax.process_count() > 1 else ''}, "
         f"peak {peak / 1e9:.0f} GFLOP/s/device ({peak_source})"
     )
@@ -318,9 +312,8 @@ def _train(run: Run, *, stop_at_step, progress, say) -> dict:
     writer = RunMetrics(workdir, c.data.cache_dir or default_cache_dir()) if lead else MultiWriter([])
 
     def batch_at(step):
-        return _global_batch(run, c.train.batch_size, lambda a, b: train_rows(
-            run.data.train, seed=c.train.seed, step=step, batch_size=c.train.batch_size, seq_len=seq_len,
-            start=a, stop=b))
+        return _global_batch(run, c.train.batch_size, lambda a, b: run.data.train_rows(
+            seed=c.train.seed, step=step, batch_size=c.train.batch_size, seq_len=seq_len, start=a, stop=b))
 
     summary = {"start_step": start, "params": n_params, "flops_per_token": fpt, "peak_flops": peak}
     last_good = run.checkpointer.latest_step()
@@ -388,7 +381,10 @@ def _train(run: Run, *, stop_at_step, progress, say) -> dict:
                 writer.write_scalars(step, ev)
                 summary.update(ev)
                 if lead:
-                    bar.write(f"step {step}: val loss {ev['val_loss']:.4f}, val bpb {ev['val_bpb']:.4f}")
+                    per_source = ", ".join(f"{k[len('val_bpb/'):]} {v:.4f}" for k, v in ev.items()
+                                           if k.startswith("val_bpb/"))
+                    bar.write(f"step {step}: val loss {ev['val_loss']:.4f}, val bpb {ev['val_bpb']:.4f}"
+                              + (f" (bpb by source: {per_source})" if per_source else ""))
                 window["t"] = time.perf_counter()  # keep eval time out of tokens/s
             if run.checkpointer.should_save(step):
                 save(step)
