@@ -102,7 +102,9 @@ class Graph:
 def top_logits(logits, max_logits: int = 10, logit_probability: float = 0.95):
     """(tokens, probabilities) of the most probable next tokens, until their cumulative
     probability reaches `logit_probability`, at most `max_logits` (circuit-tracer's rule)."""
-    p = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32)), np.float64)
+    x = np.asarray(logits, np.float32)
+    e = np.exp(x - x.max())  # a float32 softmax, as circuit-tracer's (in NumPy: nothing to compile)
+    p = (e / e.sum()).astype(np.float64)
     order = np.argsort(-p, kind="stable")[:max_logits]
     cutoff = int(np.searchsorted(np.cumsum(p[order]), logit_probability)) + 1
     order = order[:cutoff]
@@ -135,10 +137,14 @@ def _compiled(fn, statics: tuple, args: tuple) -> concurrent.futures.Future:
 class _Slots:
     """The source features grouped by where they write from, for one matrix product per
     group: features sorted by (layer, position) split into slots of at most `width`
-    features at one (layer, position); edges[b, n] = gradient at slot(n) . writes[n]."""
+    features at one (layer, position); edges[b, n] = gradient at slot(n) . writes[n].
+    The writes are built in chunks straight into their slots: a fresh large buffer costs
+    its first touch of every page, so there is one, touched once."""
 
-    def __init__(self, layer: np.ndarray, pos: np.ndarray, writes: np.ndarray, n_pos: int, n_layers: int):
-        n = len(layer)
+    def __init__(self, t: Transcoders, features: np.ndarray, activations: np.ndarray, n_pos: int,
+                 chunk: int = 4096):
+        layer, pos, index = features.T
+        n, n_layers = len(layer), t.n_layers
         where = layer * n_pos + pos  # nondecreasing: the features are in (layer, position) order
         counts = np.bincount(where, minlength=n_layers * n_pos)
         busy = counts[counts > 0]
@@ -149,13 +155,17 @@ class _Slots:
         per = -(-counts // width)
         slot = (np.cumsum(per) - per)[where] + rank // width
         n_slots = max(int(per.sum()), 1)
-        self.writes = np.zeros((n_slots, width) + writes.shape[1:], np.float32)
-        self.writes[slot, rank % width] = writes
+        self.index = (slot * width + rank % width).astype(np.int32)  # each feature's place in [slots x width]
+        row = (t.dictionaries[0].d_out,) if t.kind == "per_layer" else (n_layers, t.dictionaries.d_out)
+        flat = np.zeros((n_slots * width,) + row, np.float32)
+        for start in range(0, n, chunk):
+            sl = slice(start, start + chunk)
+            flat[self.index[sl]] = _writes(t, layer[sl], index[sl], activations[sl])
+        self.writes = flat.reshape((n_slots, width) + row)
         owner = np.repeat(np.arange(n_layers * n_pos), per)
         self.layer = np.zeros(n_slots, np.int32)
         self.pos = np.zeros(n_slots, np.int32)
         self.layer[:len(owner)], self.pos[:len(owner)] = owner // n_pos, owner % n_pos
-        self.index = (slot * width + rank % width).astype(np.int32)  # each feature's place in [slots x width]
 
 
 def _slot_edges(g_mlp, writes, layer, pos, index):
@@ -169,26 +179,12 @@ def _slot_edges(g_mlp, writes, layer, pos, index):
     return out.reshape(b, -1)[:, index]
 
 
-def _writes(t: Transcoders, layer, index, activations, chunk: int = 4096) -> np.ndarray:
+def _writes(t: Transcoders, layer, index, activations) -> np.ndarray:
     """Each source feature's writes times its activation: [n, L, d] (a cross-layer
-    transcoder), [n, d] (per-layer: the one layer each writes to). In chunks: decoder_rows
-    is [n, L, d] even for per-layer transcoders, and a fresh large buffer costs its first
-    touch of every page."""
-    n = len(layer)
-    per_layer = t.kind == "per_layer"
-    out = None
-    for start in range(0, n, chunk):
-        sl = slice(start, start + chunk)
-        w = t.decoder_rows(layer[sl], index[sl]) * activations[sl, None, None]
-        if per_layer:
-            w = w[np.arange(len(w)), layer[sl]]
-        if out is None:
-            out = np.empty((n,) + w.shape[1:], np.float32)
-        out[sl] = w
-    if out is None:
-        out = np.zeros((0,) + ((t.dictionaries[0].d_out,) if per_layer else (t.n_layers, t.dictionaries.d_out)),
-                       np.float32)
-    return out
+    transcoder), [n, d] (per-layer: the one layer each writes to)."""
+    if t.kind == "per_layer":
+        return t.own_layer_rows(layer, index) * activations[:, None]
+    return t.decoder_rows(layer, index) * activations[:, None, None]
 
 
 class _Rows:
@@ -209,10 +205,9 @@ class _Rows:
         self.batch, self.n_sources, self.n_pos, self.n_layers = batch, len(features), rep.n_pos, t.n_layers
         layer, pos, index = features.T
         self.layer, self.pos = layer.astype(np.int32), pos.astype(np.int32)
-        writes = _writes(t, layer, index, activations)
-        slots = _Slots(self.layer, self.pos, writes, rep.n_pos, t.n_layers)
+        slots = _Slots(t, features, activations, rep.n_pos)
+        self.transcoders, self.index = t, index
         self.d_in = t.encoder_columns(np.zeros(1, np.int64), np.zeros(1, np.int64)).shape[1]
-        self.encoders = np.asarray(t.encoder_columns(layer, index), np.float32).reshape(len(layer), self.d_in)
         self.vocab = int(rep.logits.shape[-1])
         # the sources below layer k (k = 0..L): that many features, in that many slots
         self.n_below = np.searchsorted(self.layer, np.arange(t.n_layers + 1)).astype(int)
@@ -243,7 +238,8 @@ class _Rows:
         pad = self.batch - n  # zero rows at layer 0, position 0
         pos = np.concatenate([self.pos[which], np.zeros(pad, np.int32)])
         layer = np.concatenate([self.layer[which], np.zeros(pad, np.int32)])
-        enc = np.concatenate([self.encoders[which], np.zeros((pad, self.d_in), np.float32)])
+        enc = np.zeros((self.batch, self.d_in), np.float32)
+        enc[:n] = self.transcoders.encoder_columns(self.layer[which], self.index[which])
         return np.asarray(self._features[k].result()(*self.args, pos, layer, enc))[:n], k
 
     def logit_rows(self, tokens: np.ndarray) -> np.ndarray:
@@ -297,13 +293,11 @@ def _logit_rows(model, structure, k, n_slots, n_sources, params, transcoder_para
 def active_features(rep: Replacement, zero_first_position: bool = False):
     """([n, 3] (layer, position, feature) in that order, [n] activations) of the nonzero features
     (without position 0's when `zero_first_position`)."""
-    acts = np.asarray(rep.acts)  # [P, L, width]
-    pos, layer, index = np.nonzero(acts)
-    keep = pos > 0 if zero_first_position else np.ones(len(pos), bool)
-    pos, layer, index = pos[keep], layer[keep], index[keep]
-    order = np.lexsort((index, pos, layer))
-    features = np.stack([layer, pos, index], 1)[order].astype(np.int64)
-    return features, acts[pos, layer, index][order].astype(np.float32)
+    acts = np.ascontiguousarray(np.swapaxes(np.asarray(rep.acts, np.float32), 0, 1))  # [L, P, width]
+    if zero_first_position:
+        acts[:, 0] = 0.0
+    layer, pos, index = np.nonzero(acts)  # in (layer, position, feature) order already
+    return np.stack([layer, pos, index], 1).astype(np.int64), acts[layer, pos, index]
 
 
 class _Influence:

@@ -149,8 +149,12 @@ class Transcoders:
             clt = self.dictionaries
             w = np.asarray(self.params["W_enc"])[layer, :, index]  # [n, d_in]
             return w * np.asarray(clt.input_scales, np.float32)[layer][:, None]
-        w = np.stack([np.asarray(p["W_enc"]) * d.input_scale for d, p in zip(self.dictionaries, self.params)])
-        return w[layer, :, index]
+        out = np.empty((len(layer), self.dictionaries[0].d_in), np.float32)
+        for l in np.unique(layer):  # only the layers asked for
+            rows = np.flatnonzero(layer == l)
+            d, p = self.dictionaries[l], self.params[l]
+            out[rows] = np.asarray(p["W_enc"])[:, index[rows]].T * d.input_scale
+        return out
 
     def decoder_rows(self, layer, index):
         """[n, L, d_out]: what features (layer[i], index[i]) write per unit of activation to
@@ -166,12 +170,19 @@ class Transcoders:
                 w = np.asarray(self.params["W_dec"][l])[index[rows]]  # [r, L - l, d]
                 out[rows, l:] = w / scales[l:][None, :, None]
             return out
-        d_out = self.dictionaries[0].d_out
-        out = np.zeros((n, self.n_layers, d_out), np.float32)
+        out = np.zeros((n, self.n_layers, self.dictionaries[0].d_out), np.float32)
+        out[np.arange(n), layer] = self.own_layer_rows(layer, index)
+        return out
+
+    def own_layer_rows(self, layer, index):
+        """[n, d_out]: what per-layer transcoders' features (layer[i], index[i]) write per unit
+        of activation to their own layer's MLP output, in model units."""
+        layer, index = np.asarray(layer), np.asarray(index)
+        out = np.empty((len(layer), self.dictionaries[0].d_out), np.float32)
         for l in np.unique(layer):
             rows = np.flatnonzero(layer == l)
             d, p = self.dictionaries[l], self.params[l]
-            out[rows, l] = np.asarray(p["W_dec"])[index[rows]] / d.output_scale
+            out[rows] = np.asarray(p["W_dec"])[index[rows]] / d.output_scale
         return out
 
     def skip_weights(self):
@@ -273,6 +284,13 @@ def frozen_hook_names(model) -> list[str]:
 
 def build_replacement(model, params, tokens, transcoders: Transcoders) -> Replacement:
     """Run the model once on `tokens` [P] (one prompt) and freeze what the replacement needs."""
+    tokens = check_prompt(model, tokens, transcoders)
+    state = _prompt_state(model, transcoders.structure, params, transcoders.params, tokens)
+    return Replacement(model, params, tokens, transcoders, **state)
+
+
+def check_prompt(model, tokens, transcoders: Transcoders) -> jax.Array:
+    """tokens as an array, after one-line errors for a prompt or transcoders the replacement cannot take."""
     transcoders.check_model(model)
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 1:
@@ -280,8 +298,15 @@ def build_replacement(model, params, tokens, transcoders: Transcoders) -> Replac
                          f"{tuple(tokens.shape)}")
     if tokens.shape[0] > model.cfg.max_len:
         raise LmjaxError(f"the prompt has {tokens.shape[0]} tokens; the model's context is {model.cfg.max_len}")
-    state = _prompt_state(model, transcoders.structure, params, transcoders.params, tokens)
-    return Replacement(model, params, tokens, transcoders, **state)
+    return tokens
+
+
+def frozen_shapes(model, params, tokens, transcoders: Transcoders):
+    """The shapes of a prompt's (frozen, u_embed, u_mlp) (see Replacement) without running
+    anything: what a program of the replacement compiles for."""
+    state = jax.eval_shape(functools.partial(_prompt_state, model, transcoders.structure), params,
+                           transcoders.params, check_prompt(model, tokens, transcoders))
+    return state["frozen"], state["u_embed"], state["mlp_out"]
 
 
 # one compiled program for the whole prompt state (with lmjax.interp's COMPILER_OPTIONS),
