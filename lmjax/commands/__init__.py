@@ -162,6 +162,9 @@ def main(argv=None):
     args = parser().parse_args(rest)
     try:
         check_outputs(args)
+        from lmjax import compile_cache  # imports JAX: after the checks that need none
+
+        compile_cache.enable()  # the next command on the same model loads its programs
         args.run(args, overrides)
     except LmjaxError as e:  # bad input or a known failure: one line, no traceback
         message = re.sub(r"\s*\n\s*", "; ", re.sub(r":\s*\n\s*", ": ", str(e).strip()))  # a list in one line

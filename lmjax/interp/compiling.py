@@ -5,6 +5,9 @@ the compile time on CPU, same results up to float rounding) applies to every int
 program compiled after it is set. The tests set it, because for their tiny models
 compiling is nearly all the time. Each set of options keeps its own `jax.jit` (and so its
 own compiled programs): changing them never reuses a program compiled with others.
+
+Importing this module turns on JAX's persistent compilation cache (lmjax.compile_cache),
+so that a program compiled in one process is loaded, not compiled, by the next.
 """
 from __future__ import annotations
 
@@ -12,6 +15,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from lmjax import compile_cache
+
+compile_cache.enable()
 
 COMPILER_OPTIONS: dict = {}
 
