@@ -23,8 +23,9 @@ Prints ONE JSON object on stdout (progress goes to stderr). What it does:
    (`--batch_size` 64 rows per backward pass), update interval 4, float32.
    * `lmjax`: `lmjax.graph.attribute(..., zero_first_position=True,
      token_vectors="embedding")` (circuit-tracer's conventions), JAX on all cores; its time
-     includes compiling the row program (the graph's shapes are new for every prompt).
-     `seconds_again` is a second graph of the same prompt in the same process (compiled).
+     includes compiling its programs (a fresh process, no persistent compilation cache).
+     `seconds_again` is a second graph of the same prompt in the same process: lmjax.graph
+     keeps its compiled programs across calls (keyed on the shapes), so it compiles nothing.
    * `circuit_tracer`: `circuit_tracer.attribute` on its TransformerLens ReplacementModel
      of the exported model and transcoders (tests/_circuit_tracer.py), torch on all cores.
    Each child also writes the graph's selected features and logit rows; the parent checks

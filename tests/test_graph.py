@@ -17,7 +17,6 @@ from lmjax.errors import LmjaxError
 from lmjax.graph import Transcoders, attribute, build_replacement
 from lmjax.graph.prune import node_influence, prune, scores
 from lmjax.graph.replacement import FROZEN_MIXER_POINTS
-from lmjax.interp import compiling
 from lmjax.model import ModelConfig, Transformer
 from lmjax.model.config import MIXER_LETTERS
 from lmjax.sae.architectures import Dictionary
@@ -26,17 +25,6 @@ from lmjax.sae.crosslayer import CrossLayerTranscoder
 N_LAYER, D, WIDTH, N_POS = 2, 32, 48, 9
 MODELS = {"gpt2": GPT2, "llama": LLAMA, "mamba": dict(GPT2, mixer="mamba"), "hybrid": dict(GPT2, layer_pattern="MA"),
           "recurrent": dict(GPT2, layer_pattern="LG"), "conv": dict(GPT2, layer_pattern="CA")}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """The graph's programs compile with LLVM at -O0 here: compiling is most of these tests'
-    time, and the optimisation level changes nothing that is compared."""
-    saved = dict(compiling.COMPILER_OPTIONS)
-    compiling.COMPILER_OPTIONS.update(FAST_COMPILE)
-    yield
-    compiling.COMPILER_OPTIONS.clear()
-    compiling.COMPILER_OPTIONS.update(saved)
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

@@ -15,7 +15,10 @@ Only feature and logit nodes have incoming edges, so the graph keeps just their 
 linearly in the prompt length. `Graph.adjacency` builds the square matrix on demand.
 
 Rows are vector-Jacobian products of the affine replacement, many at once (`jax.vmap`
-over cotangents, `batch_size` rows per compiled call). Logit rows come first; then, until
+over cotangents, `batch_size` rows per compiled call). A feature's row runs backward only
+through the layers up to its own and holds only the sources below it, so each batch of
+rows (visited in layer order) runs the program of its top layer. The compiled programs are
+kept across calls, keyed on their shapes. Logit rows come first; then, until
 `max_feature_nodes` features are visited, the unvisited features of largest influence on
 the logits so far (circuit-tracer's partial influences) are visited in batches.
 """
@@ -32,9 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmjax.errors import LmjaxError
-from lmjax.graph.replacement import Replacement, Transcoders, build_replacement
+from lmjax.graph.replacement import Replacement, Transcoders, build_replacement, compiler_options
 from lmjax.graph.replacement import linear as replacement_linear
-from lmjax.interp import compiling
 
 TOKEN_VECTORS = ("residual", "embedding")
 
@@ -119,17 +121,17 @@ _MAX_PROGRAMS = 32
 
 
 def _compiled(fn, statics: tuple, args: tuple) -> concurrent.futures.Future:
-    """fn(*statics, *args) compiled for these argument shapes with lmjax.interp's current
-    COMPILER_OPTIONS, in the background, and kept across calls: another graph of the same
-    model, transcoders and shapes compiles nothing."""
+    """fn(*statics, *args) compiled for these argument shapes with the graph's compiler
+    options (replacement.compiler_options), in the background, and kept across calls:
+    another graph of the same model, transcoders and shapes compiles nothing."""
     leaves, tree = jax.tree.flatten(args)
-    options = tuple(sorted(compiling.COMPILER_OPTIONS.items()))
+    options = compiler_options()
     key = (fn, statics, options, tree, tuple((x.shape, x.dtype) for x in leaves))  # every leaf is an array
     with _programs_lock:
         if key not in _programs:
             if len(_programs) >= _MAX_PROGRAMS:
                 _programs.pop(next(iter(_programs)))  # the oldest
-            program = jax.jit(functools.partial(fn, *statics), compiler_options=dict(options) or None)
+            program = jax.jit(functools.partial(fn, *statics), compiler_options=dict(options))
             _programs[key] = _background.submit(lambda: program.lower(*args).compile())
         return _programs[key]
 

@@ -301,19 +301,31 @@ def check_prompt(model, tokens, transcoders: Transcoders) -> jax.Array:
     return tokens
 
 
-def frozen_shapes(model, params, tokens, transcoders: Transcoders):
-    """The shapes of a prompt's (frozen, u_embed, u_mlp) (see Replacement) without running
-    anything: what a program of the replacement compiles for."""
-    state = jax.eval_shape(functools.partial(_prompt_state, model, transcoders.structure), params,
-                           transcoders.params, check_prompt(model, tokens, transcoders))
-    return state["frozen"], state["u_embed"], state["mlp_out"]
+# LLVM at -O0: the programs' work is matrix products in XLA's runtime library, which the
+# level does not touch (measured on the 2-core Xeon, 4x128 GPT-2 shape, 1,024 tokens: rows
+# 15.4 s at -O0 vs 15.7 s; 256 tokens: the first graph 1.7 CPU-s less, 6.5 vs 8.2)
+GRAPH_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
-# one compiled program for the whole prompt state (with lmjax.interp's COMPILER_OPTIONS),
-# kept across calls: keyed on the model, the transcoders' structure and the shapes, so the
-# same model on a prompt of the same length compiles nothing
-@compiling.jit(static_argnames=("model", "structure"))
+def compiler_options() -> tuple:
+    """The graph programs' XLA options, as sorted items: GRAPH_COMPILER_OPTIONS, overridden
+    by lmjax.interp's COMPILER_OPTIONS."""
+    return tuple(sorted({**GRAPH_COMPILER_OPTIONS, **compiling.COMPILER_OPTIONS}.items()))
+
+
 def _prompt_state(model, structure: tuple, params, transcoder_params, tokens) -> dict:
+    """One compiled program for the whole prompt state, kept across calls: keyed on the
+    model, the transcoders' structure, the options and the shapes, so the same model on a
+    prompt of the same length compiles nothing."""
+    return _prompt_state_program(compiler_options())(model, structure, params, transcoder_params, tokens)
+
+
+@functools.lru_cache(maxsize=None)
+def _prompt_state_program(options: tuple):
+    return jax.jit(_frozen_state, static_argnums=(0, 1), compiler_options=dict(options))
+
+
+def _frozen_state(model, structure: tuple, params, transcoder_params, tokens) -> dict:
     transcoders = Transcoders.of_structure(structure, transcoder_params)
     frozen_names = frozen_hook_names(model)
     names = tuple(frozen_names) + (EMBED_HOOK,) + transcoders.hooks_in + transcoders.hooks_out
