@@ -30,7 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _machine import cpu_model, runnable_tasks  # noqa: E402
+from _machine import machine, runnable_tasks  # noqa: E402
 
 from lmjax.data import MixtureData, parse_mixture, prepare_tokens, text_source  # noqa: E402
 from lmjax.data.encode import available_cores  # noqa: E402
@@ -188,7 +188,7 @@ def main():
     ap.add_argument("--sections", default="tokenize,loader,step")
     args = ap.parse_args()
     sections = args.sections.split(",")
-    result = {"machine": {"cpu": cpu_model(), "cores": available_cores(), "runnable_tasks_at_start": runnable_tasks()}}
+    result = {"machine": machine(runnable_tasks_at_start=runnable_tasks())}
     tmp = tempfile.mkdtemp(prefix="lmjax-bench-data-")
     try:
         result["tokenize"], _, tok = bench_tokenize(args, tmp) if "tokenize" in sections else (None, None, None)

@@ -30,6 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from _machine import machine  # noqa: E402  (bench/, beside this script)
 from lmjax.interp import activation_patching  # noqa: E402
 from lmjax.interp.metrics import LogitDiff  # noqa: E402
 from lmjax.model import ModelConfig, Transformer  # noqa: E402
@@ -138,11 +139,8 @@ def main():
     scale = float(np.abs(tl_heat).max())
     log(f"heatmap: lmjax {lm_heat_s:.2f} s (first call {lmjax_heat_first:.1f} s), TL {tl_heat_s:.1f} s; max diff {diff:.2e}")
 
-    from importlib.metadata import version  # transformer_lens 4 has no __version__
-
     print(json.dumps({
-        "machine": f"{os.cpu_count()} CPU cores, jax {jax.__version__}, torch {torch.__version__}, "
-                   f"transformer_lens {version('transformer_lens')}",
+        "machine": machine(backend=jax.default_backend(), torch_num_threads=torch.get_num_threads()),
         "model": "GPT-2 small shape (12x768, vocab 50257), random weights, float32",
         "centred_logits_max_abs_diff": float(check),
         "cache": {"hooks": NAMES, "batch": list(tokens.shape),

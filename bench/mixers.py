@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _machine import machine  # bench/, beside this script
 from lmjax.config import default_config
 from lmjax.model import ModelConfig, Transformer
 from lmjax.model.mamba import readout, scan_chunked, scan_states
@@ -293,7 +294,7 @@ def main(argv=None):
     names = [n for n in a.models.split(",") if n]
     sections = set(a.sections.split(","))
     result = {
-        "machine": {"cpu_count": os.cpu_count(), "backend": jax.default_backend(), "device": str(jax.devices()[0])},
+        "machine": machine(backend=jax.default_backend(), device=str(jax.devices()[0])),
         "params": {n: count_params(init_params(Transformer(model_config(n, 256)), jax.random.key(0))) for n in names},
         "models": {n: MODELS[n] for n in names},
         "common": COMMON,

@@ -56,7 +56,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -67,7 +66,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # SAELens's and datasets' progress b
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
-from _machine import cpu_model, wait_quiet  # noqa: E402  (bench/, beside this script)
+from _machine import machine, wait_quiet  # noqa: E402  (bench/, beside this script)
 
 SEQ_LEN = 128
 
@@ -498,7 +497,6 @@ def main(argv=None):
     n_cached = steps * args.batch + 12 * args.batch  # + norm estimate (2 batches) and mixing-buffer hold-back
 
     import jax
-    import sae_lens
     import torch
 
     if args.torch_threads > 0:
@@ -506,16 +504,11 @@ def main(argv=None):
     started = time.perf_counter()
     out = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-                    "cpus_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-                    "platform": platform.platform(), "jax": jax.__version__, "backend": jax.default_backend(),
-                    "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                    "xla_cpu_threads": "XLA's default: one per core", "torch": torch.__version__,
-                    "torch_num_threads": torch.get_num_threads(),
-                    "torch_num_interop_threads": torch.get_num_interop_threads(),
-                    "sae_lens": sae_lens.__version__, "loadavg_start": loadavg()},
+        "machine": machine(backend=jax.default_backend(), xla_cpu_threads="XLA's default: one per core",
+                           torch_num_threads=torch.get_num_threads(),
+                           torch_num_interop_threads=torch.get_num_interop_threads()),
     }
-    log(f"CPU: {out['machine']['cpu_model']}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; "
+    log(f"CPU: {out['machine']['cpu']['model_name']}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; "
         f"load average {out['machine']['loadavg_start']}")
 
     model, params, data, model_info = load_model(args)

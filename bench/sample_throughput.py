@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _machine import machine  # bench/, beside this script
 from lmjax.model import ModelConfig, Transformer
 from lmjax.sample import generate
 from lmjax.model.accounting import count_params
@@ -95,7 +96,7 @@ def main():
     p.add_argument("--skip_torch", action="store_true")
     args = p.parse_args()
 
-    result = {"machine": {"backend": jax.default_backend(), "devices": jax.device_count()},
+    result = {"machine": machine(backend=jax.default_backend(), devices=jax.device_count()),
               "model": "GPT-2 small shape, random weights, float32, greedy",
               "timing": "rounds of (bandwidth probe, lmjax, transformers); tokens/s from each round's run; "
                         "the bandwidth fraction is taken per round (probe and decode under the same load), "

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -34,6 +33,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from _machine import machine  # noqa: E402  (bench/, beside this script)
 from lmjax import sharding  # noqa: E402
 from lmjax.config import config_from_dict  # noqa: E402
 from lmjax.model import Transformer  # noqa: E402
@@ -103,8 +103,7 @@ def main(argv=None):
         "benchmark": "sharding_overhead",
         "note": ("8 simulated CPU devices share the same cores as 1 device: this measures the overhead of "
                  "sharding (partitioning, collectives, smaller kernels), not a speed-up"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend()},
+        "machine": machine(backend=jax.default_backend()),
         "model": {"n_layer": a.layers, "d_model": a.d_model, "n_head": a.heads, "seq_len": a.seq,
                   "vocab": a.vocab, "params": int(sum(x.size for x in jax.tree.leaves(programs["1_device"][0]["params"]))),
                   "flops_per_token": flops_per_token(cfg, a.seq)},

@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _machine import cpu_model  # noqa: E402  (bench/, beside this script)
+from _machine import machine  # noqa: E402  (bench/, beside this script)
 from lmjax.sae import matching, toy  # noqa: E402
 from lmjax.sae.architectures import Dictionary  # noqa: E402
 from lmjax.sae.training import fit  # noqa: E402
@@ -258,7 +258,7 @@ def main(argv=None):
 
     report = {
         "benchmark": "SynthSAEBench data model, scaled down (lmjax.sae.toy.synthsaebench)",
-        "cpu": cpu_model(), "cores": os.cpu_count(),
+        "machine": machine(),
         "data": {"features": args.features, "d": args.d, "true_l0": round(true_l0, 2),
                  "hierarchy_roots": synth.config.roots, "pool": args.pool, "eval_tokens": args.eval,
                  "seconds": round(data_seconds, 1)},

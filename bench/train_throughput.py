@@ -38,13 +38,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 
-from _machine import wait_quiet  # bench/, on sys.path when run as a script
+from _machine import machine, wait_quiet  # bench/, on sys.path when run as a script
 from _torch_gpt import torch_gpt  # bench/, on sys.path when run as a script
 
 
@@ -354,10 +352,9 @@ def main(argv=None):
 
     import jax
 
-    torch = transformers = None
+    torch = None
     if not args.skip_torch:
         import torch
-        import transformers
 
         if args.torch_threads > 0:
             torch.set_num_threads(args.torch_threads)
@@ -373,17 +370,8 @@ def main(argv=None):
     jpeak, tpeak = probe("start")
     peak = max(jpeak.values())
     out = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "jax": jax.__version__,
-            "backend": jax.default_backend(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "torch": None if torch is None else torch.__version__,
-            "transformers": None if torch is None else transformers.__version__,
-            "torch_num_threads": None if torch is None else torch.get_num_threads(),
-        },
+        "machine": machine(backend=jax.default_backend(),
+                           torch_num_threads=None if torch is None else torch.get_num_threads()),
         "settings": {
             "batch": args.batch, "seq": args.seq, "vocab": args.vocab, "warmup_steps": args.warmup,
             "timed_steps": {f"{l}x{d}": n for (l, d, _), n in zip(sizes, steps)},
