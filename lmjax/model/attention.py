@@ -10,6 +10,14 @@ Two cores compute the same softmax(q k^T / sqrt(d_head) + causal mask) v:
   blocks above the diagonal (half of the work) and never materialises the full pattern.
 
 The two agree to float rounding (tests/test_model.py checks it).
+
+Packed documents (`segment_ids` [b, t], lmjax/model/segments.py): both cores also mask every
+key in another document, and positions (RoPE) restart at each document. On GPU the fast
+core then runs the blocked core, not cuDNN: jax.nn.dot_product_attention takes no segment
+ids, and a boolean mask there becomes a dense t x t bias per row that cuDNN reads (the
+memory the fused kernel exists to avoid); cuDNN's packed layout (q_offsets / kv_offsets)
+is only in JAX's private jax._src.cudnn. On TPU the fast core is Pallas's splash attention
+with SegmentIds (lmjax/model/splash.py).
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ import numpy as np
 from lmjax.model.config import ModelConfig
 from lmjax.model.hooks import Hooks, hook
 from lmjax.model.layers import Dense, rotary
+from lmjax.model.segments import same_segment, segment_positions
+from lmjax.model.splash import splash_causal_attention, supported as splash_supported
 
 # Hook points that only the explicit core produces.
 _PATTERN_POINTS = ("hook_attn_scores", "hook_pattern")
@@ -40,8 +50,11 @@ class Attention(nn.Module):
     name_prefix: str  # "blocks.{l}.attn"
 
     @nn.compact
-    def __call__(self, x, positions, hooks: Hooks | None = None, layer_index=None, deterministic=True, cache=None):
-        """`positions` [b, t], or None for 0..t-1 in every row (then the fast core may run).
+    def __call__(self, x, positions, hooks: Hooks | None = None, layer_index=None, deterministic=True, cache=None,
+                 segment_ids=None):
+        """`positions` [b, t], or None for 0..t-1 in every row (then the fast core may run);
+        with `segment_ids` [b, t] (packed documents, no cache) None means each document's
+        own 0, 1, ... and keys in other documents are masked.
 
         With a `cache` (lmjax.model.cache: keys [b * kv_head, length, d_head], values
         [b * kv_head, d_head, length]) the new keys and values are written at their
@@ -52,7 +65,9 @@ class Attention(nn.Module):
         p = self.name_prefix
         b, t = x.shape[:2]
         in_order = positions is None
-        if in_order:
+        if in_order and segment_ids is not None:
+            positions = segment_positions(segment_ids)
+        elif in_order:
             positions = jnp.broadcast_to(jnp.arange(t), (b, t))
 
         def point(name, value):
@@ -70,22 +85,22 @@ class Attention(nn.Module):
         pattern_hooked = hooks is not None and any(hooks.touches(f"{p}.{n}") for n in _PATTERN_POINTS)
         attention_dropout = cfg.dropout > 0 and not deterministic
         if in_order and cache is None and not attention_dropout:
-            z = attention_core(q, k, v)
+            z = attention_core(q, k, v, segment_ids=segment_ids)
             if pattern_hooked:
-                z = z + self._pattern_hook_change(q, k, v, positions, point)
+                z = z + self._pattern_hook_change(q, k, v, positions, point, segment_ids)
         else:
-            z, cache = self._explicit_core(q, k, v, positions, point, deterministic, cache)
+            z, cache = self._explicit_core(q, k, v, positions, point, deterministic, cache, segment_ids)
         z = point("hook_z", z.reshape(b, t, h, dh))
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
         w_o = Dense(cfg, (cfg.d_model,), ("heads", "head_dim", "embed"), out_std, cfg.use_bias, n_in=2, name="o")
         out = w_o(z)
         return out if cache is None else (out, cache)
 
-    def _pattern_hook_change(self, q, k, v, positions, point):
+    def _pattern_hook_change(self, q, k, v, positions, point, segment_ids):
         """With the fast core: materialise scores and pattern at their hook points and return
         what the interventions there change in z, (pattern' - pattern) v. An identity
         intervention changes nothing, exactly: the logits stay bitwise equal."""
-        scores = _masked_scores(q, k, positions, positions)
+        scores = _masked_scores(q, k, positions, positions, segment_ids=segment_ids)
         pattern = nn.softmax(scores, axis=-1).astype(self.cfg.compute_dtype)
         hooked_scores = point("hook_attn_scores", scores)
         if hooked_scores is not scores:
@@ -94,7 +109,7 @@ class Attention(nn.Module):
             hooked = pattern
         return _mix(point("hook_pattern", hooked) - pattern, v, "bskd")
 
-    def _explicit_core(self, q, k, v, positions, point, deterministic, cache):
+    def _explicit_core(self, q, k, v, positions, point, deterministic, cache, segment_ids):
         """Scores and pattern materialised (and hooked); attends over `cache` if given."""
         cfg = self.cfg
         if cache is None:
@@ -105,16 +120,18 @@ class Attention(nn.Module):
             k = cache["k"].astype(q.dtype).reshape(b, -1, s, q.shape[-1])
             v = cache["v"].astype(q.dtype).reshape(b, -1, q.shape[-1], s)
             key_positions, values = jnp.broadcast_to(jnp.arange(s), (b, s)), "bkds"
-        scores = point("hook_attn_scores", _masked_scores(q, k, positions, key_positions, cached=cache is not None))
+        scores = point("hook_attn_scores", _masked_scores(q, k, positions, key_positions, cached=cache is not None,
+                                                            segment_ids=segment_ids))
         pattern = point("hook_pattern", nn.softmax(scores, axis=-1).astype(cfg.compute_dtype))
         if cfg.dropout > 0:
             pattern = nn.Dropout(cfg.dropout)(pattern, deterministic=deterministic)
         return _mix(pattern, v, values), cache
 
 
-def _masked_scores(q, k, positions, key_positions, cached=False):
+def _masked_scores(q, k, positions, key_positions, cached=False, segment_ids=None):
     """q k^T / sqrt(d_head) in float32 [b, head, q, k], the float32 minimum where a query's
-    position is before the key's. k is [b, s, kv_head, d], or [b, kv_head, s, d] if `cached`."""
+    position is before the key's, or the key is in another document (`segment_ids`, queries
+    and keys alike: never with a cache). k is [b, s, kv_head, d], or [b, kv_head, s, d] if `cached`."""
     b, t, h, d = q.shape
     kvh = k.shape[1 if cached else 2]
     qg = q.reshape(b, t, kvh, h // kvh, d)  # query heads grouped by the key/value head they share
@@ -122,6 +139,8 @@ def _masked_scores(q, k, positions, key_positions, cached=False):
     scores = scores / jnp.asarray(math.sqrt(d), q.dtype)
     scores = scores.reshape(b, h, t, -1).astype(jnp.float32)
     causal = positions[:, None, :, None] >= key_positions[:, None, None, :]
+    if segment_ids is not None:
+        causal = causal & same_segment(segment_ids, segment_ids)
     return jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
 
 
@@ -133,19 +152,24 @@ def _mix(pattern, v, values: str):
     return z.reshape(b, t, h, d)
 
 
-def attention_core(q, k, v, block: int | None = None):
+def attention_core(q, k, v, block: int | None = None, segment_ids=None):
     """Causal attention of q [b, t, head, d] over k, v [b, t, kv_head, d] -> [b, t, head, d].
 
-    Query i attends to keys 0..i. cuDNN's fused kernel on GPU (16-bit inputs), else
-    `blocked_causal_attention`.
+    Query i attends to keys 0..i (of its own document with `segment_ids` [b, t]). cuDNN's
+    fused kernel on GPU (16-bit inputs, no segment ids: see the module docstring), splash
+    attention on TPU with segment ids (t a multiple of 128), else `blocked_causal_attention`.
     """
-    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+    backend = jax.default_backend()
+    if segment_ids is None and backend == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
-    return blocked_causal_attention(q, k, v, block)
+    if segment_ids is not None and backend == "tpu" and splash_supported(q.shape[1]):
+        return splash_causal_attention(q, k, v, segment_ids)
+    return blocked_causal_attention(q, k, v, block, segment_ids)
 
 
-def blocked_causal_attention(q, k, v, block: int | None = None):
-    """Causal attention computed one block of queries at a time.
+def blocked_causal_attention(q, k, v, block: int | None = None, segment_ids=None):
+    """Causal attention computed one block of queries at a time (within each document
+    with `segment_ids` [b, t]: every block then also masks the keys of other documents).
 
     Query block i needs only keys 0..(i+1)*block, so the key blocks above the diagonal are
     never computed (about half the work at long contexts) and only the diagonal block needs
@@ -176,6 +200,9 @@ def blocked_causal_attention(q, k, v, block: int | None = None):
         scores = jnp.einsum("bkqd,bksd->bkqs", q_block, kh[:, :, :stop]).astype(jnp.float32)
         mask = np.concatenate([np.zeros((n, start), np.float32), diagonal[:n, :n]], axis=1)
         scores = scores + np.tile(mask, (group, 1))
+        if segment_ids is not None:
+            same = same_segment(segment_ids[:, start:stop], segment_ids[:, :stop])  # [b, 1, n, stop]
+            scores = jnp.where(jnp.tile(same, (1, 1, group, 1)), scores, -jnp.inf)
         weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
         z = jnp.einsum("bkqs,bksd->bkqd", weights.astype(q.dtype), vh[:, :, :stop])
         z = z / weights.sum(axis=-1, keepdims=True).astype(z.dtype)

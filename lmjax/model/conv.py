@@ -8,7 +8,8 @@ A layer sees the last conv_width positions, so a stack of L layers sees L (conv_
 + 1: a finite receptive field, which is what distinguishes it from the recurrent mixers.
 Training computes all positions at once as one matmul over the stacked windows
 ([b, t, width * d] im2col: one large GEMM is what a CPU does best). Decoding carries the
-last conv_width - 1 inputs and computes the same product for one window.
+last conv_width - 1 inputs and computes the same product for one window. In packed rows
+(segment_ids) the window stops at its document's start.
 
 Hook points (under blocks.{l}.mixer.): hook_value, hook_gate (before the sigmoid),
 hook_post (value * sigmoid(gate)), all [b, t, d_model].
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from lmjax.model.config import ModelConfig
 from lmjax.model.hooks import hook
 from lmjax.model.layers import Dense
-from lmjax.model.mixer_parts import causal_window, state_after
+from lmjax.model.mixer_parts import causal_taps, causal_window, state_after
 
 
 class GatedConv(nn.Module):
@@ -39,7 +40,7 @@ class GatedConv(nn.Module):
         return {"conv": jnp.zeros((batch, cfg.conv_width - 1, cfg.d_model), dtype)}
 
     @nn.compact
-    def __call__(self, x, hooks=None, layer_index=None, cache=None, lengths=None):
+    def __call__(self, x, hooks=None, layer_index=None, cache=None, lengths=None, segment_ids=None):
         cfg = self.cfg
         k, d, t = cfg.conv_width, cfg.d_model, x.shape[1]
 
@@ -47,7 +48,7 @@ class GatedConv(nn.Module):
             return hook(self, hooks, f"{self.name_prefix}.{name}", value, layer_index)
 
         window = causal_window(x, None if cache is None else cache["conv"], k)
-        stacked = jnp.stack([window[:, j:j + t] for j in range(k)], axis=2)  # [b, t, k, d]
+        stacked = jnp.stack(causal_taps(window, k, t, segment_ids), axis=2)  # [b, t, k, d]
         conv = Dense(cfg, (2, d), (None, "embed", None, "mlp"), cfg.init_std, True, n_in=2, name="conv")
         u = conv(stacked)  # [b, t, 2, d]
         value, gate = point("hook_value", u[:, :, 0]), point("hook_gate", u[:, :, 1])

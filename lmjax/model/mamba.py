@@ -20,6 +20,8 @@ Two ways to evaluate the same recurrence:
   chunk plus one state per chunk, with a prefix scan ("chunked") or a plain step-by-step
   loop ("sequential") inside the chunk. "auto" picks per backend (`scan_method`: measured
   on CPU, where "sequential" is 5-10x faster than the other two);
+- packed documents (`segment_ids`): the decay exp(delta A) is 0 at each document's first
+  token, so the state restarts there in every scan, and the conv's taps stop at the start;
 - decoding (`ssm_step`): one token, the state [b, d_state, d_inner] and the last d_conv - 1
   conv inputs carried in the cache: O(1) time and memory per token, whatever the context.
 
@@ -44,7 +46,8 @@ import jax.numpy as jnp
 from lmjax.model.config import ModelConfig
 from lmjax.model.hooks import hook
 from lmjax.model.layers import Dense, param, uniform
-from lmjax.model.mixer_parts import causal_window, is_hooked, state_after, valid_mask
+from lmjax.model.mixer_parts import causal_taps, causal_window, is_hooked, state_after, valid_mask
+from lmjax.model.segments import segment_starts
 
 DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
 
@@ -71,9 +74,13 @@ def a_log_init(key, shape, dtype=jnp.float32):
 # the step loop made the sequential scan's forward + backward ~10x faster than [b, t, d, n].
 
 
-def discretize(x, delta, A, B):
-    """(exp(delta A), delta B x), each [b, t, n, d]: zero-order hold for A, Euler for B."""
-    return jnp.exp(delta[:, :, None, :] * A.T), (delta * x)[:, :, None, :] * B[..., None]
+def discretize(x, delta, A, B, reset=None):
+    """(exp(delta A), delta B x), each [b, t, n, d]: zero-order hold for A, Euler for B.
+    Where `reset` [b, t] is True (a document's first token) the decay is 0: h_t = delta B x."""
+    decay = jnp.exp(delta[:, :, None, :] * A.T)
+    if reset is not None:
+        decay = jnp.where(reset[:, :, None, None], 0.0, decay)
+    return decay, (delta * x)[:, :, None, :] * B[..., None]
 
 
 def _combine(earlier, later):
@@ -83,9 +90,10 @@ def _combine(earlier, later):
     return a2 * a1, a2 * b1 + b2
 
 
-def scan_states(x, delta, A, B, h0=None):
-    """Every state h_t [b, t, n, d] by a parallel prefix scan, starting from h0 [b, n, d] (or zeros)."""
-    dA, dBx = discretize(x, delta, A, B)
+def scan_states(x, delta, A, B, h0=None, reset=None):
+    """Every state h_t [b, t, n, d] by a parallel prefix scan, starting from h0 [b, n, d] (or
+    zeros), restarting where `reset` [b, t] is True."""
+    dA, dBx = discretize(x, delta, A, B, reset)
     if h0 is not None:  # h_1 = a_1 h0 + b_1: fold the initial state into the first element
         dBx = dBx.at[:, 0].add(dA[:, 0] * h0)
     return jax.lax.associative_scan(_combine, (dA, dBx), axis=1)[1]
@@ -96,27 +104,31 @@ def readout(states, C):
     return jnp.einsum("btnd,btn->btd", states, C)
 
 
-def ssm_step(h, x, delta, A, B, C):
-    """One step: x, delta [b, d]; B, C [b, n]; h [b, n, d] -> (h, y [b, d])."""
-    h = jnp.exp(delta[:, None, :] * A.T) * h + (delta * x)[:, None, :] * B[..., None]
+def ssm_step(h, x, delta, A, B, C, reset=None):
+    """One step: x, delta [b, d]; B, C [b, n]; h [b, n, d] -> (h, y [b, d]); the old state
+    is dropped where `reset` [b] is True."""
+    decay = jnp.exp(delta[:, None, :] * A.T)
+    if reset is not None:
+        decay = jnp.where(reset[:, None, None], 0.0, decay)
+    h = decay * h + (delta * x)[:, None, :] * B[..., None]
     return h, jnp.einsum("bnd,bn->bd", h, C)
 
 
-def _sequential_chunk(x, delta, A, B, C, h):
+def _sequential_chunk(x, delta, A, B, C, h, reset=None):
     """(y [b, t, d], last state) step by step (a Python loop: unrolled, for short chunks)."""
     ys = []
     for i in range(x.shape[1]):
-        h, y = ssm_step(h, x[:, i], delta[:, i], A, B[:, i], C[:, i])
+        h, y = ssm_step(h, x[:, i], delta[:, i], A, B[:, i], C[:, i], None if reset is None else reset[:, i])
         ys.append(y)
     return jnp.stack(ys, axis=1), h
 
 
-def _associative_chunk(x, delta, A, B, C, h):
-    states = scan_states(x, delta, A, B, h)
+def _associative_chunk(x, delta, A, B, C, h, reset=None):
+    states = scan_states(x, delta, A, B, h, reset)
     return readout(states, C), states[:, -1]
 
 
-def scan_chunked(x, delta, A, B, C, h0=None, chunk: int = 128, inner: str = "associative"):
+def scan_chunked(x, delta, A, B, C, h0=None, chunk: int = 128, inner: str = "associative", reset=None):
     """(y [b, t, d], last state [b, n, d]) chunk by chunk: the state is carried across chunks
     by lax.scan and each chunk is rematerialised in the backward pass, so peak memory is one
     chunk's [b, chunk, n, d] (plus one state per chunk) instead of the whole [b, t, n, d].
@@ -124,13 +136,14 @@ def scan_chunked(x, delta, A, B, C, h0=None, chunk: int = 128, inner: str = "ass
     Inside a chunk the states come from a prefix scan (`inner="associative"`: parallel,
     log-depth) or step by step (`"sequential"`: unrolled; no redundant work, which is what
     a CPU wants). Padding to a multiple of `chunk` uses delta = 0, an identity step, so the
-    last state is exact.
+    last state is exact. `reset` [b, t]: the documents' first tokens, where the state restarts.
     """
     b, t, d = x.shape
     chunk = min(chunk, t)
     pad = -t % chunk
     if pad:
         x, delta, B, C = (jnp.pad(v, [(0, 0), (0, pad)] + [(0, 0)] * (v.ndim - 2)) for v in (x, delta, B, C))
+        reset = None if reset is None else jnp.pad(reset, [(0, 0), (0, pad)])
     n_chunks = (t + pad) // chunk
     run = _associative_chunk if inner == "associative" else _sequential_chunk
 
@@ -139,12 +152,13 @@ def scan_chunked(x, delta, A, B, C, h0=None, chunk: int = 128, inner: str = "ass
 
     @jax.checkpoint
     def body(h, xs):
-        xc, dc, bc, cc = xs
-        y, h = run(xc, dc, A, bc, cc, h)
+        xc, dc, bc, cc, rc = xs
+        y, h = run(xc, dc, A, bc, cc, h, rc)
         return h, y
 
     h0 = jnp.zeros((b, A.shape[1], d), jnp.float32) if h0 is None else h0
-    last, ys = jax.lax.scan(body, h0, tuple(map(split, (x, delta, B, C))))
+    xs = (*map(split, (x, delta, B, C)), None if reset is None else split(reset))
+    last, ys = jax.lax.scan(body, h0, xs)
     return ys.swapaxes(0, 1).reshape(b, t + pad, d)[:, :t], last
 
 
@@ -168,20 +182,20 @@ def scan_method(cfg: ModelConfig) -> tuple[str, int]:
 
 
 class CausalDepthwiseConv(nn.Module):
-    """y_t = sum_j kernel[j] * x_{t - width + 1 + j} + bias, per channel, over a window
-    [b, width - 1 + t, c] whose first width - 1 positions are the inputs before x."""
+    """y_t = sum_j kernel[j] * x_{t - width + 1 + j} + bias, per channel, over the width taps
+    [b, t, c] of lmjax.model.mixer_parts.causal_taps (oldest first)."""
 
     width: int
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, window, t: int):
-        c, dtype = window.shape[-1], self.cfg.params_dtype
+    def __call__(self, taps):
+        c, dtype = taps[0].shape[-1], self.cfg.params_dtype
         bound = self.width ** -0.5  # PyTorch's Conv1d default: fan_in = width for a depthwise conv
         kernel = param(self, "kernel", uniform(bound), (self.width, c), (None, "mlp"), dtype)
         bias = param(self, "bias", uniform(bound), (c,), ("mlp",), dtype)
-        kernel, bias = kernel.astype(window.dtype), bias.astype(window.dtype)
-        return sum(window[:, j:j + t] * kernel[j] for j in range(self.width)) + bias
+        kernel, bias = kernel.astype(taps[0].dtype), bias.astype(taps[0].dtype)
+        return sum(tap * kernel[j] for j, tap in enumerate(taps)) + bias
 
 
 class Mamba(nn.Module):
@@ -199,7 +213,7 @@ class Mamba(nn.Module):
                 "ssm": jnp.zeros((batch, cfg.d_state, cfg.d_inner), jnp.float32)}  # [b, n, d]: see scan_states
 
     @nn.compact
-    def __call__(self, u, hooks=None, layer_index=None, cache=None, lengths=None):
+    def __call__(self, u, hooks=None, layer_index=None, cache=None, lengths=None, segment_ids=None):
         cfg = self.cfg
         d, di, n, r, k = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.mamba_dt_rank, cfg.d_conv
         b, t = u.shape[:2]
@@ -212,7 +226,7 @@ class Mamba(nn.Module):
         xz = point("hook_in_proj", xz)
         x, z = xz[:, :, 0], xz[:, :, 1]
         window = causal_window(x, None if cache is None else cache["conv"], k)
-        conv = CausalDepthwiseConv(k, cfg, name="conv1d")(window, t)
+        conv = CausalDepthwiseConv(k, cfg, name="conv1d")(causal_taps(window, k, t, segment_ids))
         x = point("hook_conv", conv * point("hook_silu_ratio", nn.sigmoid(conv)))  # silu(conv), op for op
 
         dbc = Dense(cfg, (r + 2 * n,), ("mlp", None), 0.0, False, init=uniform(di ** -0.5), name="x_proj")(x)
@@ -229,21 +243,23 @@ class Mamba(nn.Module):
         valid = valid_mask(lengths, t)
         if valid is not None:  # padding: delta = 0 is the identity step, the state stays put
             delta = jnp.where(valid[..., None], delta, 0.0)
+        reset = None if segment_ids is None else segment_starts(segment_ids)
         method, chunk = scan_method(cfg)
         if cache is not None and t == 1:
             last, y = ssm_step(h0, xf[:, 0], delta[:, 0], A, B[:, 0], C[:, 0])
             y, states = y[:, None], last[:, None]
         elif method == "associative":
-            states = scan_states(xf, delta, A, B, h0)
+            states = scan_states(xf, delta, A, B, h0, reset)
             last, y = states[:, -1], readout(states, C)
         else:
-            y, last = scan_chunked(xf, delta, A, B, C, h0, chunk, "associative" if method == "chunked" else "sequential")
+            inner = "associative" if method == "chunked" else "sequential"
+            y, last = scan_chunked(xf, delta, A, B, C, h0, chunk, inner, reset)
             states = None
         if is_hooked(hooks, f"{self.name_prefix}.hook_h"):
             # The states are materialised only here, as [b, t, d_inner, d_state]. A patch
             # changes the readout by C . (h' - h): exactly nothing for an identity patch,
             # whichever scan ran.
-            states = (scan_states(xf, delta, A, B, h0) if states is None else states).transpose(0, 1, 3, 2)
+            states = (scan_states(xf, delta, A, B, h0, reset) if states is None else states).transpose(0, 1, 3, 2)
             y = y + jnp.einsum("btdn,btn->btd", point("hook_h", states) - states, C)
 
         y = point("hook_ssm_out", y + D * xf)

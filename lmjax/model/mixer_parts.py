@@ -1,9 +1,12 @@
-"""What the non-attention mixers share: causal windows over time, the state after ragged
-prompts, and whether a hook point is asked for (lmjax/model/mixers.py has the interface)."""
+"""What the non-attention mixers share: causal windows over time (cut at document starts
+in packed rows), the state after ragged prompts, and whether a hook point is asked for
+(lmjax/model/mixers.py has the interface)."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from lmjax.model.segments import segment_positions
 
 
 def is_hooked(hooks, name: str) -> bool:
@@ -20,6 +23,17 @@ def causal_window(x, state, width: int):
     if state is None:
         state = jnp.zeros((x.shape[0], width - 1, x.shape[2]), x.dtype)
     return jnp.concatenate([state.astype(x.dtype), x], axis=1)
+
+
+def causal_taps(window, width: int, t: int, segment_ids=None) -> list:
+    """The width inputs each position's causal window reads, oldest first: width arrays
+    [b, t, c] sliced from `window` (`causal_window`). With `segment_ids` [b, t] a tap that
+    reaches back before its position's document start reads zeros, as at a row's start."""
+    taps = [window[:, j:j + t] for j in range(width)]
+    if segment_ids is None:
+        return taps
+    inside = segment_positions(segment_ids)  # tap j reaches back width - 1 - j positions
+    return [jnp.where((inside >= width - 1 - j)[..., None], tap, 0) for j, tap in enumerate(taps)]
 
 
 def state_after(window, lengths, width: int):

@@ -3,12 +3,13 @@
 A block is norm -> mixer -> residual add (-> norm -> MLP -> residual add). Every mixer is a
 Flax module `Mixer(cfg, name_prefix)` called as
 
-    mixer(x [b, t, d_model], hooks, layer_index, cache=None, lengths=None)
+    mixer(x [b, t, d_model], hooks, layer_index, cache=None, lengths=None, segment_ids=None)
         -> out [b, t, d_model], or (out, cache) when given a cache
 
 where `cache` is the mixer's recurrent decoding state (`init_state`) after the tokens
 before x. With a cache, the tokens of each row after `lengths[row]` are right padding
-(the sampler's ragged prompts): they must not advance the state. Each mixer also says
+(the sampler's ragged prompts): they must not advance the state. With `segment_ids` [b, t]
+(packed documents, no cache) the state restarts at each document's first token. Each mixer also says
 which hook points it names (`hook_suffixes`, under `blocks.{l}.mixer.`), in forward order.
 
 The mixers: `mamba` (lmjax/model/mamba.py), `lstm` and `gru` (recurrent.py), `conv`

@@ -10,7 +10,8 @@
 Training: the input projections W x_t of all positions are one matmul; only the small
 recurrent product U h_{t-1} runs step by step, in a `lax.scan` over positions (there is no
 parallel form: the gates depend on h_{t-1} nonlinearly). Decoding runs the same cell once
-per token, carrying (h, c) or h: O(1) per token. The recurrence runs in float32.
+per token, carrying (h, c) or h: O(1) per token. The recurrence runs in float32. In packed
+rows (segment_ids) the carry restarts from zeros at each document's first token.
 
 Init as PyTorch's nn.LSTM / nn.GRU: every weight and bias U(-1/sqrt(H), 1/sqrt(H)), H the
 state width; the LSTM's forget-gate bias is set to 1 (Jozefowicz et al. 2015).
@@ -40,6 +41,7 @@ from lmjax.model.config import ModelConfig
 from lmjax.model.hooks import hook
 from lmjax.model.layers import Dense, param, uniform
 from lmjax.model.mixer_parts import valid_mask
+from lmjax.model.segments import segment_starts
 
 
 def lstm_cell(carry, gates_x, u):
@@ -65,14 +67,16 @@ def tanh_ratio(a):
     return jnp.where(small, 1.0 - a * a / 3.0, jnp.tanh(a) / jnp.where(small, 1.0, a))
 
 
-def previous(first, seq):
-    """The carries before each position: [b, t, ...] from the initial carry and the scan's."""
-    return jnp.concatenate([first[:, None], seq[:, :-1]], 1)
+def previous(first, seq, reset=None):
+    """The carries before each position: [b, t, ...] from the initial carry and the scan's;
+    zeros where `reset` [b, t] is True (a document's first token)."""
+    prev = jnp.concatenate([first[:, None], seq[:, :-1]], 1)
+    return prev if reset is None else jnp.where(reset[:, :, None], 0.0, prev)
 
 
-def lstm_factors(carry, gates_x, u, seq):
+def lstm_factors(carry, gates_x, u, seq, reset=None):
     """The gate factors at every position (see the module docstring), from the scan's states."""
-    h_prev = previous(carry[0], seq[0])
+    h_prev = previous(carry[0], seq[0], reset)
     g = gates_x + jnp.einsum("bth,hgk->btgk", h_prev, u)
     return {"hook_input_gate": nn.sigmoid(g[:, :, 0]), "hook_forget_gate": nn.sigmoid(g[:, :, 1]),
             "hook_output_gate": nn.sigmoid(g[:, :, 3]), "hook_candidate_ratio": tanh_ratio(g[:, :, 2]),
@@ -88,8 +92,8 @@ def lstm_factored_cell(carry, gates_x, u, factors):
     return o * r_c * c, c
 
 
-def gru_factors(carry, gates_x, u, b_h, seq):
-    h_prev = previous(carry, seq)
+def gru_factors(carry, gates_x, u, b_h, seq, reset=None):
+    h_prev = previous(carry, seq, reset)
     gh = jnp.einsum("bth,hgk->btgk", h_prev, u) + b_h
     r = nn.sigmoid(gates_x[:, :, 0] + gh[:, :, 0])
     return {"hook_reset_gate": r, "hook_update_gate": nn.sigmoid(gates_x[:, :, 1] + gh[:, :, 1]),
@@ -103,19 +107,22 @@ def gru_factored_cell(h, gates_x, u, b_h, factors):
     return (1 - z) * ratio * a + z * h
 
 
-def run_cells(step, carry, gates_x, valid=None, unroll: int = 8):
+def run_cells(step, carry, gates_x, valid=None, unroll: int = 8, reset=None):
     """Scan `step(carry, gates_x_t) -> carry` over positions; gates_x [b, t, ...].
-    Positions where `valid` [b, t] is False (padding) leave the carry unchanged.
+    Positions where `valid` [b, t] is False (padding) leave the carry unchanged; where
+    `reset` [b, t] is True (a document's first token) the step starts from a zero carry.
     -> (last carry, carries at every position, each [b, t, ...])."""
 
     def body(carry, xs):
-        g, v = xs
+        g, v, r = xs
+        if r is not None:
+            carry = jax.tree.map(lambda a: jnp.where(r[:, None], 0.0, a), carry)
         new = step(carry, g)
         if v is not None:
             new = jax.tree.map(lambda a, b: jnp.where(v[:, None], a, b), new, carry)
         return new, new
 
-    xs = (gates_x.swapaxes(0, 1), None if valid is None else valid.T)
+    xs = (gates_x.swapaxes(0, 1), None if valid is None else valid.T, None if reset is None else reset.T)
     last, seq = jax.lax.scan(body, carry, xs, unroll=min(unroll, gates_x.shape[1]))
     return last, jax.tree.map(lambda a: a.swapaxes(0, 1), seq)
 
@@ -139,7 +146,7 @@ class _Recurrent(nn.Module):
         raise NotImplementedError
 
     @nn.compact
-    def __call__(self, x, hooks=None, layer_index=None, cache=None, lengths=None):
+    def __call__(self, x, hooks=None, layer_index=None, cache=None, lengths=None, segment_ids=None):
         cfg = self.cfg
         H, d = cfg.rnn_width, cfg.d_model
         bound = H ** -0.5
@@ -151,13 +158,14 @@ class _Recurrent(nn.Module):
         step = lambda carry, g: self.cell(carry, g, u.astype(jnp.float32), extra)
         carry = self.initial(x.shape[0]) if cache is None else self.from_cache(cache)
         valid = valid_mask(lengths, x.shape[1])
-        last, seq = run_cells(step, carry, gates_x, valid)
+        reset = None if segment_ids is None else segment_starts(segment_ids)
+        last, seq = run_cells(step, carry, gates_x, valid, reset=reset)
         if hooks is not None and any(hooks.touches(f"{self.name_prefix}.{n}") for n in self.factor_names):
             u32 = u.astype(jnp.float32)
-            factors = self.factors(carry, gates_x, u32, extra, seq)
+            factors = self.factors(carry, gates_x, u32, extra, seq, reset)
             factors = jnp.stack([self.point(hooks, layer_index, n, factors[n]) for n in self.factor_names], 2)
             factored = lambda c, g: self.factored_cell(c, g[:, :self.n_gates], u32, extra, g[:, self.n_gates:])
-            last, seq = run_cells(factored, carry, jnp.concatenate([gates_x, factors], 2), valid)
+            last, seq = run_cells(factored, carry, jnp.concatenate([gates_x, factors], 2), valid, reset=reset)
         h = self.hook_sequence(seq, hooks, layer_index)
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
         out = Dense(cfg, (d,), ("mlp", "embed"), out_std, cfg.use_bias, name="out_proj")(h.astype(cfg.compute_dtype))
@@ -192,8 +200,8 @@ class LSTM(_Recurrent):
     def cell(self, carry, gates_x, u, extra):
         return lstm_cell(carry, gates_x, u)
 
-    def factors(self, carry, gates_x, u, extra, seq):
-        return lstm_factors(carry, gates_x, u, seq)
+    def factors(self, carry, gates_x, u, extra, seq, reset):
+        return lstm_factors(carry, gates_x, u, seq, reset)
 
     def factored_cell(self, carry, gates_x, u, extra, factors):
         return lstm_factored_cell(carry, gates_x, u, factors)
@@ -238,8 +246,8 @@ class GRU(_Recurrent):
     def cell(self, h, gates_x, u, b_h):
         return gru_cell(h, gates_x, u, b_h)
 
-    def factors(self, carry, gates_x, u, b_h, seq):
-        return gru_factors(carry, gates_x, u, b_h, seq)
+    def factors(self, carry, gates_x, u, b_h, seq, reset):
+        return gru_factors(carry, gates_x, u, b_h, seq, reset)
 
     def factored_cell(self, h, gates_x, u, b_h, factors):
         return gru_factored_cell(h, gates_x, u, b_h, factors)

@@ -15,6 +15,7 @@ from lmjax.model.config import ModelConfig
 from lmjax.model.hooks import HOOK_COLLECTION, LAYER_WILDCARD, Hooks, collect_cache, hook
 from lmjax.model.layers import MLP, Norm, normal, param
 from lmjax.model.mixers import mixer_class
+from lmjax.model.segments import segment_positions
 
 
 class Block(nn.Module):
@@ -31,11 +32,13 @@ class Block(nn.Module):
     mixer: str = "attention"
 
     @nn.compact
-    def __call__(self, x, positions, hooks, deterministic, layer_index=None, cache=None, lengths=None):
+    def __call__(self, x, positions, hooks, deterministic, layer_index=None, cache=None, lengths=None,
+                 segment_ids=None):
         """-> resid_post, or (resid_post, cache) when decoding with a cache.
 
         `lengths` [b] (with a cache only): each row's real tokens in x; the rest is right
-        padding that recurrent states must not absorb."""
+        padding that recurrent states must not absorb. `segment_ids` [b, t] (without a
+        cache): packed documents, which the mixer keeps apart."""
         cfg = self.cfg
         p = f"blocks.{LAYER_WILDCARD if self.layer is None else self.layer}"
 
@@ -51,10 +54,12 @@ class Block(nn.Module):
         x = point("hook_resid_pre", x)
         a = Norm(cfg, f"{p}.ln1", name="ln1")(x, hooks, layer_index)
         if self.mixer == "attention":
-            a = Attention(cfg, f"{p}.attn", name="attn")(a, positions, hooks, layer_index, deterministic, cache)
+            a = Attention(cfg, f"{p}.attn", name="attn")(a, positions, hooks, layer_index, deterministic, cache,
+                                                       segment_ids)
             out_name = "hook_attn_out"
         else:
-            a = mixer_class(self.mixer)(cfg, f"{p}.mixer", name="mixer")(a, hooks, layer_index, cache, lengths)
+            a = mixer_class(self.mixer)(cfg, f"{p}.mixer", name="mixer")(a, hooks, layer_index, cache, lengths,
+                                                                       segment_ids)
             out_name = "hook_mixer_out"
         if cache is not None:
             a, cache = a
@@ -74,10 +79,10 @@ class ScannedBlock(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, xs, positions, hooks, deterministic, lengths=None):
+    def __call__(self, x, xs, positions, hooks, deterministic, lengths=None, segment_ids=None):
         layer_index, cache = xs  # cache: this layer's slice of the stacked cache, or None
         block = Block(self.cfg, None, self.cfg.layer_mixers[0], name="block")
-        out = block(x, positions, hooks, deterministic, layer_index, cache, lengths)
+        out = block(x, positions, hooks, deterministic, layer_index, cache, lengths, segment_ids)
         return out if cache is not None else (out, None)
 
 
@@ -95,14 +100,21 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions=None, hooks: Hooks | None = None, deterministic: bool = True, cache=None,
-                 lengths=None):
+                 lengths=None, segment_ids=None):
         """-> logits, or (logits, cache) when a decoding cache (lmjax.model.cache) is given.
 
         `positions` [batch, pos] defaults to 0..pos-1 in every row (None is passed down, so
         attention knows the mask is plain causal and may use its fast core). `lengths` [batch]
         (with a cache): the real tokens of each row, the rest being right padding, which
-        recurrent mixers' states then skip (attention overwrites its slots later anyway)."""
+        recurrent mixers' states then skip (attention overwrites its slots later anyway).
+
+        `segment_ids` [batch, pos] (no cache): documents packed into rows, one id per document
+        (lmjax/model/segments.py). Attention masks across documents, positions (default)
+        restart at each one, and recurrent and convolutional states restart at its start."""
         cfg = self.cfg
+        if segment_ids is not None and cache is not None:
+            raise LmjaxError("segment_ids are for training and evaluation on packed rows; decoding with a cache "
+                             "takes one document per row (pass segment_ids=None)")
         embedding = param(
             self, "embed", normal(cfg.init_std), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.params_dtype
         )
@@ -111,7 +123,10 @@ class Transformer(nn.Module):
             table = param(
                 self, "pos_embed", normal(cfg.init_std), (cfg.max_len, cfg.d_model), ("length", "embed"), cfg.params_dtype
             )
-            rows = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape) if positions is None else positions
+            rows = positions
+            if rows is None:
+                rows = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape) if segment_ids is None \
+                    else segment_positions(segment_ids)
             pos = hook(self, hooks, "hook_pos_embed", jnp.take(table, rows, axis=0).astype(cfg.compute_dtype))
             x = x + pos
         if cfg.dropout > 0:
@@ -122,19 +137,19 @@ class Transformer(nn.Module):
                 _remat(ScannedBlock, cfg, static_argnums=(5,)),  # (self, x, idx, pos, hooks, deterministic)
                 variable_axes={"params": 0, "hooks": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.n_layer,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x, cache = scan(cfg, name="blocks")(x, (jnp.arange(cfg.n_layer), cache), positions, hooks, deterministic,
-                                                lengths)
+                                                lengths, segment_ids)
         else:
             block_cls = _remat(Block, cfg, static_argnums=(4,))  # (self, x, pos, hooks, deterministic)
             new_cache = []
             for layer, mixer in enumerate(cfg.layer_mixers):
                 block = block_cls(cfg, layer, mixer, name=f"blocks_{layer}")
                 if cache is None:
-                    x = block(x, positions, hooks, deterministic)
+                    x = block(x, positions, hooks, deterministic, None, None, None, segment_ids)
                 else:
                     x, layer_cache = block(x, positions, hooks, deterministic, None, cache[layer], lengths)
                     new_cache.append(layer_cache)
@@ -153,18 +168,19 @@ class Transformer(nn.Module):
 
     # -- The hook API. Pure functions of (params, tokens, ...): safe under jit, vmap and grad.
 
-    def run_with_cache(self, params, tokens, names, positions=None, interventions=None):
+    def run_with_cache(self, params, tokens, names, positions=None, interventions=None, segment_ids=None):
         """-> (logits, {name: activation}) keeping only the requested hook points."""
         names = tuple(names)
         self.check_hook_names(names, interventions)
         hooks = Hooks(names, interventions)
-        logits, state = self.apply({"params": params}, tokens, positions, hooks, mutable=[HOOK_COLLECTION])
+        logits, state = self.apply({"params": params}, tokens, positions, hooks, segment_ids=segment_ids,
+                                   mutable=[HOOK_COLLECTION])
         return logits, collect_cache(state.get(HOOK_COLLECTION, {}), names)
 
-    def run_with_hooks(self, params, tokens, interventions, positions=None):
+    def run_with_hooks(self, params, tokens, interventions, positions=None, segment_ids=None):
         """-> logits with each `name: (fn, payload)` intervention applied at its hook point."""
         self.check_hook_names((), interventions)
-        return self.apply({"params": params}, tokens, positions, Hooks((), interventions))
+        return self.apply({"params": params}, tokens, positions, Hooks((), interventions), segment_ids=segment_ids)
 
     def check_hook_names(self, names, interventions=None):
         known = set(hook_names(self.cfg))
