@@ -58,6 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.val_fraction = 0.1
     c.data.cache_dir = ""  # token shard cache; "" = $LMJAX_CACHE or ~/.cache/lmjax
     c.data.seq_len = 0  # training window; 0 = model.max_len
+    c.data.documents = False  # rows carry segment ids: no attention or state across documents (docs/data.md)
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # optimizer steps
@@ -275,6 +276,8 @@ def config_problems(config) -> list[str]:
     problems += mixture_problems(d.mixture)
     check(d.spm_model_type in ("bpe", "unigram"), "data.spm_model_type", f"{d.spm_model_type!r} not in ('bpe', 'unigram')")
     check(0 < d.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
+    check(not d.documents, "data.documents", "True is not wired into `lmjax train` yet (loop.py must pass the EOS to "
+          "lmjax.data.train_rows / eval_batches as eos=); it must be False")
     check(0 <= d.seq_len <= config.model.max_len, "data.seq_len",
           f"{d.seq_len} must be in [0, model.max_len={config.model.max_len}] (0 = model.max_len)")
     for name in ("steps", "batch_size", "log_every", "eval_every"):

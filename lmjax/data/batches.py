@@ -3,6 +3,15 @@
 Training batches are a pure function of (seed, step, process index): there is no
 iterator state to save, so a run resumed at step s sees exactly the data an uninterrupted
 run saw, on any number of hosts. Eval batches walk the stream in order.
+
+Packed documents (``eos`` given, ``data.documents``): rows are still windows cut from the
+stream, and each also carries its documents' ids. A document starts after each
+end-of-document token (the EOS the tokenizer writes after every text document, or a
+``.bin`` shard's own separator), so the EOS ends the document it closes: ``segment_ids``
+numbers the inputs' documents within the row (0, 1, ...) and ``target_segment_ids`` the
+targets'. They differ only where the input is an EOS, whose target opens the next
+document: the loss leaves those positions out (lmjax.train.loss), so a row's loss is the
+sum of its documents' own losses.
 """
 from __future__ import annotations
 
@@ -39,8 +48,19 @@ def windows(tokens, offsets: np.ndarray, seq_len: int) -> np.ndarray:
     return rows
 
 
-def _inputs_targets(rows: np.ndarray) -> dict[str, np.ndarray]:
-    return {"inputs": rows[:, :-1], "targets": rows[:, 1:]}  # targets are the inputs shifted by one
+def _inputs_targets(rows: np.ndarray, eos: int | None = None) -> dict[str, np.ndarray]:
+    """{"inputs", "targets"} (the inputs shifted by one), with the documents' ids if `eos` is given."""
+    batch = {"inputs": rows[:, :-1], "targets": rows[:, 1:]}
+    if eos is not None:
+        ids = document_ids(rows, eos)
+        batch.update(segment_ids=ids[:, :-1], target_segment_ids=ids[:, 1:])
+    return batch
+
+
+def document_ids(rows: np.ndarray, eos: int) -> np.ndarray:
+    """int32 [n, len]: each token's document within its row, 0 first, one more after each `eos`."""
+    ends = np.cumsum(rows == eos, axis=1, dtype=np.int32)
+    return np.concatenate([np.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1)
 
 
 def train_offsets(n_tokens: int, *, seed: int, step: int, batch_size: int, seq_len: int) -> np.ndarray:
@@ -57,12 +77,13 @@ def train_offsets(n_tokens: int, *, seed: int, step: int, batch_size: int, seq_l
 
 
 def train_batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len: int,
-                process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+                process_index: int = 0, process_count: int = 1, eos: int | None = None) -> dict[str, np.ndarray]:
     """This process's rows of the global training batch for ``step``.
 
     The global batch is ``batch_size`` random windows; process ``i`` of ``n`` gets the
     contiguous rows ``[i * batch_size // n, (i + 1) * batch_size // n)``. Returns
-    ``{"inputs", "targets"}``, int32 ``[batch_size // process_count, seq_len]``.
+    ``{"inputs", "targets"}``, int32 ``[batch_size // process_count, seq_len]`` (with ``eos``
+    also the documents' ids: see the module docstring).
     """
     _check_positive(batch_size=batch_size, seq_len=seq_len, process_count=process_count)
     if batch_size % process_count:
@@ -72,11 +93,11 @@ def train_batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, se
         raise LmjaxError(f"process_index must be in [0, {process_count}), got {process_index!r}")
     rows = batch_size // process_count
     return train_rows(tokens, seed=seed, step=step, batch_size=batch_size, seq_len=seq_len,
-                      start=process_index * rows, stop=(process_index + 1) * rows)
+                      start=process_index * rows, stop=(process_index + 1) * rows, eos=eos)
 
 
 def train_rows(tokens, *, seed: int, step: int, batch_size: int, seq_len: int,
-               start: int, stop: int) -> dict[str, np.ndarray]:
+               start: int, stop: int, eos: int | None = None) -> dict[str, np.ndarray]:
     """Rows ``[start, stop)`` of the global training batch for ``step``, reading only those windows.
 
     A multi-process run asks for the rows its own devices hold (see
@@ -87,7 +108,7 @@ def train_rows(tokens, *, seed: int, step: int, batch_size: int, seq_len: int,
         raise LmjaxError(f"rows [{start}, {stop}) are not inside the batch of {batch_size}")
     check_windows(tokens, seq_len, "train tokens")
     offsets = train_offsets(len(tokens), seed=seed, step=step, batch_size=batch_size, seq_len=seq_len)
-    return _inputs_targets(windows(tokens, offsets[start:stop], seq_len))
+    return _inputs_targets(windows(tokens, offsets[start:stop], seq_len), eos)
 
 
 def num_eval_batches(n_tokens: int, *, batch_size: int, seq_len: int, max_batches: int | None = None) -> int:
@@ -97,10 +118,11 @@ def num_eval_batches(n_tokens: int, *, batch_size: int, seq_len: int, max_batche
 
 
 def eval_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int,
-                 max_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 max_batches: int | None = None, eos: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Consecutive windows over ``tokens``, in order: window k has inputs
     ``tokens[k*seq_len : (k+1)*seq_len]`` (input positions never overlap, so every token
     but the first is predicted exactly once). Full batches only; at most ``max_batches``.
+    With ``eos``, also the documents' ids (see the module docstring).
     """
     _check_positive(batch_size=batch_size, seq_len=seq_len)
     if max_batches is not None and (isinstance(max_batches, bool)
@@ -116,4 +138,4 @@ def eval_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int,
     n_batches = num_eval_batches(len(tokens), batch_size=batch_size, seq_len=seq_len, max_batches=max_batches)
     window_starts = np.arange(batch_size, dtype=np.int64) * seq_len
     for b in range(n_batches):
-        yield _inputs_targets(windows(tokens, b * batch_size * seq_len + window_starts, seq_len))
+        yield _inputs_targets(windows(tokens, b * batch_size * seq_len + window_starts, seq_len), eos)

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from lmjax import sharding
 from lmjax.errors import LmjaxError
 from lmjax.model import Transformer
-from lmjax.train.loss import cross_entropy, next_token_loss  # noqa: F401  (cross_entropy: re-exported)
+from lmjax.train.loss import cross_entropy, next_token_loss, same_document  # noqa: F401  (cross_entropy: re-exported)
 from lmjax.train.optimizer import freeze, frozen_mask
 
 
@@ -251,12 +251,18 @@ def _check_opt_state(opt_state, optimizer, params):
 
 
 def make_eval_step(model: Transformer, mesh: Mesh | None = None, params_sharding=None, rules=None):
-    """-> jitted eval_step(params, batch) -> summed loss (nats) and token count (replicated)."""
+    """-> jitted eval_step(params, batch) -> summed loss (nats) and token count (replicated).
+
+    A packed batch (with "segment_ids") counts only the targets inside their input's
+    document, as the training loss does (lmjax.train.loss.next_token_loss)."""
 
     def eval_step(params, batch):
         with activation_sharding(mesh, rules):
-            logits = model.apply({"params": params}, batch["inputs"])
+            logits = model.apply({"params": params}, batch["inputs"], segment_ids=batch.get("segment_ids"))
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        if "segment_ids" in batch:
+            inside = same_document(batch)
+            return {"loss_sum": (losses * inside).sum(), "tokens": inside.sum()}
         return {"loss_sum": losses.sum(), "tokens": jnp.asarray(losses.size, jnp.float32)}
 
     if mesh is None:
@@ -264,4 +270,5 @@ def make_eval_step(model: Transformer, mesh: Mesh | None = None, params_sharding
     batch_sh = sharding.batch_sharding(mesh, rules)
     params_sh = params_sharding if params_sharding is not None else param_shardings(model, mesh, rules)
     out = {"loss_sum": sharding.replicated(mesh), "tokens": sharding.replicated(mesh)}
-    return jax.jit(eval_step, in_shardings=(params_sh, {"inputs": batch_sh, "targets": batch_sh}), out_shardings=out)
+    # one sharding for every batch leaf (a pytree prefix), packed batches' ids included
+    return jax.jit(eval_step, in_shardings=(params_sh, batch_sh), out_shardings=out)
