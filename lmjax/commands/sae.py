@@ -68,11 +68,14 @@ def _model_identity(config) -> dict:
 
 
 def _corpus(workdir, config, tokenizer):
-    from lmjax.data.shards import default_cache_dir, prepare_tokens
-    from lmjax.data.sources import text_source
+    from lmjax.data import corpus
+    from lmjax.data.shards import default_cache_dir
+    from lmjax.errors import LmjaxError
 
-    return prepare_tokens(text_source(config.data.source), tokenizer, config.data.cache_dir or default_cache_dir(),
-                          val_fraction=config.data.val_fraction, progress=False)
+    if config.data.mixture:
+        raise LmjaxError(f"{workdir} trains on a data.mixture; lmjax sae reads activations from a workdir "
+                         "with one data.source")
+    return corpus.token_data(config.data, tokenizer, config.data.cache_dir or default_cache_dir(), progress=False)
 
 
 def _seq_len(model, requested: int) -> int:

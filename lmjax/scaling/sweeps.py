@@ -33,8 +33,7 @@ import time
 from typing import Callable
 
 from lmjax.config import load_config, model_config
-from lmjax.data.sources import text_source
-from lmjax.data.tokenizers import build_tokenizer
+from lmjax.data import corpus
 from lmjax.errors import LmjaxError
 from lmjax.model import accounting
 from lmjax.scaling.probes import emergence_probes
@@ -291,5 +290,4 @@ def vocab_size_of(config) -> int:
     d = config.data
     if d.tokenizer == "sentencepiece" and not d.spm_model_path:
         return d.spm_vocab_size  # training a sentencepiece model gives exactly this many ids
-    texts = text_source(d.source).documents if d.tokenizer == "char" else None
-    return build_tokenizer(d.tokenizer, texts=texts, model_path=d.spm_model_path or None).vocab_size
+    return corpus.make_tokenizer(d).vocab_size
