@@ -9,6 +9,7 @@ equals the reference core with segment ids, forward and gradients.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -75,6 +76,21 @@ def test_perturbing_one_document_leaves_the_others_bitwise_unchanged(name, how):
         changed = np.asarray(fwd(params, jnp.where(inside, (tokens + 5) % EOS, tokens), SEGMENTS))
         assert np.array_equal(base[~inside], changed[~inside]), f"document {doc} reached another"
         assert np.abs(base[inside] - changed[inside]).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["transformer", "mamba"])
+def test_scanned_remat_layers_and_run_with_hooks_take_segment_ids(name):
+    cfg, model, params = setup(name)
+    tokens = random_tokens((2, T), 0)
+    expected = forward(name, "fast")(params, tokens, SEGMENTS)
+    scanned_cfg = dataclasses.replace(cfg, scan_layers=True, remat="full")
+    scanned = Transformer(scanned_cfg)
+    got = jax.jit(lambda p, x, s: scanned.apply({"params": p}, x, segment_ids=s))(random_params(scanned_cfg), tokens,
+                                                                                   SEGMENTS)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    identity = {"blocks.0.hook_resid_post": (lambda x, payload: x + payload, jnp.zeros(()))}
+    hooked = jax.jit(lambda p, x, s: model.run_with_hooks(p, x, identity, segment_ids=s))(params, tokens, SEGMENTS)
+    np.testing.assert_allclose(hooked, expected, atol=1e-6)
 
 
 def packed_stream(seed):
