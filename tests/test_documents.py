@@ -20,8 +20,10 @@ import pytest
 
 from lmjax.config import config_problems, default_config
 from lmjax.data.batches import document_ids, eval_batches
+from lmjax.errors import LmjaxError
 from lmjax.model import ModelConfig, Transformer, hook_names
 from lmjax.model.attention import _masked_scores, _mix, blocked_causal_attention
+from lmjax.model.cache import init_cache
 from lmjax.model.segments import segment_positions
 from lmjax.model.splash import splash_causal_attention
 from lmjax.train.loss import next_token_loss, weighted_cross_entropy
@@ -91,6 +93,12 @@ def test_scanned_remat_layers_and_run_with_hooks_take_segment_ids(name):
     identity = {"blocks.0.hook_resid_post": (lambda x, payload: x + payload, jnp.zeros(()))}
     hooked = jax.jit(lambda p, x, s: model.run_with_hooks(p, x, identity, segment_ids=s))(params, tokens, SEGMENTS)
     np.testing.assert_allclose(hooked, expected, atol=1e-6)
+
+
+def test_segment_ids_with_a_decoding_cache_is_an_error():
+    cfg, model, params = setup("hybrid")
+    with pytest.raises(LmjaxError, match="segment_ids"):
+        model.apply({"params": params}, jnp.zeros((2, T), jnp.int32), cache=init_cache(cfg, 2), segment_ids=SEGMENTS)
 
 
 def packed_stream(seed):
