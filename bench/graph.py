@@ -188,7 +188,8 @@ def same_graph(args, length: int) -> dict:
 def run_child(args, tool: str, length: int) -> dict:
     quiet = wait_quiet(args.quiet_wait)
     before = loadavg()
-    env = dict(os.environ)
+    env = dict(os.environ, LMJAX_COMPILE_CACHE="0")  # every graph compiles: an earlier run's programs are not loaded
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     if tool == "circuit_tracer":  # transformers would import JAX too: keep the torch side's heap its own
         env.update(USE_FLAX="0", USE_TF="0")
     cmd = [sys.executable, __file__, "--child", f"{tool}:{length}"] + args.passthrough
