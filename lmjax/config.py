@@ -276,8 +276,6 @@ def config_problems(config) -> list[str]:
     problems += mixture_problems(d.mixture)
     check(d.spm_model_type in ("bpe", "unigram"), "data.spm_model_type", f"{d.spm_model_type!r} not in ('bpe', 'unigram')")
     check(0 < d.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
-    check(not d.documents, "data.documents", "True is not wired into `lmjax train` yet (loop.py must pass the EOS to "
-          "lmjax.data.train_rows / eval_batches as eos=); it must be False")
     check(0 <= d.seq_len <= config.model.max_len, "data.seq_len",
           f"{d.seq_len} must be in [0, model.max_len={config.model.max_len}] (0 = model.max_len)")
     for name in ("steps", "batch_size", "log_every", "eval_every"):

@@ -13,6 +13,7 @@ from scipy import stats
 
 from lmjax.config import config_problems, default_config, load_config, set_field
 from lmjax.data import ByteTokenizer, MixtureData, parse_mixture, prepare_tokens, text_source
+from lmjax.data.batches import document_ids
 from lmjax.data.mixture import choose_rows, weights_at
 from lmjax.train.loop import train
 
@@ -112,6 +113,24 @@ def test_global_batch_is_the_same_for_any_process_count(sources, tmp_path):
             assert any(text in bytes(p.train.astype(np.uint8)) for p in parts.values())
     again = data.train_rows(step=5, start=0, stop=16, **kw)
     np.testing.assert_array_equal(again["inputs"], full["inputs"])
+
+
+def test_mixture_rows_with_eos_carry_document_ids_and_are_otherwise_unchanged(sources, tmp_path):
+    comps = parse_mixture(mixture_of(sources))
+    parts = {c.name: prepare_tokens(text_source(c.source, text_key=c.text_key or "text"), ByteTokenizer(),
+                                    str(tmp_path), progress=False) for c in comps}
+    data, eos = MixtureData(comps, parts), ByteTokenizer().eos_id
+    kw = dict(seed=1, step=2, batch_size=16, seq_len=64)
+    plain, packed = data.train_rows(start=0, stop=16, **kw), data.train_rows(start=0, stop=16, eos=eos, **kw)
+    assert set(plain) == {"inputs", "targets"}
+    for k in plain:
+        np.testing.assert_array_equal(packed[k], plain[k])
+    ids = document_ids(np.concatenate([plain["inputs"], plain["targets"][:, -1:]], axis=1), eos)
+    np.testing.assert_array_equal(packed["segment_ids"], ids[:, :-1])
+    np.testing.assert_array_equal(packed["target_segment_ids"], ids[:, 1:])
+    assert (ids[:, -1] > 0).any()  # some rows cross a document boundary
+    half = data.train_rows(start=8, stop=16, eos=eos, **kw)
+    np.testing.assert_array_equal(half["segment_ids"], packed["segment_ids"][8:])
 
 
 CONFIG = """

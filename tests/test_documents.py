@@ -5,12 +5,16 @@ For a transformer (RoPE, grouped-query heads), a Mamba model and a hybrid of eve
 of a packed row leaves the row's other documents' logits bitwise unchanged, through the fast
 attention core, the explicit one and the hook API; a packed row's loss is the sum of its
 documents' losses computed one document per row; and splash attention (interpret mode)
-equals the reference core with segment ids, forward and gradients.
+equals the reference core with segment ids, forward and gradients. `lmjax train` with
+data.documents=True trains on such batches (each step's loss is next_token_loss on its
+batch), and a tokenizer without EOS is a config error.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import math
 
 import flax.linen as nn
 import jax
@@ -18,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmjax.config import config_problems, default_config
+from lmjax.config import ConfigError, config_from_dict, config_problems
+from lmjax.data import ByteTokenizer
 from lmjax.data.batches import document_ids, eval_batches
 from lmjax.errors import LmjaxError
 from lmjax.model import ModelConfig, Transformer, hook_names
@@ -27,6 +32,7 @@ from lmjax.model.cache import init_cache
 from lmjax.model.segments import segment_positions
 from lmjax.model.splash import splash_causal_attention
 from lmjax.train.loss import next_token_loss, weighted_cross_entropy
+from lmjax.train import loop
 from lmjax.train.steps import make_eval_step
 
 from _model_fixtures import random_params
@@ -175,10 +181,74 @@ def test_document_ids_start_after_each_eos():
     np.testing.assert_array_equal(segment_positions(jnp.asarray([[0, 0, 0, 1, 1, 2, 3]])), [[0, 1, 2, 0, 1, 0, 0]])
 
 
-def test_documents_config_is_refused_until_the_loop_passes_eos():
-    config = default_config()
-    config.data.documents = True
-    assert any(p.startswith("data.documents:") for p in config_problems(config))
+@pytest.fixture(scope="module")
+def documents_corpus(tmp_path_factory):
+    """A jsonl corpus of short documents (a few per 32-token row)."""
+    path = tmp_path_factory.mktemp("documents") / "docs.jsonl"
+    texts = [f"doc {n}: {'ab' * (n % 5)} end." for n in range(200)]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return str(path)
+
+
+def documents_config(corpus, tokenizer="byte"):
+    return config_from_dict({
+        "model": dict(n_layer=1, d_model=32, n_head=2, max_len=32),
+        "data": dict(source=corpus, tokenizer=tokenizer, documents=True),
+        "train": dict(steps=4, batch_size=8, grad_accum=1, log_every=1, eval_every=4, eval_batches=2,
+                      sample_tokens=0),
+        "checkpoint": dict(every=100, async_save=False),
+    })
+
+
+def recorded_steps(monkeypatch):
+    """The loop's train steps, recording each step's params before it, its batch and its loss."""
+    seen, real = [], loop.make_train_step
+
+    def recording(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def wrapped(state, batch):
+            before = (jax.tree.map(np.asarray, state["params"]), jax.tree.map(np.asarray, batch))
+            state, metrics = step(state, batch)
+            seen.append((*before, float(metrics["loss"])))
+            return state, metrics
+        return wrapped
+
+    monkeypatch.setattr(loop, "make_train_step", recording)
+    return seen
+
+
+def test_train_with_documents_feeds_packed_batches_and_their_loss(documents_corpus, tmp_path, monkeypatch):
+    config = documents_config(documents_corpus)
+    assert config_problems(config) == []
+    seen = recorded_steps(monkeypatch)
+    summary = loop.train(config, str(tmp_path), progress=False, quiet=True)
+    run = summary["run"]
+    assert run.eos == ByteTokenizer().eos_id and math.isfinite(summary["val_loss"])
+    loss_fn = jax.jit(next_token_loss(run.model))
+    for params, batch, loss in seen:
+        rows = np.concatenate([batch["inputs"], batch["targets"][:, -1:]], axis=1)
+        ids = document_ids(rows, run.eos)
+        np.testing.assert_array_equal(batch["segment_ids"], ids[:, :-1])
+        np.testing.assert_array_equal(batch["target_segment_ids"], ids[:, 1:])
+        assert (ids[:, -1] > 0).all()  # every row holds more than one document
+        assert math.isfinite(loss)
+        np.testing.assert_allclose(loss, loss_fn(params, batch, jax.random.key(0)), rtol=1e-5)
+    assert len(seen) == 4 and seen[-1][2] < seen[0][2]
+
+
+def test_documents_need_a_tokenizer_with_eos(documents_corpus, tmp_path):
+    from tokenizers import Tokenizer as HFCore
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    core = HFCore(WordLevel({"doc": 0, "end.": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    core.pre_tokenizer = Whitespace()
+    path = tmp_path / "tokenizer.json"
+    core.save(str(path))  # no special token, so no EOS
+    config = documents_config(documents_corpus, tokenizer=str(path))
+    with pytest.raises(ConfigError, match="^data.documents needs a tokenizer with an end-of-document token"):
+        loop.setup(config, str(tmp_path / "run"))
 
 
 def reference_core(q, k, v, segment_ids):

@@ -25,7 +25,8 @@ import re
 
 import numpy as np
 
-from lmjax.data.batches import check_windows, windows
+# _inputs_targets: the one place that lays out a batch's keys, packed documents' ids included
+from lmjax.data.batches import _inputs_targets, check_windows, windows
 from lmjax.errors import LmjaxError
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -156,8 +157,10 @@ class MixtureData:
     def meta(self) -> dict:
         return {c.name: self.parts[c.name].meta for c in self.components}
 
-    def train_rows(self, *, seed: int, step: int, batch_size: int, seq_len: int, start: int, stop: int) -> dict:
-        """Rows ``[start, stop)`` of the global training batch for ``step``, reading only those windows."""
+    def train_rows(self, *, seed: int, step: int, batch_size: int, seq_len: int, start: int, stop: int,
+                   eos: int | None = None) -> dict:
+        """Rows ``[start, stop)`` of the global training batch for ``step``, reading only those windows
+        (with ``eos``, also their document ids, as lmjax.data.batches.train_rows gives them)."""
         if not 0 <= start <= stop <= batch_size:
             raise LmjaxError(f"rows [{start}, {stop}) are not inside the batch of {batch_size}")
         trains = [self.parts[c.name].train for c in self.components]
@@ -171,7 +174,7 @@ class MixtureData:
             mine = np.flatnonzero(component == k)
             if mine.size:
                 rows[mine] = windows(tokens, offsets[mine], seq_len)
-        return {"inputs": rows[:, :-1], "targets": rows[:, 1:]}
+        return _inputs_targets(rows, eos)
 
     def val_splits(self) -> dict:
         """Each component's val tokens, by name (evaluated separately)."""

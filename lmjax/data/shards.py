@@ -71,10 +71,12 @@ class TokenData:
 
     # The interface the training loop uses, shared with lmjax.data.mixture.MixtureData.
 
-    def train_rows(self, *, seed: int, step: int, batch_size: int, seq_len: int, start: int, stop: int) -> dict:
-        """Rows ``[start, stop)`` of the global training batch for ``step`` (lmjax.data.batches.train_rows)."""
+    def train_rows(self, *, seed: int, step: int, batch_size: int, seq_len: int, start: int, stop: int,
+                   eos: int | None = None) -> dict:
+        """Rows ``[start, stop)`` of the global training batch for ``step`` (lmjax.data.batches.train_rows;
+        with ``eos``, also the rows' document ids)."""
         return train_rows(self.train, seed=seed, step=step, batch_size=batch_size, seq_len=seq_len,
-                          start=start, stop=stop)
+                          start=start, stop=stop, eos=eos)
 
     def val_splits(self) -> dict:
         """The val tokens to evaluate, by name: one source has one, named ""."""

@@ -55,6 +55,7 @@ class Run:
     checkpointer: Checkpointer
     rules: tuple = sharding.LOGICAL_RULES
     notes: tuple = ()  # parameter dimensions replicated because they do not divide the mesh
+    eos: int | None = None  # data.documents: the EOS id that separates the batches' documents
 
 
 def config_json(config) -> dict:
@@ -68,7 +69,7 @@ class ResumeChangedError(ConfigError):
 # What a resumed run must share with the saved one to continue it: the data its batches
 # come from, their shape, and train.steps (the learning-rate schedule is stretched over it).
 RESUME_FIELDS = ("data.source", "data.mixture", "data.text_key", "data.tokenizer", "data.val_fraction",
-                 "data.seq_len", "train.batch_size", "train.steps")
+                 "data.seq_len", "data.documents", "train.batch_size", "train.steps")
 _SENTENCEPIECE_FIELDS = ("data.spm_vocab_size", "data.spm_model_type", "data.spm_model_path")
 
 
@@ -116,6 +117,16 @@ def _check_resume(config, workdir: str, step: int, stored: dict, vocab_size: int
             "--allow_changes (train(..., allow_changes=True)); else use the saved values or another --workdir")
 
 
+def documents_eos(config, tokenizer) -> int | None:
+    """The EOS id the batches' documents end at when data.documents is on, else None."""
+    if not config.data.documents:
+        return None
+    if tokenizer.eos_id is None:
+        raise ConfigError(f"data.documents needs a tokenizer with an end-of-document token; {config.data.tokenizer!r} "
+                          "has none (set data.documents=False or use a tokenizer with an EOS)")
+    return int(tokenizer.eos_id)
+
+
 def setup(config, workdir, *, with_data: bool = True, writer: bool = False, allow_changes: bool = False) -> Run:
     """Tokenizer, token shards, model, mesh and (restored or fresh) sharded state.
 
@@ -148,6 +159,7 @@ def setup(config, workdir, *, with_data: bool = True, writer: bool = False, allo
         for bad in newer if writer else ():
             warn(f"moved unreadable checkpoint step {bad} aside to {checkpointer.set_aside(bad)}; "
                  f"training continues from step {restored.step}")
+    eos = documents_eos(config, tokenizer)  # before any compiling: a tokenizer without EOS is a config error
     data = None
     if with_data:
         data = corpus.token_data(config.data, tokenizer, config.data.cache_dir or default_cache_dir(),
@@ -158,7 +170,8 @@ def setup(config, workdir, *, with_data: bool = True, writer: bool = False, allo
     _, notes = param_shardings(model, mesh, rules, with_notes=True)
     if state is None:
         state = init_state(model, optimizer, mesh, config.train.seed, rules)
-    return Run(config, wd.given, tokenizer, data, model, optimizer, mesh, state, checkpointer, rules, tuple(notes))
+    return Run(config, wd.given, tokenizer, data, model, optimizer, mesh, state, checkpointer, rules, tuple(notes),
+               eos)
 
 
 def _global_batch(run: Run, global_rows: int, load_rows) -> dict:
@@ -181,10 +194,10 @@ def evaluate(run: Run, eval_step, params) -> dict[str, float]:
     for name, val in run.data.val_splits().items():
         split = np.zeros(3)
         for batch in eval_batches(val, batch_size=c.train.batch_size, seq_len=seq_len,
-                                  max_batches=c.train.eval_batches or None):
+                                  max_batches=c.train.eval_batches or None, eos=run.eos):
             got = eval_step(params, _global_batch(run, c.train.batch_size,
                                                   lambda a, b: {k: v[a:b] for k, v in batch.items()}))
-            split += (float(got["loss_sum"]), float(got["tokens"]), int(token_bytes[batch["targets"]].sum()))
+            split += (float(got["loss_sum"]), float(got["tokens"]), _predicted_bytes(token_bytes, batch))
         sums += split
         if name:
             out[f"val_loss/{name}"] = split[0] / split[1]
@@ -192,6 +205,14 @@ def evaluate(run: Run, eval_step, params) -> dict[str, float]:
     loss = sums[0] / sums[1]
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpb": sums[0] / math.log(2) / max(sums[2], 1),
             **out}
+
+
+def _predicted_bytes(token_bytes, batch) -> int:
+    """UTF-8 bytes of the targets the loss counts: a packed batch leaves out those opening the next document."""
+    counted = token_bytes[batch["targets"]]
+    if "segment_ids" in batch:
+        counted = counted * (batch["segment_ids"] == batch["target_segment_ids"])
+    return int(counted.sum())
 
 
 class _Preemption:
@@ -313,7 +334,8 @@ def _train(run: Run, *, stop_at_step, progress, say) -> dict:
 
     def batch_at(step):
         return _global_batch(run, c.train.batch_size, lambda a, b: run.data.train_rows(
-            seed=c.train.seed, step=step, batch_size=c.train.batch_size, seq_len=seq_len, start=a, stop=b))
+            seed=c.train.seed, step=step, batch_size=c.train.batch_size, seq_len=seq_len, start=a, stop=b,
+            eos=run.eos))
 
     summary = {"start_step": start, "params": n_params, "flops_per_token": fpt, "peak_flops": peak}
     last_good = run.checkpointer.latest_step()
