@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent / "lmjax"
 # its own layer or below, never above. `commands` is the only place that ties packages
 # together for the command line; the `__main__` modules are entry points, part of it.
 LAYERS = (
-    ("errors", "plotting"),
+    ("errors", "plotting", "compile_cache"),
     ("model",),
     ("data", "sharding", "distributed"),
     ("config",),
