@@ -8,7 +8,8 @@ the second `lmjax explain` of a model starts in seconds.
 
 The folder is $LMJAX_COMPILE_CACHE, else ~/.cache/lmjax/compiled. A cache the user gave
 JAX (JAX_COMPILATION_CACHE_DIR or jax.config) is kept as it is; LMJAX_COMPILE_CACHE=0
-turns lmjax's off.
+turns lmjax's off. lmjax's folder keeps at most MAX_BYTES (2 GiB), least recently used
+entries evicted first.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import os
 import jax
 
 ENV = "LMJAX_COMPILE_CACHE"
+# Oldest entries go first beyond this (JAX's own default is unbounded).
+MAX_BYTES = 2 * 2**30
 
 
 def default_dir() -> str | None:
@@ -36,4 +39,6 @@ def enable() -> str | None:
     folder = default_dir()
     if folder is not None:
         jax.config.update("jax_compilation_cache_dir", folder)
+        if jax.config.jax_compilation_cache_max_size < 0:
+            jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return folder
