@@ -23,7 +23,9 @@ Prints ONE JSON object on stdout (progress goes to stderr). What it does:
    (`--batch_size` 64 rows per backward pass), update interval 4, float32.
    * `lmjax`: `lmjax.graph.attribute(..., zero_first_position=True,
      token_vectors="embedding")` (circuit-tracer's conventions), JAX on all cores; its time
-     includes compiling its programs (a fresh process, no persistent compilation cache).
+     includes compiling its programs (a fresh process, the run's own compilation cache
+     empty). `lmjax_warm` is the same graph in the next fresh process, which loads those
+     programs from that cache, as a user's second `lmjax explain --graph` would.
      `seconds_again` is a second graph of the same prompt in the same process: lmjax.graph
      keeps its compiled programs across calls (keyed on the shapes), so it compiles nothing.
    * `circuit_tracer`: `circuit_tracer.attribute` on its TransformerLens ReplacementModel
@@ -48,6 +50,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -186,13 +189,16 @@ def same_graph(args, length: int) -> dict:
 
 
 def run_child(args, tool: str, length: int) -> dict:
+    """One graph in a fresh process. lmjax's children share this run's own compilation
+    cache, empty at the start: "lmjax" compiles (and fills it), "lmjax_warm" is the next
+    process of a user, which loads those programs."""
     quiet = wait_quiet(args.quiet_wait)
     before = loadavg()
-    env = dict(os.environ, LMJAX_COMPILE_CACHE="0")  # every graph compiles: an earlier run's programs are not loaded
+    env = dict(os.environ, LMJAX_COMPILE_CACHE=args.compile_cache)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     if tool == "circuit_tracer":  # transformers would import JAX too: keep the torch side's heap its own
         env.update(USE_FLAX="0", USE_TF="0")
-    cmd = [sys.executable, __file__, "--child", f"{tool}:{length}"] + args.passthrough
+    cmd = [sys.executable, __file__, "--child", f"{tool.removesuffix('_warm')}:{length}"] + args.passthrough
     log(f"{tool} at {length} tokens ...")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
@@ -254,17 +260,21 @@ def main():
     export(args)
     both = [int(n) for n in args.lengths.split(",") if n]
     alone = [int(n) for n in args.lmjax_lengths.split(",") if n]
-    runs = {"lmjax": {}, "circuit_tracer": {}}
+    args.compile_cache = tempfile.mkdtemp(prefix="lmjax-bench-graph-compiled-")
+    runs = {"lmjax": {}, "lmjax_warm": {}, "circuit_tracer": {}}
     comparison = {}
     for length in both:
-        for tool in ("lmjax", "circuit_tracer"):
+        for tool in ("lmjax", "lmjax_warm", "circuit_tracer"):
             runs[tool][str(length)] = run_child(args, tool, length)
-        ok = all("error" not in runs[t][str(length)] for t in runs)
+        ok = all("error" not in runs[t][str(length)] for t in ("lmjax", "circuit_tracer"))
         ratio = runs["circuit_tracer"][str(length)]["seconds"] / runs["lmjax"][str(length)]["seconds"] if ok else None
         comparison[str(length)] = dict(speedup_vs_circuit_tracer=ratio, **(same_graph(args, length) if ok else {}))
         if ok:
             comparison[str(length)]["cpu_time_ratio"] = (runs["circuit_tracer"][str(length)]["cpu_seconds"]
                                                          / runs["lmjax"][str(length)]["cpu_seconds"])
+            if "error" not in runs["lmjax_warm"][str(length)]:
+                comparison[str(length)]["speedup_warm_compilation_cache"] = (
+                    runs["circuit_tracer"][str(length)]["seconds"] / runs["lmjax_warm"][str(length)]["seconds"])
             comparison[str(length)]["memory_ratio"] = (runs["circuit_tracer"][str(length)]["peak_rss_mib"]
                                                        / runs["lmjax"][str(length)]["peak_rss_mib"])
     for length in alone:
