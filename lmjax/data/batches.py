@@ -48,7 +48,7 @@ def windows(tokens, offsets: np.ndarray, seq_len: int) -> np.ndarray:
     return rows
 
 
-def _inputs_targets(rows: np.ndarray, eos: int | None = None) -> dict[str, np.ndarray]:
+def inputs_targets(rows: np.ndarray, eos: int | None = None) -> dict[str, np.ndarray]:
     """{"inputs", "targets"} (the inputs shifted by one), with the documents' ids if `eos` is given."""
     batch = {"inputs": rows[:, :-1], "targets": rows[:, 1:]}
     if eos is not None:
@@ -108,7 +108,7 @@ def train_rows(tokens, *, seed: int, step: int, batch_size: int, seq_len: int,
         raise LmjaxError(f"rows [{start}, {stop}) are not inside the batch of {batch_size}")
     check_windows(tokens, seq_len, "train tokens")
     offsets = train_offsets(len(tokens), seed=seed, step=step, batch_size=batch_size, seq_len=seq_len)
-    return _inputs_targets(windows(tokens, offsets[start:stop], seq_len), eos)
+    return inputs_targets(windows(tokens, offsets[start:stop], seq_len), eos)
 
 
 def num_eval_batches(n_tokens: int, *, batch_size: int, seq_len: int, max_batches: int | None = None) -> int:
@@ -138,4 +138,4 @@ def eval_batches(tokens: np.ndarray, *, batch_size: int, seq_len: int,
     n_batches = num_eval_batches(len(tokens), batch_size=batch_size, seq_len=seq_len, max_batches=max_batches)
     window_starts = np.arange(batch_size, dtype=np.int64) * seq_len
     for b in range(n_batches):
-        yield _inputs_targets(windows(tokens, b * batch_size * seq_len + window_starts, seq_len), eos)
+        yield inputs_targets(windows(tokens, b * batch_size * seq_len + window_starts, seq_len), eos)

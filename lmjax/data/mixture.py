@@ -25,8 +25,7 @@ import re
 
 import numpy as np
 
-# _inputs_targets: the one place that lays out a batch's keys, packed documents' ids included
-from lmjax.data.batches import _inputs_targets, check_windows, windows
+from lmjax.data.batches import check_windows, inputs_targets, windows
 from lmjax.errors import LmjaxError
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -174,7 +173,7 @@ class MixtureData:
             mine = np.flatnonzero(component == k)
             if mine.size:
                 rows[mine] = windows(tokens, offsets[mine], seq_len)
-        return _inputs_targets(rows, eos)
+        return inputs_targets(rows, eos)
 
     def val_splits(self) -> dict:
         """Each component's val tokens, by name (evaluated separately)."""
