@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -60,7 +59,7 @@ REPO = os.path.dirname(BENCH)
 for path in (REPO, os.path.join(REPO, "tests"), BENCH):
     if path not in sys.path:
         sys.path.insert(0, path)
-from _machine import cpu_model, wait_quiet  # noqa: E402  (bench/, beside this script)
+from _machine import machine, wait_quiet  # noqa: E402  (bench/, beside this script)
 
 
 def log(*args):
@@ -290,8 +289,7 @@ def main():
     longest = max(lmjax_ok) if lmjax_ok else None
     result = {
         "benchmark": "attribution graph build: lmjax.graph.attribute vs circuit_tracer.attribute",
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__},
+        "machine": machine(backend=jax.default_backend(), torch_num_threads=torch.get_num_threads()),
         "settings": {k: getattr(args, k) for k in ("layers", "d_model", "heads", "vocab", "context", "width_mult", "l0",
                                                    "max_feature_nodes", "batch_size", "quick")},
         "runs": runs,
